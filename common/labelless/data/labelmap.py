@@ -43,10 +43,14 @@ class LabelMap:
 
     @classmethod
     def from_config(cls, cfg: Mapping | LabelMap | None, names: Mapping | None = None) -> LabelMap | None:
-        """Build from a config value: ``{"200": 1, ...}`` (JSON keys are strings) or a ``LabelMap``."""
+        """Build from a config value: ``{"200": 1, ...}`` (JSON keys are strings) or a ``LabelMap``.
+
+        Raw 0 maps to background (0) unless the mapping says otherwise, so ``{"255": 1}`` accepts 0/255 masks.
+        """
         if cfg is None or isinstance(cfg, LabelMap):
             return cfg
         values = {int(float(k)): int(v) for k, v in dict(cfg).items()}
+        values.setdefault(0, 0)
         nm = {int(k): str(v) for k, v in dict(names or {}).items()}
         return cls(values, nm)
 

@@ -35,7 +35,9 @@ def fold_boundaries(n_scans: int, n_folds: int = 5) -> list[int]:
     if n_folds < 1:
         raise ConfigError(f"n_folds must be >= 1, got {n_folds}")
     if n_scans < n_folds + 1:
-        raise ConfigError(f"{n_scans} scans are too few for {n_folds} folds (each fold needs a support scan outside it)")
+        raise ConfigError(
+            f"{n_scans} scans are too few for {n_folds} folds (each fold needs a support scan outside it)"
+        )
     base, extra = divmod(n_scans, n_folds)
     bounds = [0]
     for i in range(n_folds):

@@ -3,6 +3,19 @@
 
 from __future__ import annotations
 
+from .readers import image_format, read_image2d, read_volume
+from .sitk_reader import SimpleITKReader, dicom_series_files, read_dicom_series
 from .volume import Volume
+from .writers import write_image2d, write_volume
 
-__all__ = ["Volume"]
+__all__ = [
+    "Volume",
+    "read_volume",
+    "read_image2d",
+    "image_format",
+    "write_volume",
+    "write_image2d",
+    "SimpleITKReader",
+    "read_dicom_series",
+    "dicom_series_files",
+]

@@ -1,0 +1,370 @@
+# Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
+"""The ``labelless`` command line (built on fire).
+
+Run ``labelless --help`` for the command list and ``labelless <command> --help`` for every option of a command.
+Options are given as ``--name value``; lists as ``--folds "[0,1]"``; booleans as ``--overwrite`` / ``--nooverwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LabellessCLI", "PrepareCommands", "main"]
+
+logger = logging.getLogger("labelless")
+
+
+def _as_list(value: Any) -> list | None:
+    """Fire gives lists as lists, tuples or comma-separated strings; normalise to a list (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str):
+        return [v.strip() for v in value.strip("[]()").split(",") if v.strip()]
+    return [value]
+
+
+def _print_summary(metrics_json: Path) -> None:
+    data = json.loads(Path(metrics_json).read_text())
+    blocks = [("protocol" if data.get("mode") == "protocol" else data.get("mode", "?"), data)]
+    if isinstance(data.get("gt_free"), dict):
+        blocks.append(("gt_free", data["gt_free"]))
+    for name, block in blocks:
+        per_class = block.get("per_class", {})
+        parts = ", ".join(f"{k} {100 * v['dice']:.1f}" for k, v in per_class.items() if v.get("dice") is not None)
+        mean = block.get("mean_dice")
+        mean_s = "n/a" if mean is None else f"{100 * mean:.1f}"
+        print(f"[{name}] Dice (%): {parts} | mean {mean_s}  ({block.get('label', '')})")
+
+
+class PrepareCommands:
+    """Turn public raw dataset layouts into the prepared layout (image_<id>.nii.gz, label_<id>.nii.gz, classmap_1.json).
+
+    The raw folder is never modified; the output folder must not lie inside it.
+    """
+
+    def chaos(
+        self,
+        raw_dir: str,
+        out_dir: str,
+        spacing: Sequence[float] = (1.25, 1.25, 7.7),
+        size: int = 256,
+        clip_percentile: float = 99.5,
+        flip_rows: bool = True,
+        overwrite: bool = False,
+    ) -> str:
+        """Prepare CHAOS T2-SPIR (<raw_dir>/<id>/T2SPIR/DICOM_anon/*.dcm + Ground/*.png).
+
+        Args:
+            raw_dir: the CHAOS "Train_Sets/MR" folder (one sub-folder per case id).
+            out_dir: destination of the prepared layout.
+            spacing: target voxel size (x, y, z) in mm.
+            size: in-plane size after the centre crop/pad.
+            clip_percentile: intensities above this percentile of the volume are clipped.
+            flip_rows: flip the row axis so the result has the orientation of the reference pipeline.
+            overwrite: replace an existing prepared layout in out_dir.
+        """
+        from labelless.prepare import prepare_chaos
+
+        res = prepare_chaos(
+            raw_dir,
+            out_dir,
+            spacing=tuple(float(s) for s in spacing),
+            size=int(size),
+            clip_percentile=float(clip_percentile),
+            flip_rows=bool(flip_rows),
+            overwrite=bool(overwrite),
+        )
+        return f"prepared {res['n_cases']} CHAOS cases into {res['out_dir']}"
+
+    def synapse(
+        self,
+        raw_dir: str,
+        out_dir: str,
+        window: Sequence[float] = (-125, 275),
+        border: int = 32,
+        size: int = 256,
+        overwrite: bool = False,
+    ) -> str:
+        """Prepare Synapse / BTCV abdominal CT (<raw_dir>/img/img<NNNN>.nii.gz + label/label<NNNN>.nii.gz).
+
+        Args:
+            raw_dir: folder holding img/ and label/.
+            out_dir: destination of the prepared layout (pids 0..N-1 in sorted file-name order).
+            window: HU window clipped and scaled to [0, 255].
+            border: pixels cropped from every in-plane border before resampling.
+            size: in-plane output size.
+            overwrite: replace an existing prepared layout in out_dir.
+        """
+        from labelless.prepare import prepare_synapse
+
+        res = prepare_synapse(
+            raw_dir, out_dir, window=tuple(float(w) for w in window), border=int(border), size=int(size),
+            overwrite=bool(overwrite),
+        )  # fmt: skip
+        return f"prepared {res['n_cases']} Synapse cases into {res['out_dir']}"
+
+    def cmr(
+        self,
+        raw_dir: str,
+        out_dir: str,
+        spacing: Sequence[float] = (1.25, 1.25, 7.99),
+        size: int = 256,
+        clip_percentile: float = 99.5,
+        overwrite: bool = False,
+    ) -> str:
+        """Prepare MS-CMRSeg bSSFP (patient<N>_C0.nii.gz + patient<N>_C0_manual.nii.gz).
+
+        Labels keep the raw values 200/500/600; the "cmr" preset maps them to LV-MYO/LV-BP/RV at load time.
+
+        Args:
+            raw_dir: folder with the patient files.
+            out_dir: destination of the prepared layout.
+            spacing: target voxel size (x, y, z) in mm.
+            size: in-plane size after the centre crop.
+            clip_percentile: intensities above this percentile of the volume are clipped.
+            overwrite: replace an existing prepared layout in out_dir.
+        """
+        from labelless.prepare import prepare_cmr
+
+        res = prepare_cmr(
+            raw_dir, out_dir, spacing=tuple(float(s) for s in spacing), size=int(size),
+            clip_percentile=float(clip_percentile), overwrite=bool(overwrite),
+        )  # fmt: skip
+        return f"prepared {res['n_cases']} MS-CMRSeg cases into {res['out_dir']}"
+
+
+class LabellessCLI:
+    """labelless: few-shot, weakly and semi-supervised medical image segmentation on MONAI.
+
+    Commands: phantoms, prepare {chaos,synapse,cmr}, superpixels, episodes, evaluate, demo, verify_metadata.
+    Set LABELLESS_VERBOSE=1 for debug logging.
+    """
+
+    def __init__(self) -> None:
+        level = logging.DEBUG if os.environ.get("LABELLESS_VERBOSE") else logging.INFO
+        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        self.prepare = PrepareCommands()
+
+    def phantoms(
+        self,
+        out_dir: str,
+        kind: str = "abdomen",
+        n_volumes: int = 8,
+        seed: int = 0,
+        shape: Sequence[int] | None = None,
+        modality: str = "mr",
+    ) -> str:
+        """Write synthetic phantom volumes in the prepared layout (the embedded default data).
+
+        Args:
+            out_dir: destination folder.
+            kind: "abdomen" (liver, kidneys, spleen; CHAOS label ids) or "cardiac" (MS-CMRSeg values 200/500/600).
+            n_volumes: number of volumes (pids 1..n).
+            seed: base seed; the same seed gives the same files.
+            shape: (H, W, Z) of every volume, e.g. "[256,256,32]" (kind default when omitted).
+            modality: "mr" (CHAOS-like raw intensities) or "ct" (windowed [0, 255]); abdomen only.
+        """
+        from labelless.phantoms import write_phantom_dataset
+
+        out = write_phantom_dataset(
+            out_dir, kind=kind, n_volumes=int(n_volumes), seed=int(seed),
+            shape=None if shape is None else [int(s) for s in _as_list(shape)], modality=modality,
+        )  # fmt: skip
+        return f"wrote {n_volumes} {kind} phantoms to {out}"
+
+    def superpixels(
+        self,
+        dataset_dir: str,
+        out_dir: str | None = None,
+        preset: str = "chaos",
+        method: str = "felzenszwalb",
+        workers: int | None = None,
+        overwrite: bool = False,
+    ) -> str:
+        """Precompute superpixel pseudo-labels and body masks of a prepared dataset (cached, all cores, progress).
+
+        Felzenszwalb per axial slice with the reference parameters (scale 1, sigma 1, min_size 400) on the
+        preprocessed (not z-scored) intensities, masked by the body mask and relabelled to contiguous ids 1..R.
+        Writes superpix_<id>.nii.gz and bodymask_<id>.nii.gz; the dataset folder itself is never written.
+
+        Args:
+            dataset_dir: prepared layout (image_<id>.nii.gz ...).
+            out_dir: where the maps go (default: a cache folder, printed at the end).
+            preset: dataset preset giving the body-mask threshold: chaos, synapse, cmr, phantom_abdomen, ...
+            method: "felzenszwalb" (reference), "slic" (per slice) or "slic3d" (supervoxels).
+            workers: worker processes (default: all cores).
+            overwrite: recompute maps that already exist.
+        """
+        from labelless.superpixels import precompute_superpixels
+
+        out = precompute_superpixels(
+            dataset_dir, out_dir=out_dir, preset=preset, method=method,
+            workers=None if workers is None else int(workers), overwrite=bool(overwrite),
+        )  # fmt: skip
+        return f"superpixels in {out}"
+
+    def episodes(
+        self,
+        dataset_dir: str,
+        output_dir: str,
+        derived_dir: str | None = None,
+        preset: str = "chaos",
+        n: int = 4,
+        fold: int = 0,
+        setting: int = 1,
+        label_set: int = 0,
+        seed: int = 1234,
+    ) -> str:
+        """Draw self-supervised training episodes and save them as PNGs (to check pseudo-labels and augmentation).
+
+        Args:
+            dataset_dir: prepared layout.
+            output_dir: destination of episode_<i>.png.
+            derived_dir: folder of precomputed superpixels (run `labelless superpixels` first).
+            preset: dataset preset.
+            n: number of episodes.
+            fold: fold whose training scans are used.
+            setting: 1 or 2 (Setting 2 removes slices of the label set's test classes).
+            label_set: Setting-2 label set.
+            seed: random seed.
+        """
+        from labelless.data.layouts import PreparedVolumeDataset
+        from labelless.fewshot.episodes import SelfSupervisedEpisodeDataset
+        from labelless.fewshot.folds import fold_split
+        from labelless.reports import write_episode_png
+        from labelless.transforms.augment import RandFewShotAugmentd
+
+        ds = PreparedVolumeDataset(dataset_dir, preset, derived_dir=derived_dir)
+        split = fold_split(ds.pids, int(fold), ds.preset.n_folds)
+        eps = SelfSupervisedEpisodeDataset.from_dataset(
+            ds, split.train, setting=int(setting), label_set=int(label_set), n_episodes=int(n),
+            transform=RandFewShotAugmentd(keys=("image", "label")), seed=int(seed),
+        )  # fmt: skip
+        paths = [write_episode_png(eps[i], Path(output_dir) / f"episode_{i}.png") for i in range(int(n))]
+        return f"wrote {len(paths)} episode figures to {output_dir}"
+
+    def evaluate(
+        self,
+        dataset_dir: str,
+        output_dir: str,
+        preset: str = "chaos",
+        predictions_dir: str | None = None,
+        predictor: str = "baseline",
+        folds: Sequence[int] = (0,),
+        classes: Sequence[str] | None = None,
+        modes: Sequence[str] = ("protocol", "gt_free"),
+        label_map: dict | None = None,
+        n_shots: int = 1,
+        n_overlays: int = 3,
+        save_predictions: bool = False,
+    ) -> str:
+        """Run the few-shot evaluation protocol and write metrics.json, metrics.csv, metrics.md and overlays.
+
+        Two sources of predictions:
+          * --predictions_dir: score saved binary predictions pred_<id>_<CLASS>.nii.gz (query geometry) of the
+            fold's test scans;
+          * --predictor baseline: the training-free ALP baseline on intensity features (no weights needed). Trained
+            models are evaluated through their bundle's evaluate.json.
+
+        Args:
+            dataset_dir: labelled prepared layout.
+            output_dir: where the reports go.
+            preset: dataset preset (chaos, synapse, cmr, phantom_abdomen, phantom_cardiac).
+            predictions_dir: folder of saved predictions to score (instead of running a predictor).
+            predictor: "baseline" (only choice here; bundles bring the trained models).
+            folds: folds to evaluate, e.g. "[0]" or "[0,1,2,3,4]".
+            classes: test classes by name or id (default: the preset's Setting-1 test classes).
+            modes: "protocol" (published protocol, GT z-range and chunks) and/or "gt_free".
+            label_map: raw label value -> class id, e.g. "{200: 1, 500: 2, 600: 3}" (default: the preset's).
+            n_shots: support slices per chunk.
+            n_overlays: overlay PNGs per class.
+            save_predictions: also save every predicted mask as NIfTI in the query's geometry.
+        """
+        from labelless.data.layouts import PreparedVolumeDataset
+        from labelless.errors import ConfigError
+        from labelless.fewshot.baseline import IntensityPrototypePredictor
+        from labelless.fewshot.protocol import evaluate, score_predictions
+        from labelless.reports import write_reports
+
+        ds = PreparedVolumeDataset(dataset_dir, preset, label_map=label_map)
+        class_ids = None if classes is None else [ds.label_map.id_of(c) for c in _as_list(classes)]
+        fold_list = [int(f) for f in _as_list(folds)]
+        mode_list = [str(m) for m in _as_list(modes)]
+        if predictions_dir is not None:
+            if len(fold_list) != 1 or len(mode_list) != 1:
+                raise ConfigError("scoring saved predictions takes one fold and one mode (--folds [k] --modes [m])")
+            result = score_predictions(ds, predictions_dir, fold=fold_list[0], classes=class_ids, mode=mode_list[0])
+        else:
+            if predictor != "baseline":
+                raise ConfigError(f"unknown predictor {predictor!r}; use 'baseline' or --predictions_dir")
+            base = IntensityPrototypePredictor()
+            result = evaluate(
+                ds, lambda f: base, folds=fold_list, classes=class_ids, modes=mode_list, n_shots=int(n_shots),
+                n_overlays=int(n_overlays), output_dir=output_dir, save_predictions=bool(save_predictions),
+            )  # fmt: skip
+        paths = write_reports(result, output_dir)
+        _print_summary(paths["metrics_json"])
+        return f"reports in {output_dir}"
+
+    def demo(self, output_dir: str = "labelless_demo", kind: str = "abdomen", seed: int = 0) -> str:
+        """Run the few-shot machinery end to end on the embedded phantom data (no download, no weights).
+
+        Steps: write (or reuse) the phantom set, precompute superpixels and body masks, draw self-supervised
+        episodes (PNG), evaluate the training-free baseline with the published protocol and the GT-free mode on
+        fold 0 (metrics.json, metrics.md, overlays).
+
+        Args:
+            output_dir: destination of everything the demo writes.
+            kind: "abdomen" or "cardiac" phantoms.
+            seed: seed of the episodes.
+        """
+        from labelless.phantoms import default_dataset_dir
+
+        out = Path(output_dir)
+        preset = "phantom_abdomen" if kind == "abdomen" else "phantom_cardiac"
+        data = default_dataset_dir(kind)
+        print(f"phantom data: {data}")
+        derived = out / "derived"
+        print(self.superpixels(str(data), out_dir=str(derived), preset=preset))
+        print(self.episodes(str(data), str(out / "episodes"), derived_dir=str(derived), preset=preset, seed=seed))
+        return self.evaluate(str(data), str(out / "evaluation"), preset=preset, folds=(0,))
+
+    def verify_metadata(self, meta_file: str) -> str:
+        """Validate a bundle's configs/metadata.json against the vendored MONAI schema (works offline).
+
+        Args:
+            meta_file: path of metadata.json.
+        """
+        import jsonschema
+
+        from labelless.resources import META_SCHEMA
+
+        schema = json.loads(META_SCHEMA.read_text())
+        meta = json.loads(Path(meta_file).read_text())
+        jsonschema.validate(meta, schema)
+        return f"{meta_file}: valid against {META_SCHEMA.name}"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``labelless`` console script."""
+    import fire
+
+    from labelless.errors import LabellessError
+
+    try:
+        fire.Fire(LabellessCLI(), command=None if argv is None else list(argv), name="labelless")
+    except LabellessError as e:
+        print(f"labelless: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
