@@ -347,9 +347,18 @@ class LabellessCLI:
 
         from labelless.resources import META_SCHEMA
 
+        from labelless.errors import DataError
+
         schema = json.loads(META_SCHEMA.read_text())
-        meta = json.loads(Path(meta_file).read_text())
-        jsonschema.validate(meta, schema)
+        try:
+            meta = json.loads(Path(meta_file).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(meta_file, f"cannot read metadata ({e})") from e
+        try:
+            jsonschema.validate(meta, schema)
+        except jsonschema.ValidationError as e:
+            where = "/".join(str(p) for p in e.absolute_path) or "top level"
+            raise DataError(meta_file, f"invalid metadata at {where}: {e.message}") from e
         return f"{meta_file}: valid against {META_SCHEMA.name}"
 
 
