@@ -345,9 +345,8 @@ class LabellessCLI:
         """
         import jsonschema
 
-        from labelless.resources import META_SCHEMA
-
         from labelless.errors import DataError
+        from labelless.resources import META_SCHEMA
 
         schema = json.loads(META_SCHEMA.read_text())
         try:

@@ -36,6 +36,7 @@ from labelless.fewshot.protocol import EvaluationResult, FoldResult, ModeResult,
 from labelless.utils import atomic_path, write_json_atomic, write_text_atomic
 
 __all__ = [
+    "write_inference_overlay",
     "render_panels",
     "write_episode_png",
     "GT_FREE_NOTE",
@@ -362,4 +363,33 @@ def write_reports(
                     with atomic_path(p) as tmp:
                         render_overlay(sample).save(tmp, format="PNG")
                     paths["overlays"].append(p)
+    return paths
+
+
+def write_inference_overlay(
+    image: np.ndarray, prediction: np.ndarray, out_dir: str | os.PathLike, stem: str, n: int = 1
+) -> list[Path]:
+    """Overlay PNGs of a predicted volume: the ``n`` slices with the largest predicted area (the middle slice when
+    nothing is predicted), two panels each (query, prediction). Written atomically as ``<stem>_z<z>.png``.
+
+    Args:
+        image: (Z, H, W) query intensities.
+        prediction: (Z, H, W) binary prediction.
+        out_dir: destination folder.
+        stem: file name stem (usually the query's).
+        n: number of slices.
+    """
+    img, pred = np.asarray(image), np.asarray(prediction).astype(bool)
+    area = pred.reshape(pred.shape[0], -1).sum(axis=1)
+    order = [int(z) for z in np.argsort(-area, kind="stable")[: max(int(n), 0)] if area[z] > 0]
+    if not order and n > 0:
+        order = [pred.shape[0] // 2]
+    paths = []
+    for z in order:
+        fig = render_panels([(_overlay(img[z], None, _PRED_COLOR), f"{stem} z{z}"),
+                             (_overlay(img[z], pred[z], _PRED_COLOR), f"prediction ({int(area[z])} px)")])  # fmt: skip
+        p = Path(out_dir) / f"{_safe(stem)}_z{z}.png"
+        with atomic_path(p) as tmp:
+            fig.save(tmp, format="PNG")
+        paths.append(p)
     return paths

@@ -195,6 +195,8 @@ class DilatedResNet(nn.Module):
         pretrained_path: optional local torchvision ResNet / DeepLabV3 checkpoint loaded at construction; ``None``
             initialises randomly (torchvision's scheme) and warns that results will be far below published figures.
         strict: passed to :meth:`load_pretrained`.
+        base_width: width of the first stage (64 in torchvision; 32 gives a ResNet about 4× smaller for CPU
+            training). Pretrained weights need 64.
 
     Raises:
         ConfigError: unsupported depth or output stride.
@@ -217,8 +219,13 @@ class DilatedResNet(nn.Module):
         act: str | tuple = ("relu", {"inplace": True}),
         pretrained_path: str | os.PathLike | None = None,
         strict: bool = True,
+        base_width: int = 64,
     ) -> None:
         super().__init__()
+        if int(base_width) < 1:
+            raise ConfigError(f"DilatedResNet base_width must be a positive integer, got {base_width}")
+        if pretrained_path is not None and int(base_width) != 64:
+            raise ConfigError("pretrained torchvision/DeepLabV3 weights need base_width=64")
         if depth not in _RESNET_LAYERS:
             raise ConfigError(f"DilatedResNet depth must be one of {sorted(_RESNET_LAYERS)}, got {depth}")
         if output_stride not in _DILATE:
@@ -230,21 +237,23 @@ class DilatedResNet(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.output_stride = output_stride
-        self.body_channels = 512 * block.expansion
+        bw = int(base_width)
+        self.base_width = bw
+        self.body_channels = 8 * bw * block.expansion
 
         self._norm = norm
         self._act = act
-        self._inplanes = 64
+        self._inplanes = bw
         self._dilation = 1
-        self.conv1 = Conv[Conv.CONV, spatial_dims](in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = get_norm_layer(norm, spatial_dims, 64)
+        self.conv1 = Conv[Conv.CONV, spatial_dims](in_channels, bw, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = get_norm_layer(norm, spatial_dims, bw)
         self.relu = get_act_layer(act)
         self.maxpool = Pool[Pool.MAX, spatial_dims](kernel_size=3, stride=2, padding=1)
         dilate = _DILATE[output_stride]
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2, dilate=dilate[0])
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2, dilate=dilate[1])
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2, dilate=dilate[2])
+        self.layer1 = self._make_layer(block, bw, layers[0])
+        self.layer2 = self._make_layer(block, 2 * bw, layers[1], stride=2, dilate=dilate[0])
+        self.layer3 = self._make_layer(block, 4 * bw, layers[2], stride=2, dilate=dilate[1])
+        self.layer4 = self._make_layer(block, 8 * bw, layers[3], stride=2, dilate=dilate[2])
         for m in self.modules():  # torchvision's initialisation of the body
             if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -364,6 +364,7 @@ def build_fewshot_segmentor(
     test_window: int = 2,
     threshold: float = LOCAL_THRESHOLD,
     cache_support: bool = True,
+    encoder_options: dict | None = None,
     **encoder_kwargs: object,
 ) -> FewShotSegmentor:
     """Build the SSL-ALPNet model: an encoder by name and an :class:`~labelless.networks.prototypes.ALPHead`.
@@ -377,8 +378,10 @@ def build_fewshot_segmentor(
         test_window: local-prototype window at test (2).
         threshold: local-prototype threshold (strict ``>``, 0.95).
         cache_support: see :class:`FewShotSegmentor`.
+        encoder_options: a dict of encoder keyword arguments (convenient in bundle configs, e.g.
+            ``{"base_width": 32}``); merged with ``encoder_kwargs``.
         encoder_kwargs: passed to :func:`~labelless.networks.encoders.build_encoder` (e.g. ``out_channels``,
-            ``channels`` of the tiny encoder).
+            ``channels`` of the tiny encoder, ``base_width`` of the ResNets).
 
     Returns:
         the model (training mode, CPU; place it with ``.to(device)``).
@@ -386,6 +389,7 @@ def build_fewshot_segmentor(
     Raises:
         ConfigError: unknown encoder name, or ``pretrained_path`` with the tiny encoder or an encoder module.
     """
+    encoder_kwargs = {**dict(encoder_options or {}), **encoder_kwargs}
     if isinstance(encoder, nn.Module):
         if pretrained_path is not None or encoder_kwargs:
             raise ConfigError("pretrained_path and encoder keyword arguments apply only to an encoder given by name")

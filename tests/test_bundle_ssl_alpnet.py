@@ -1,0 +1,192 @@
+# Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
+"""SSL-ALPNet bundle: train / evaluate / inference through MONAI's ConfigWorkflow and the CLI, from another cwd."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from labelless.errors import DataError
+from labelless.phantoms import write_phantom_dataset
+from labelless.resources import META_SCHEMA
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "ssl_alpnet_fewshot_segmentation"
+CONFIGS = BUNDLE / "configs"
+TINY = {"encoder": "tiny", "encoder_options": {}}
+
+
+def _workflow(config_files, workflow_type, **overrides) -> ConfigWorkflow:
+    files = [str(CONFIGS / f) for f in config_files]
+    return ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type=workflow_type,
+        bundle_root=str(BUNDLE),
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="module")
+def abdomen(tmp_path_factory) -> Path:
+    return write_phantom_dataset(tmp_path_factory.mktemp("abd"), "abdomen", n_volumes=6, seed=5, shape=(64, 64, 10))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, abdomen) -> Path:
+    """A tiny model trained for a few iterations through train.json (fold 0, Setting 1)."""
+    out = tmp_path_factory.mktemp("train")
+    cwd = os.getcwd()
+    os.chdir(out)  # run from a directory other than the bundle
+    try:
+        wf = _workflow(
+            ["train.json"], "train", dataset_dir=str(abdomen), derived_dir=str(out / "derived"),
+            ckpt_dir=str(out / "models"), output_dir=str(out / "eval"), n_steps=5, epoch_length=2, **TINY,
+        )  # fmt: skip
+        wf.initialize()
+        assert wf.check_properties() == []
+        wf.run()
+        wf.finalize()
+    finally:
+        os.chdir(cwd)
+    assert (out / "models" / "fold0_setting1.pt").is_file()
+    return out
+
+
+def test_metadata_verifies_offline():
+    res = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"),
+         "--filepath", str(META_SCHEMA)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "verified" in (res.stdout + res.stderr).lower()
+
+
+def test_train_checkpoint_loads_weights_only(trained):
+    ckpt = torch.load(trained / "models" / "fold0_setting1.pt", map_location="cpu", weights_only=True)
+    assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(ckpt)
+    assert ckpt["trainer"]["iteration"] == 5
+
+
+def test_evaluate_writes_reports_and_lists_missing_folds(trained, abdomen):
+    out = trained / "evaluate"
+    wf = _workflow(
+        ["train.json", "evaluate.json"], "train", dataset_dir=str(abdomen), ckpt_dir=str(trained / "models"),
+        output_dir=str(out), folds=[0, 1], n_overlays=1, **TINY,
+    )  # fmt: skip
+    wf.initialize()
+    wf.run()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mode"] == "protocol" and "gt_free" in metrics
+    assert metrics["folds_evaluated"] == [0] and metrics["folds_missing"] == [1]
+    assert set(metrics["per_class"]) == {"LIVER", "RK", "LK", "SPLEEN"}
+    assert all(0.0 <= v["dice"] <= 1.0 for v in metrics["per_class"].values())
+    assert list((out / "overlays").glob("*.png"))
+
+
+def test_evaluate_unseen_dataset_with_overrides_only(trained, tmp_path):
+    """A prepared-layout dataset never seen by the tests' presets: raw labels 200/500/600, own class names."""
+    data = write_phantom_dataset(tmp_path / "cmr_like", "cardiac", n_volumes=6, seed=9, shape=(64, 64, 8))
+    (data / "classmap_1.json").unlink()  # no class-slice index either: it is computed
+    out = tmp_path / "eval"
+    wf = _workflow(
+        ["train.json", "evaluate.json"], "train", dataset_dir=str(data), ckpt_dir=str(trained / "models"),
+        output_dir=str(out), folds=[0], label_map={"200": 1, "500": 2, "600": 3},
+        class_names={"1": "MYOCARDIUM", "2": "BLOODPOOL", "3": "RIGHTVENTRICLE"},
+        classes=["MYOCARDIUM", "BLOODPOOL", "RIGHTVENTRICLE"], eval_modes=["protocol"], n_overlays=0, **TINY,
+    )  # fmt: skip
+    wf.initialize()
+    wf.run()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == {"MYOCARDIUM", "BLOODPOOL", "RIGHTVENTRICLE"}
+    assert metrics["per_scan"] and all(s["n_scored_slices"] > 0 for s in metrics["per_scan"])
+
+
+def test_inference_keeps_query_geometry_and_resamples_other_sizes(trained, abdomen, tmp_path):
+    # a query of another in-plane size and spacing than the network input: resampled there and back
+    img = nib.load(str(abdomen / "image_2.nii.gz"))
+    data = np.asarray(img.dataobj)[:60, :52]
+    affine = img.affine.copy()
+    affine[:3, :3] *= 1.3
+    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "odd_query.nii.gz"))
+    out = tmp_path / "pred"
+    wf = _workflow(
+        ["inference.json"], "infer", ckpt_path=str(trained / "models" / "fold0_setting1.pt"), output_dir=str(out),
+        support_image=str(abdomen / "image_1.nii.gz"), support_label=str(abdomen / "label_1.nii.gz"), label_value=1,
+        queries=[str(tmp_path / "odd_query.nii.gz"), str(abdomen / "image_3.nii.gz")], image_size=64, **TINY,
+    )  # fmt: skip
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    pred = nib.load(str(out / "odd_query_pred.nii.gz"))
+    assert pred.shape == data.shape
+    assert np.allclose(pred.affine, affine, atol=1e-4)
+    assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1}
+    assert (out / "image_3_pred.nii.gz").is_file()
+    assert list((out / "overlays").glob("odd_query_z*.png"))
+
+
+def _infer(tmp_path, trained, abdomen, **kw) -> ConfigWorkflow:
+    args = {
+        "ckpt_path": str(trained / "models" / "fold0_setting1.pt"), "output_dir": str(tmp_path / "p"),
+        "support_image": str(abdomen / "image_1.nii.gz"), "support_label": str(abdomen / "label_1.nii.gz"),
+        "label_value": 1, "queries": [str(abdomen / "image_2.nii.gz")], "image_size": 64, **TINY,
+    }  # fmt: skip
+    args.update(kw)
+    return _workflow(["inference.json"], "infer", **args)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        ({"label_value": 7}, "label value 7 is not present"),
+        ({"ckpt_path": "/nonexistent/model.pt"}, "checkpoint not found"),
+        ({"encoder": "resnet18", "encoder_options": {"base_width": 8}}, "does not fit this network"),
+        ({"queries": ["/nonexistent/query.nii.gz"]}, "does not exist"),
+    ],
+)
+def test_inference_bad_input_is_a_clear_error(tmp_path, trained, abdomen, overrides, needle):
+    wf = _infer(tmp_path, trained, abdomen, **overrides)
+    with pytest.raises(Exception) as info:  # MONAI wraps config errors in RuntimeError: check the root cause
+        wf.initialize()
+        wf.run()
+    root = _root_cause(info.value)
+    assert isinstance(root, DataError), repr(root)
+    assert needle in str(root)
+
+
+def test_inference_without_weights_only_on_request(tmp_path, trained, abdomen):
+    wf = _infer(tmp_path, trained, abdomen, ckpt_path="/nonexistent/model.pt", load_pretrain=False)
+    wf.initialize()
+    wf.run()
+    assert (tmp_path / "p" / "image_2_pred.nii.gz").is_file()
+
+
+def test_shipped_weights_are_small_plain_state_dict():
+    path = BUNDLE / "models" / "model.pt"
+    if not path.exists():
+        pytest.skip("models/model.pt not trained yet")
+    assert path.stat().st_size <= 20 * 1024 * 1024
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) and v.device.type == "cpu" for v in state.values())
+    from labelless.networks.fewshot import build_fewshot_segmentor
+
+    net = build_fewshot_segmentor("resnet18", base_width=32)
+    net.load_state_dict(state)
