@@ -190,3 +190,36 @@ def test_shipped_weights_are_small_plain_state_dict():
 
     net = build_fewshot_segmentor("resnet18", base_width=32)
     net.load_state_dict(state)
+
+
+def test_multi_gpu_config_runs_under_torchrun_on_cpu(abdomen, tmp_path):
+    """multi_gpu_train.json with gloo on CPU: 2 processes, DistributedSampler, rank-0 checkpoint."""
+    cfg = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+         "-m", "monai.bundle", "run", "--config_file", cfg, "--bundle_root", str(BUNDLE),
+         "--dataset_dir", str(abdomen), "--derived_dir", str(tmp_path / "derived"),
+         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
+         "--n_steps", "4", "--epoch_length", "2", "--encoder", "tiny", "--encoder_options", "{}"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "models" / "fold0_setting1.pt", map_location="cpu", weights_only=True)
+    assert ckpt["trainer"]["iteration"] == 4
+    assert not any(k.startswith("module.") for k in ckpt["model"])  # saved unwrapped from DDP
+
+
+def test_ct_preset_uses_fold_statistics(trained, tmp_path):
+    """dataset=synapse (CT rule: z-score with the fold's training statistics) selected with one override."""
+    data = write_phantom_dataset(tmp_path / "ct", "abdomen", n_volumes=6, seed=2, shape=(64, 64, 8), modality="ct")
+    out = tmp_path / "eval"
+    wf = _workflow(
+        ["train.json", "evaluate.json"], "train", dataset_dir=str(data), dataset="synapse",
+        ckpt_dir=str(trained / "models"), output_dir=str(out), folds=[0], classes=[1, 2, 3],
+        eval_modes=["protocol"], n_overlays=0, **TINY,
+    )  # fmt: skip
+    wf.initialize()
+    wf.run()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == {"SPLEEN", "KID_R", "KID_L"}

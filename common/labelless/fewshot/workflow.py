@@ -297,6 +297,17 @@ class FewShotProtocolRunner:
         logger.info("fold %d: evaluating %s", fold, path)
         return self.network
 
+    def _norm_stats_for_fold(self, fold: int) -> tuple[float, float] | None:
+        """CT rule (``fold_zscore`` presets): mean/std over the fold's training scans, exactly as in training."""
+        if self.dataset.preset.normalization != "fold_zscore":
+            return None
+        from labelless.transforms.intensity import fold_statistics
+
+        split = fold_split(self.dataset.pids, fold, self.dataset.preset.n_folds)
+        stats = fold_statistics(self.dataset.load_image(pid).array for pid in split.train)
+        logger.info("fold %d: normalisation statistics of the training scans: mean %.4f, std %.4f", fold, *stats)
+        return stats
+
     def run(self) -> dict:
         """Evaluate and write the reports; returns the ``metrics.json`` content."""
         from labelless.fewshot.protocol import evaluate
@@ -304,7 +315,8 @@ class FewShotProtocolRunner:
 
         self.result = evaluate(
             self.dataset, self._predictor_for_fold, folds=self.folds, classes=self.classes, modes=self.modes,
-            n_shots=self.n_shots, device=self.device, output_dir=self.output_dir, **self.kwargs,
+            norm_stats_for_fold=self._norm_stats_for_fold, n_shots=self.n_shots, device=self.device,
+            output_dir=self.output_dir, **self.kwargs,
         )  # fmt: skip
         paths = write_reports(self.result, self.output_dir)
         summary = result_to_dict(self.result)
