@@ -36,6 +36,9 @@ from labelless.utils import write_json_atomic
 
 __all__ = ["time_inference", "time_training", "main"]
 
+_ENCODER_OPTIONS: dict = {}
+_WORKERS = [0]
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -142,9 +145,9 @@ def time_training(encoder: str, size: int, n_iters: int, device: torch.device, s
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = build_fewshot_segmentor(encoder).to(device)
+        model = build_fewshot_segmentor(encoder, **_ENCODER_OPTIONS).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    loader = DataLoader(ds, batch_size=1, num_workers=0)
+    loader = DataLoader(ds, batch_size=1, num_workers=_WORKERS[0])
     trainer = EpisodicTrainer(device, 1, loader, model, opt, epoch_length=n_iters + 1)
     marks: dict[str, list[float]] = {"get_start": [], "get_end": [], "iter_end": []}
     trainer.add_event_handler(Events.GET_BATCH_STARTED, lambda e: marks["get_start"].append(time.perf_counter()))
@@ -175,14 +178,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--base_width", type=int, default=None, help="ResNet base width (32 = the shipped SSL-ALPNet model)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the training timing (default 0)")
     args = p.parse_args(argv)
+    if args.base_width is not None:
+        _ENCODER_OPTIONS["base_width"] = args.base_width
+    _WORKERS[0] = args.workers
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random-initialisation warning
-        model = build_fewshot_segmentor(args.encoder).to(device)
+        model = build_fewshot_segmentor(args.encoder, **_ENCODER_OPTIONS).to(device)
     print(
         f"encoder {args.encoder}, {args.slices} query slices of {args.size}x{args.size}, 1 support, device {device}, "
         f"{torch.get_num_threads()} CPU threads"

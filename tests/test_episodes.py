@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 import unittest
 from pathlib import Path
@@ -21,6 +22,7 @@ from labelless.fewshot.episodes import (
     is_degenerate_mask,
 )
 from labelless.io.writers import write_volume
+from labelless.networks.prototypes import downsample_mask
 from labelless.transforms.augment import RandFewShotAugment, RandFewShotAugmentd
 from labelless.transforms.intensity import fold_statistics
 
@@ -115,6 +117,17 @@ class TestSlicePool(unittest.TestCase):
                 build_slice_pool(ds, ["1", "99"])
             with self.assertRaisesRegex(DataError, "superpixel"):
                 build_slice_pool(PreparedVolumeDataset(root, "chaos"), ["1"])  # no maps in root
+            # Setting 2 with a class-slice index that lacks a training scan: an error, not a silent pool that keeps
+            # that scan's test-class slices
+            cm = PreparedVolumeDataset(root, "chaos").compute_classmap()
+            for per_scan in cm.values():
+                del per_scan["2"]
+            (root / "classmap_1.json").write_text(json.dumps(cm))
+            stale = PreparedVolumeDataset(root, "chaos", derived_dir=derived)
+            self.assertEqual(len(build_slice_pool(stale, ["1", "10"], setting=2, label_set=0)), 2 * (Z - 1) - 2)
+            with self.assertRaisesRegex(DataError, r"classmap_1\.json.*scan 2 is missing"):
+                build_slice_pool(stale, ["1", "2"], setting=2, label_set=0)
+            (root / "classmap_1.json").unlink()
             cmr = PreparedVolumeDataset(root, "cmr", derived_dir=derived)
             with self.assertRaisesRegex(ConfigError, "Setting 2"):
                 build_slice_pool(cmr, ["1"], setting=2)
@@ -131,6 +144,16 @@ class TestDegenerateMask(unittest.TestCase):
         m[3, 3] = 1  # on a sample point
         self.assertFalse(is_degenerate_mask(m))
         self.assertFalse(is_degenerate_mask(torch.ones(10, 10)))
+
+    def test_same_rule_as_the_head(self):
+        # the episode check must reject exactly the masks that the ALP head sees as empty on the feature grid
+        rng = np.random.RandomState(0)
+        for _ in range(40):
+            m = np.zeros((64, 64), np.float32)
+            y, x, h, w = rng.randint(0, 60), rng.randint(0, 60), rng.randint(1, 5), rng.randint(1, 5)
+            m[y : y + h, x : x + w] = 1
+            seen = downsample_mask(torch.from_numpy(m)[None, None], (8, 8))
+            self.assertEqual(is_degenerate_mask(m), not bool(seen.sum() > 0))
 
 
 class TestSelfSupervisedEpisodes(unittest.TestCase):

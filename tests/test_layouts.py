@@ -133,6 +133,15 @@ def test_classmap_alias_and_label_map_override(tmp_path):
     assert ds.class_slices(3, 0) == [3]
     with pytest.raises(DataError, match="'SPLEEN' missing"):
         ds.class_slices(1, 0)
+    # a scan absent from the index has unknown class slices: an error naming the index, never "no slice"
+    make_prepared(tmp_path, pids=(0, 1))
+    ds = PreparedVolumeDataset(tmp_path, preset="synapse")
+    with pytest.raises(DataError, match=r"classmap_1\.json.*scan 1 is missing.*'KID_L'.*stale"):
+        ds.class_slices(3, 1)
+    (tmp_path / "label_1.nii.gz").unlink()
+    with pytest.raises(DataError, match=r"scan 1 is missing.*no label file"):
+        PreparedVolumeDataset(tmp_path, preset="synapse").class_slices(3, "1")
+    (tmp_path / "image_1.nii.gz").unlink()
     # a config-style label map (JSON string keys; 0 -> 0 implied)
     lab = np.zeros((4, 8, 8))
     lab[1, 1, 1], lab[2, 2, 2] = 200, 600

@@ -28,6 +28,7 @@ from labelless.fewshot.protocol import (
     segment_volume,
     support_relative_chunks,
     support_relative_extent,
+    support_relative_slices,
     support_shot_slices,
     support_slices,
 )
@@ -147,6 +148,15 @@ class TestSliceRules(unittest.TestCase):
         self.assertEqual(support_relative_extent(9, 1, (0, 0)), (4.0, 4.0))
         with self.assertRaises(DataError):
             support_relative_chunks(5, 11, (3, 12))
+
+    def test_support_relative_slices(self):
+        # a_hat = 3/10 * 14 = 4.2, b_hat = 6/10 * 14 = 8.4: slices in [a_hat - m, b_hat + m] only (no rounding
+        # outwards: slice 2 lies below 4.2 - 2 = 2.2 and slice 11 above 8.4 + 2 = 10.4)
+        self.assertEqual(support_relative_slices(15, 11, (3, 6), margin=0), [5, 6, 7, 8])
+        self.assertEqual(support_relative_slices(15, 11, (3, 6), margin=2), [3, 4, 5, 6, 7, 8, 9, 10])
+        self.assertEqual(support_relative_slices(21, 11, (2, 8), margin=1), list(range(3, 18)))  # integer extent
+        with self.assertRaises(ConfigError):
+            support_relative_slices(15, 11, (3, 6), margin=-1)
 
     @parameterized.expand([
         ("protocol", 10, "protocol", 3, 6, 0, range(3, 7)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import unittest
 from pathlib import Path
@@ -301,6 +302,30 @@ class TestPrecompute(unittest.TestCase):
         with self.assertRaises(ConfigError):
             precompute_superpixels(self.data, out, preset="phantom_abdomen", workers=1, min_size=80, progress=False)
         self.assertFalse(any(n.startswith(".") for n in os.listdir(out)))  # no temporary files left
+
+    def test_maps_of_unknown_origin_are_never_reused(self):
+        # an interrupted run still leaves its manifest: a rerun with other parameters cannot reuse its maps
+        data = self.root / "broken"
+        shutil.copytree(self.data, data)
+        (data / "image_3.nii.gz").write_bytes(b"not a nifti")
+        out = self.root / "interrupted"
+        with self.assertRaisesRegex(DataError, "image_3"):
+            precompute_superpixels(data, out, preset="phantom_abdomen", workers=1, min_size=40, progress=False)
+        self.assertTrue((out / SUPERPIX_NAME.format(pid=1)).exists())
+        self.assertEqual(json.loads((out / "superpixels.json").read_text())["params"]["min_size"], 40)
+        with self.assertRaisesRegex(ConfigError, "other parameters"):
+            precompute_superpixels(data, out, preset="phantom_abdomen", workers=1, min_size=80, progress=False)
+        # maps of another data set (same pids, same parameters) are not taken for this one
+        with self.assertRaisesRegex(ConfigError, "another data set"):
+            precompute_superpixels(self.data, out, preset="phantom_abdomen", workers=1, min_size=40, progress=False)
+        # maps without any manifest (unknown parameters) are refused too
+        (out / "superpixels.json").unlink()
+        with self.assertRaisesRegex(ConfigError, "no superpixels.json"):
+            precompute_superpixels(data, out, preset="phantom_abdomen", workers=1, min_size=40, progress=False)
+        (data / "image_3.nii.gz").unlink()
+        precompute_superpixels(data, out, preset="phantom_abdomen", workers=1, min_size=40, progress=False,
+                               overwrite=True)  # fmt: skip
+        self.assertEqual(json.loads((out / "superpixels.json").read_text())["dataset_dir"], str(data.resolve()))
 
     def test_relative_body_threshold_and_slic3d(self):
         data = write_phantom_dataset(self.root / "heart", "cardiac", n_volumes=1, seed=1, shape=(64, 64, 5))

@@ -219,7 +219,8 @@ def precompute_superpixels(
         raise ConfigError(f"out_dir must not be the dataset folder {ds.root} (derived files never go there)")
     out.mkdir(parents=True, exist_ok=True)
 
-    manifest = {"params": params, **rule, "preset": p.name}
+    source = str(ds.root.expanduser().resolve())
+    manifest = {"params": params, **rule, "preset": p.name, "dataset_dir": source}
     mpath = out / MANIFEST_NAME
     if mpath.exists() and not overwrite:
         try:
@@ -228,9 +229,19 @@ def precompute_superpixels(
             raise DataError(mpath, f"cannot parse the manifest ({e}); pass overwrite=True") from e
         if {k: old.get(k) for k in manifest} != manifest:
             raise ConfigError(
-                f"{out} holds superpixels computed with other parameters ({ {k: old.get(k) for k in manifest} }); "
-                "pass overwrite=True or choose another out_dir"
+                f"{out} holds superpixels computed with other parameters or from another data set "
+                f"({ {k: old.get(k) for k in manifest} }); pass overwrite=True or choose another out_dir"
             )
+    elif not overwrite:
+        # maps without a manifest were made with unknown parameters (or by another tool): never reuse them silently
+        unknown = sorted(f.name for f in out.glob("superpix_*.nii.gz"))
+        if unknown:
+            raise ConfigError(
+                f"{out} holds superpixel maps ({', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}) but no "
+                f"{MANIFEST_NAME} saying how they were computed; pass overwrite=True or choose another out_dir"
+            )
+    # Written before any scan so that an interrupted run still records what its maps were computed with.
+    write_json_atomic(mpath, manifest)
 
     wanted = ds.pids if pids is None else [str(i) for i in pids]
     todo = []
@@ -261,7 +272,6 @@ def precompute_superpixels(
                     bar.update(1)
     finally:
         bar.close()
-    write_json_atomic(mpath, {**manifest, "dataset_dir": str(ds.root.expanduser().resolve())})
     return out
 
 

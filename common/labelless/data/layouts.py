@@ -198,9 +198,24 @@ class PreparedVolumeDataset:
         return write_json_atomic(Path(out_dir) / f"classmap_{threshold}.json", self.compute_classmap(threshold))
 
     def class_slices(self, class_id: int, pid: str | int) -> list[int]:
-        """Sorted z indices of scan ``pid`` that contain ``class_id`` (T = 1)."""
+        """Sorted z indices of scan ``pid`` that contain ``class_id`` (T = 1).
+
+        Raises:
+            DataError: the class, or the scan, is missing from the class-slice index (a scan absent from the index
+                has unknown class slices; treating it as "no slice" would e.g. leave test-class slices in the
+                Setting-2 training pool).
+        """
         name = self.label_map.name(class_id)
         cm = self.classmap(1)
+        index = self.root / "classmap_1.json"
         if name not in cm:
-            raise DataError(self.root / "classmap_1.json", f"class {name!r} missing from the class-slice index")
-        return sorted(int(z) for z in cm[name].get(str(pid), []))
+            raise DataError(index, f"class {name!r} missing from the class-slice index")
+        entry = cm[name]
+        if str(pid) not in entry:
+            why = (
+                "the index is stale or belongs to other data"
+                if self.has_label(pid)
+                else "the scan has no label file, so its class slices are unknown"
+            )
+            raise DataError(index, f"scan {pid} is missing from the class-slice index of class {name!r} ({why})")
+        return sorted(int(z) for z in entry[str(pid)])

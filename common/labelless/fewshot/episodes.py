@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.transforms import Randomizable
 from monai.utils import MAX_SEED, convert_to_numpy
 from torch.utils.data import Dataset
@@ -45,6 +44,7 @@ from torch.utils.data import Dataset
 from labelless.data.layouts import PreparedVolumeDataset
 from labelless.data.presets import DatasetPreset
 from labelless.errors import ConfigError, DataError
+from labelless.networks.prototypes import downsample_mask
 from labelless.transforms.augment import RandFewShotAugment
 from labelless.transforms.intensity import fold_statistics, zscore
 from labelless.utils import sort_ids
@@ -80,8 +80,7 @@ def is_degenerate_mask(mask: np.ndarray | torch.Tensor, feature_stride: int = 8)
     if not bool((m > 0).any()):
         return True
     size = (feature_grid_size(m.shape[0], feature_stride), feature_grid_size(m.shape[1], feature_stride))
-    small = F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)
-    return not bool(small.sum() > 0)
+    return not bool(downsample_mask(m[None, None], size).sum() > 0)  # the heads' own mask downsampling
 
 
 def _check_pids(dataset: PreparedVolumeDataset, pids: Sequence[str | int], what: str) -> list[str]:

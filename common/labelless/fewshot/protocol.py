@@ -56,6 +56,7 @@ __all__ = [
     "protocol_chunks",
     "support_relative_extent",
     "support_relative_chunks",
+    "support_relative_slices",
     "scored_range",
     "segment_volume",
     "score_scan",
@@ -197,6 +198,25 @@ def support_relative_chunks(
         return [n // 2]
     den = max(b_hat - a_hat, 1.0)
     return [int(min(max(math.floor(n * (z - a_hat) / den), 0), n - 1)) for z in range(n_q)]
+
+
+def support_relative_slices(
+    n_query_slices: int, n_support_slices: int, support_extent: tuple[int, int], margin: int = 2
+) -> list[int]:
+    """Query slices inside the support-estimated class extent (§6.5 ``predict_outside_extent: false``).
+
+    Slice ``z`` is kept when ``a_hat - margin <= z <= b_hat + margin`` (``a_hat``, ``b_hat`` from
+    :func:`support_relative_extent`, generally not integers); predictions on the other slices are set to 0. Use this
+    one rule for evaluation and for inference on user volumes.
+
+    Raises:
+        ConfigError: negative margin.
+        DataError: as :func:`support_relative_extent`.
+    """
+    if int(margin) < 0:
+        raise ConfigError(f"extent_margin must be >= 0, got {margin}")
+    a_hat, b_hat = support_relative_extent(n_query_slices, n_support_slices, support_extent)
+    return [z for z in range(int(n_query_slices)) if a_hat - int(margin) <= z <= b_hat + int(margin)]
 
 
 def scored_range(
@@ -665,8 +685,7 @@ def evaluate_fold(
                 scored = scored_range(n_q, "gt_free")
                 to_predict = range(n_q)
                 if not predict_outside_extent:
-                    a_hat, b_hat = support_relative_extent(n_q, sup_lab.shape[0], extent)
-                    to_predict = [z for z in range(n_q) if a_hat - extent_margin <= z <= b_hat + extent_margin]
+                    to_predict = support_relative_slices(n_q, sup_lab.shape[0], extent, extent_margin)
             pred = segment_volume(q, supports, chunks, predictor, batch_size, device, slices=to_predict)
             score = score_scan(pred, truth, scored, img_vol.spacing, fold=int(fold), pid=pid, class_id=c,
                                class_name=names[c], mode=mode)  # fmt: skip

@@ -480,7 +480,7 @@ class FewShotInferenceRunner:
     # ------------------------------------------------------------------ run
     def run(self) -> list[Path]:
         """Segment every query; returns the written mask files."""
-        from labelless.fewshot.protocol import segment_volume, support_relative_chunks, support_relative_extent
+        from labelless.fewshot.protocol import segment_volume, support_relative_chunks, support_relative_slices
         from labelless.reports import write_inference_overlay
 
         files = find_query_files(self.queries)
@@ -501,10 +501,10 @@ class FewShotInferenceRunner:
                                   device=self.device)  # fmt: skip
             pred = (self._resize(pred.astype(np.float32), q.shape[1:], "nearest") > 0.5).astype(np.uint8)
             if not self.predict_outside_extent:
-                a_hat, b_hat = support_relative_extent(q.shape[0], sup_vol.shape[0], extent)
-                lo, hi = int(np.floor(a_hat)) - self.extent_margin, int(np.ceil(b_hat)) + self.extent_margin
-                pred[: max(lo, 0)] = 0
-                pred[hi + 1 :] = 0
+                keep = support_relative_slices(q.shape[0], sup_vol.shape[0], extent, self.extent_margin)
+                outside = np.ones(q.shape[0], dtype=bool)
+                outside[keep] = False
+                pred[outside] = 0
             out = self.output_dir / f"{_query_stem(f)}_pred{self.output_suffix}"
             write_volume(pred, out, reference=q, dtype=np.uint8)
             self.outputs.append(out)
