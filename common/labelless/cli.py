@@ -292,6 +292,7 @@ class LabellessCLI:
         from labelless.errors import ConfigError
         from labelless.fewshot.baseline import IntensityPrototypePredictor
         from labelless.fewshot.protocol import evaluate, score_predictions
+        from labelless.fewshot.workflow import fold_norm_stats
         from labelless.reports import write_reports
 
         ds = PreparedVolumeDataset(dataset_dir, preset, label_map=label_map)
@@ -308,6 +309,7 @@ class LabellessCLI:
             base = IntensityPrototypePredictor()
             result = evaluate(
                 ds, lambda f: base, folds=fold_list, classes=class_ids, modes=mode_list, n_shots=int(n_shots),
+                norm_stats_for_fold=lambda f: fold_norm_stats(ds, f),
                 n_overlays=int(n_overlays), output_dir=output_dir, save_predictions=bool(save_predictions),
             )  # fmt: skip
         paths = write_reports(result, output_dir)

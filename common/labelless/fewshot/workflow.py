@@ -40,6 +40,7 @@ __all__ = [
     "FewShotInferenceRunner",
     "find_query_files",
     "inference_inputs",
+    "fold_norm_stats",
 ]
 
 logger = logging.getLogger("labelless.fewshot")
@@ -219,6 +220,19 @@ def load_network_weights(network: nn.Module, path: str | os.PathLike, device: st
     return network
 
 
+def fold_norm_stats(dataset: PreparedVolumeDataset, fold: int) -> tuple[float, float] | None:
+    """CT rule (``fold_zscore`` presets, fewshot_protocol §2.6): mean/std over all voxels of the fold's training
+    scans — the statistics training used; ``None`` for presets normalised per volume."""
+    if dataset.preset.normalization != "fold_zscore":
+        return None
+    from labelless.transforms.intensity import fold_statistics
+
+    split = fold_split(dataset.pids, fold, dataset.preset.n_folds)
+    stats = fold_statistics(dataset.load_image(pid).array for pid in split.train)
+    logger.info("fold %d: normalisation statistics of the training scans: mean %.4f, std %.4f", fold, *stats)
+    return stats
+
+
 def _class_ids(dataset: PreparedVolumeDataset, classes: Sequence[str | int] | None, setting: int, label_set: int):
     if classes is None or (isinstance(classes, str) and _is_unset(classes)):
         return list(dataset.preset.test_classes_for(int(setting), int(label_set)))
@@ -298,15 +312,7 @@ class FewShotProtocolRunner:
         return self.network
 
     def _norm_stats_for_fold(self, fold: int) -> tuple[float, float] | None:
-        """CT rule (``fold_zscore`` presets): mean/std over the fold's training scans, exactly as in training."""
-        if self.dataset.preset.normalization != "fold_zscore":
-            return None
-        from labelless.transforms.intensity import fold_statistics
-
-        split = fold_split(self.dataset.pids, fold, self.dataset.preset.n_folds)
-        stats = fold_statistics(self.dataset.load_image(pid).array for pid in split.train)
-        logger.info("fold %d: normalisation statistics of the training scans: mean %.4f, std %.4f", fold, *stats)
-        return stats
+        return fold_norm_stats(self.dataset, fold)
 
     def run(self) -> dict:
         """Evaluate and write the reports; returns the ``metrics.json`` content."""
