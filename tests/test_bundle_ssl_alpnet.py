@@ -160,6 +160,8 @@ def _root_cause(exc: BaseException) -> BaseException:
         ({"ckpt_path": "/nonexistent/model.pt"}, "checkpoint not found"),
         ({"encoder": "resnet18", "encoder_options": {"base_width": 8}}, "does not fit this network"),
         ({"queries": ["/nonexistent/query.nii.gz"]}, "does not exist"),
+        ({"support_slices": [2, 4, 99]}, "support slice 99 is outside the volume"),
+        ({"support_slices": [0, 4, 5]}, "support slice 0 does not contain label 1"),
     ],
 )
 def test_inference_bad_input_is_a_clear_error(tmp_path, trained, abdomen, overrides, needle):

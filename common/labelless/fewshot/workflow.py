@@ -390,6 +390,8 @@ class FewShotInferenceRunner:
         batch_size: query slices per forward.
         predict_outside_extent, extent_margin: zero the prediction outside the support-estimated extent.
         n_overlays: overlay PNGs per query.
+        support_slices: optional explicit support slice per chunk (``n_chunks`` z indices of the support volume, each
+            containing the class) instead of the automatic 1/6, 1/2, 5/6 quantiles; 1-shot only.
         output_suffix: file suffix of the masks (``.nii.gz``).
         device: device of the network.
     """
@@ -411,6 +413,7 @@ class FewShotInferenceRunner:
         predict_outside_extent: bool = True,
         extent_margin: int = 2,
         n_overlays: int = 1,
+        support_slices: Sequence[int] | None = None,
         output_suffix: str = ".nii.gz",
         device: str | torch.device = "cpu",
     ) -> None:
@@ -430,6 +433,7 @@ class FewShotInferenceRunner:
         self.predict_outside_extent = bool(predict_outside_extent)
         self.extent_margin = int(extent_margin)
         self.n_overlays = int(n_overlays)
+        self.support_slices = None if support_slices is None else [int(z) for z in support_slices]
         self.output_suffix = output_suffix
         self.device = torch.device(device)
         self.outputs: list[Path] = []
@@ -470,7 +474,24 @@ class FewShotInferenceRunner:
             raise DataError(
                 self.support_label, f"label value {self.label_value:g} is not present (values found: {values})"
             )
-        per_chunk = support_shot_slices(zs, self.n_chunks, self.n_shots, source=self.support_label)
+        if self.support_slices is None:
+            per_chunk = support_shot_slices(zs, self.n_chunks, self.n_shots, source=self.support_label)
+        else:
+            if len(self.support_slices) != self.n_chunks or self.n_shots != 1:
+                raise ConfigError(
+                    f"support_slices needs one slice per chunk ({self.n_chunks}) and n_shots=1, got "
+                    f"{self.support_slices} with n_shots={self.n_shots}"
+                )
+            for z in self.support_slices:
+                if not 0 <= z < img.shape[0]:
+                    raise DataError(
+                        self.support_image, f"support slice {z} is outside the volume (0..{img.shape[0] - 1})"
+                    )
+                if z not in zs:
+                    raise DataError(
+                        self.support_label, f"support slice {z} does not contain label {self.label_value:g}"
+                    )
+            per_chunk = [[z] for z in self.support_slices]
         norm = self._normalize(img)
         size = self._net_size(img.shape[1:])
         sup = [
