@@ -225,3 +225,26 @@ def test_ct_preset_uses_fold_statistics(trained, tmp_path):
     wf.run()
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["per_class"]) == {"SPLEEN", "KID_R", "KID_L"}
+
+
+def test_main_job_shipped_weights_segment_phantom_livers(tmp_path):
+    """The README's first command: inference.json with its defaults (shipped weights, embedded phantoms)."""
+    if not (BUNDLE / "models" / "model.pt").exists():
+        pytest.skip("models/model.pt not trained yet")
+    out = tmp_path / "pred"
+    wf = _workflow(["inference.json"], "infer", output_dir=str(out))
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    from labelless.phantoms import default_dataset_dir
+
+    data = default_dataset_dir("abdomen")
+    dices = []
+    for pid in range(2, 9):
+        pred = nib.load(str(out / f"image_{pid}_pred.nii.gz"))
+        truth = nib.load(str(data / f"label_{pid}.nii.gz"))
+        assert np.allclose(pred.affine, truth.affine) and pred.shape == truth.shape
+        p, t = np.asarray(pred.dataobj) > 0, np.asarray(truth.dataobj) == 1
+        dices.append(2 * (p & t).sum() / (p.sum() + t.sum()))
+    # measured 0.69-0.76 per volume (GT-free chunking, every slice scored); far above chance
+    assert np.mean(dices) > 0.6, dices
