@@ -248,3 +248,33 @@ def test_main_job_shipped_weights_segment_phantom_livers(tmp_path):
         dices.append(2 * (p & t).sum() / (p.sum() + t.sum()))
     # measured 0.69-0.76 per volume (GT-free chunking, every slice scored); far above chance
     assert np.mean(dices) > 0.6, dices
+
+
+def test_ckpt_export_torchscript_of_the_trained_encoder(tmp_path):
+    """ckpt_export writes the trained part (the encoder) to TorchScript; the parameter-free head stays in Python."""
+    if not (BUNDLE / "models" / "model.pt").exists():
+        pytest.skip("models/model.pt not trained yet")
+    ts = tmp_path / "model.ts"
+    res = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "ckpt_export", "export_def", "--filepath", str(ts),
+         "--ckpt_file", str(BUNDLE / "models" / "model.pt"), "--meta_file", str(CONFIGS / "metadata.json"),
+         "--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(BUNDLE)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    from labelless.networks.fewshot import build_fewshot_segmentor
+    from labelless.networks.prototypes import ALPHead
+
+    net = build_fewshot_segmentor("resnet18", base_width=32)
+    net.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True))
+    net.eval()
+    scripted = torch.jit.load(str(ts), map_location="cpu")
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        f_ts, f_net = scripted(x), net.encoder(x)
+        assert torch.allclose(f_ts, f_net, atol=1e-5)
+        mask = torch.zeros(1, 1, 64, 64)
+        mask[..., 16:48, 16:48] = 1
+        logits_ts = ALPHead()(f_ts[:1], mask, f_ts[1:], window=2, output_size=(64, 64))
+        logits = net(x[:1], mask, x[1:])
+    assert torch.allclose(logits_ts, logits, atol=1e-4)

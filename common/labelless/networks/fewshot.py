@@ -31,7 +31,7 @@ from labelless.errors import ConfigError, DataError
 from labelless.networks.encoders import build_encoder
 from labelless.networks.prototypes import LOCAL_THRESHOLD, ALPHead
 
-__all__ = ["FewShotOutput", "SupportEncoding", "FewShotSegmentor", "build_fewshot_segmentor"]
+__all__ = ["FewShotOutput", "SupportEncoding", "FewShotSegmentor", "SegmentorFeatures", "build_fewshot_segmentor"]
 
 
 class FewShotOutput(NamedTuple):
@@ -355,6 +355,31 @@ class FewShotSegmentor(nn.Module):
             return self._output(enc, q_feats, query_images.shape[-2:], win, return_aux)
         enc = self._cached_encoding(support_images, masks)
         return self.segment_with(enc, query_images, window=win, return_aux=return_aux)
+
+
+class SegmentorFeatures(nn.Module):
+    """The trainable part of a :class:`FewShotSegmentor` (its encoder), as a single-input module for export.
+
+    Its state dict has the segmentor's keys (``encoder.*``), so a bundle checkpoint loads into it unchanged and MONAI's
+    ``ckpt_export`` can write it to TorchScript. The prototype head has no parameters and data-dependent control flow
+    (a variable number of prototypes); it stays in Python (``labelless.networks.prototypes.ALPHead``), applied to the
+    exported features.
+
+    Args:
+        segmentor: the few-shot segmentor whose encoder is exported (shared, not copied).
+
+    Examples::
+
+        feats = SegmentorFeatures(build_fewshot_segmentor("tiny"))(torch.randn(1, 3, 64, 64))  # [1, 256, 8, 8]
+    """
+
+    def __init__(self, segmentor: FewShotSegmentor) -> None:
+        super().__init__()
+        self.encoder = segmentor.encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` -> ``[B, C, H/8, W/8]`` features."""
+        return self.encoder(x)
 
 
 def build_fewshot_segmentor(
