@@ -30,7 +30,6 @@ rectangular mask) reproduces scipy's ``distance_transform_edt`` result for that 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labelless.errors import ConfigError, DataError
+from labelless.errors import ConfigError
 from labelless.networks.fewshot import FewShotSegmentor, build_fewshot_segmentor
 from labelless.networks.prototypes import (
     FG_MODE_THRESHOLD,
@@ -47,7 +46,6 @@ from labelless.networks.prototypes import (
     SCALE,
     ALPHead,
     bg_prototypes,
-    downsample_mask,
     fg_uses_local,
     local_prototypes,
     masked_average_pooling,
@@ -703,45 +701,16 @@ class DSPNetHead(ALPHead):
             ValueError: mismatched shapes or channels (also with ``channels`` of BCMA).
             DataError: mask values outside [0, 1] or not finite, or an empty support FG mask (unless allowed).
         """
-        fg = support_fg_mask.unsqueeze(1) if support_fg_mask.dim() == 3 else support_fg_mask
-        self._validate(support_features, fg, query_features, window)
-        if self.bcma is not None and support_features.shape[1] != self.channels:
+        if self.bcma is not None and support_features.dim() == 4 and support_features.shape[1] != self.channels:
             raise ValueError(
                 f"DSPNetHead was built for {self.channels} channels (BCMA), the features have "
                 f"{support_features.shape[1]}"
             )
         window = int(window)
-        dtype = support_features.dtype
-        fg = fg.to(device=support_features.device, dtype=dtype)
-        if support_bg_mask is None:
-            bg = 1.0 - fg
-        else:
-            bg = support_bg_mask.unsqueeze(1) if support_bg_mask.dim() == 3 else support_bg_mask
-            if tuple(bg.shape) != tuple(fg.shape):
-                raise ValueError(f"support BG mask shape {tuple(bg.shape)} differs from the FG mask {tuple(fg.shape)}")
-            bg = bg.to(device=support_features.device, dtype=dtype)
-        for name, m in (("support FG mask", fg), ("support BG mask", bg)):
-            if not bool(torch.isfinite(m).all()) or float(m.min()) < 0.0 or float(m.max()) > 1.0:
-                raise DataError(name, "mask values must be finite and within [0, 1]")
-        allow = self.allow_empty_fg if allow_empty_fg is None else bool(allow_empty_fg)
-        empty = [i for i, v in enumerate(fg.flatten(1).amax(dim=1).tolist()) if v <= 0]
-        if empty and not allow:
-            raise DataError(
-                "support FG mask",
-                f"empty support mask: shot(s) {empty} have no foreground pixels; a support slice must contain the "
-                "class (pass allow_empty_fg=True only for the PAR parity case)",
-            )
+        fg, m_fg, m_bg, empty, vanished = self._prepare_masks(
+            support_features, support_fg_mask, query_features, window, support_bg_mask, allow_empty_fg
+        )
         h, w = support_features.shape[-2:]
-        m_fg = downsample_mask(fg, (h, w))
-        m_bg = downsample_mask(bg, (h, w))
-        vanished = [i for i, v in enumerate(m_fg.flatten(1).amax(dim=1).tolist()) if v <= 0 and i not in empty]
-        if vanished:
-            warnings.warn(
-                f"support FG mask of shot(s) {vanished} vanishes on the {h}x{w} feature grid (structure smaller than "
-                "the feature stride); its prototype is zero",
-                stacklevel=2,
-            )
-
         fits = h >= window and w >= window
         mixed_bg = mixed_fg = None
         if self.bcma is not None and fits:

@@ -309,6 +309,65 @@ class ALPHead(nn.Module):
         if int(window) < 1:
             raise ValueError(f"window must be a positive integer, got {window}")
 
+    def _prepare_masks(
+        self,
+        support_features: torch.Tensor,
+        support_fg_mask: torch.Tensor,
+        query_features: torch.Tensor,
+        window: int,
+        support_bg_mask: torch.Tensor | None = None,
+        allow_empty_fg: bool | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int], list[int]]:
+        """Validate the inputs and bring the support FG/BG masks to the feature grid (shared by the heads built on
+        this one).
+
+        Returns:
+            ``(fg, m_fg, m_bg, empty_shots, vanished_shots)``: the FG mask ``[S, 1, H, W]`` at its given resolution
+            (on the features' device and dtype), FG and BG masks ``[S, 1, h, w]`` on the feature grid, shots whose FG
+            mask is empty at full resolution, and shots whose FG mask vanishes on the feature grid.
+
+        Raises:
+            ValueError: mismatched shapes or channels.
+            DataError: mask values outside [0, 1] or not finite, or an empty support FG mask (unless allowed).
+        """
+        fg = support_fg_mask
+        if fg.dim() == 3:
+            fg = fg.unsqueeze(1)
+        self._validate(support_features, fg, query_features, window)
+        dtype = support_features.dtype
+        fg = fg.to(device=support_features.device, dtype=dtype)
+        if support_bg_mask is None:
+            bg = 1.0 - fg
+        else:
+            bg = support_bg_mask.unsqueeze(1) if support_bg_mask.dim() == 3 else support_bg_mask
+            if tuple(bg.shape) != tuple(fg.shape):
+                raise ValueError(f"support BG mask shape {tuple(bg.shape)} differs from the FG mask {tuple(fg.shape)}")
+            bg = bg.to(device=support_features.device, dtype=dtype)
+        for name, m in (("support FG mask", fg), ("support BG mask", bg)):
+            if not bool(torch.isfinite(m).all()) or float(m.min()) < 0.0 or float(m.max()) > 1.0:
+                raise DataError(name, "mask values must be finite and within [0, 1]")
+
+        allow = self.allow_empty_fg if allow_empty_fg is None else bool(allow_empty_fg)
+        empty = [i for i, v in enumerate(fg.flatten(1).amax(dim=1).tolist()) if v <= 0]
+        if empty and not allow:
+            raise DataError(
+                "support FG mask",
+                f"empty support mask: shot(s) {empty} have no foreground pixels; a support slice must contain the "
+                "class (pass allow_empty_fg=True only for the PAR parity case)",
+            )
+        h, w = support_features.shape[-2:]
+        m_fg = downsample_mask(fg, (h, w))
+        m_bg = downsample_mask(bg, (h, w))
+        vanished = [i for i, v in enumerate(m_fg.flatten(1).amax(dim=1).tolist()) if v <= 0 and i not in empty]
+        if vanished:
+            warnings.warn(
+                f"support FG mask of shot(s) {vanished} vanishes on the {h}x{w} feature grid (structure smaller than "
+                "the feature stride); its prototype is zero",
+                stacklevel=3,
+            )
+
+        return fg, m_fg, m_bg, empty, vanished
+
     def forward(
         self,
         support_features: torch.Tensor,
@@ -339,42 +398,10 @@ class ALPHead(nn.Module):
             ValueError: mismatched shapes or channels.
             DataError: mask values outside [0, 1] or not finite, or an empty support FG mask (unless allowed).
         """
-        fg = support_fg_mask
-        if fg.dim() == 3:
-            fg = fg.unsqueeze(1)
-        self._validate(support_features, fg, query_features, window)
         window = int(window)
-        dtype = support_features.dtype
-        fg = fg.to(device=support_features.device, dtype=dtype)
-        if support_bg_mask is None:
-            bg = 1.0 - fg
-        else:
-            bg = support_bg_mask.unsqueeze(1) if support_bg_mask.dim() == 3 else support_bg_mask
-            if tuple(bg.shape) != tuple(fg.shape):
-                raise ValueError(f"support BG mask shape {tuple(bg.shape)} differs from the FG mask {tuple(fg.shape)}")
-            bg = bg.to(device=support_features.device, dtype=dtype)
-        for name, m in (("support FG mask", fg), ("support BG mask", bg)):
-            if not bool(torch.isfinite(m).all()) or float(m.min()) < 0.0 or float(m.max()) > 1.0:
-                raise DataError(name, "mask values must be finite and within [0, 1]")
-
-        allow = self.allow_empty_fg if allow_empty_fg is None else bool(allow_empty_fg)
-        empty = [i for i, v in enumerate(fg.flatten(1).amax(dim=1).tolist()) if v <= 0]
-        if empty and not allow:
-            raise DataError(
-                "support FG mask",
-                f"empty support mask: shot(s) {empty} have no foreground pixels; a support slice must contain the "
-                "class (pass allow_empty_fg=True only for the PAR parity case)",
-            )
-        h, w = support_features.shape[-2:]
-        m_fg = downsample_mask(fg, (h, w))
-        m_bg = downsample_mask(bg, (h, w))
-        vanished = [i for i, v in enumerate(m_fg.flatten(1).amax(dim=1).tolist()) if v <= 0 and i not in empty]
-        if vanished:
-            warnings.warn(
-                f"support FG mask of shot(s) {vanished} vanishes on the {h}x{w} feature grid (structure smaller than "
-                "the feature stride); its prototype is zero",
-                stacklevel=2,
-            )
+        _, m_fg, m_bg, empty, vanished = self._prepare_masks(
+            support_features, support_fg_mask, query_features, window, support_bg_mask, allow_empty_fg
+        )
 
         protos_bg, bg_fallback = bg_prototypes(support_features, m_bg, window, self.threshold)
         protos_fg, fg_local = fg_prototypes(
