@@ -1,10 +1,10 @@
 # Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
-"""SSL-ALPNet bundle: train / evaluate / inference through MONAI's ConfigWorkflow and the CLI, from another cwd."""
+"""SSL-ALPNet bundle specifics: inference errors, the CT preset, the shipped weights (main job, ckpt_export). The
+contract shared with the other few-shot bundles is in test_bundle_fewshot.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,26 +15,17 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
+from _bundles import BUNDLES, TINY, bundle_workflow, root_cause, train_tiny
 from labelless.errors import DataError
 from labelless.phantoms import write_phantom_dataset
-from labelless.resources import META_SCHEMA
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "ssl_alpnet_fewshot_segmentation"
+BUNDLE_NAME = "ssl_alpnet_fewshot_segmentation"
+BUNDLE = BUNDLES / BUNDLE_NAME
 CONFIGS = BUNDLE / "configs"
-TINY = {"encoder": "tiny", "encoder_options": {}}
 
 
 def _workflow(config_files, workflow_type, **overrides) -> ConfigWorkflow:
-    files = [str(CONFIGS / f) for f in config_files]
-    return ConfigWorkflow(
-        config_file=files if len(files) > 1 else files[0],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type=workflow_type,
-        bundle_root=str(BUNDLE),
-        **overrides,
-    )
+    return bundle_workflow(BUNDLE_NAME, config_files, workflow_type, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -46,95 +37,8 @@ def abdomen(tmp_path_factory) -> Path:
 def trained(tmp_path_factory, abdomen) -> Path:
     """A tiny model trained for a few iterations through train.json (fold 0, Setting 1)."""
     out = tmp_path_factory.mktemp("train")
-    cwd = os.getcwd()
-    os.chdir(out)  # run from a directory other than the bundle
-    try:
-        wf = _workflow(
-            ["train.json"], "train", dataset_dir=str(abdomen), derived_dir=str(out / "derived"),
-            ckpt_dir=str(out / "models"), output_dir=str(out / "eval"), n_steps=5, epoch_length=2, **TINY,
-        )  # fmt: skip
-        wf.initialize()
-        assert wf.check_properties() == []
-        wf.run()
-        wf.finalize()
-    finally:
-        os.chdir(cwd)
-    assert (out / "models" / "fold0_setting1.pt").is_file()
+    train_tiny(BUNDLE_NAME, abdomen, out)
     return out
-
-
-def test_metadata_verifies_offline():
-    res = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"),
-         "--filepath", str(META_SCHEMA)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert "verified" in (res.stdout + res.stderr).lower()
-
-
-def test_train_checkpoint_loads_weights_only(trained):
-    ckpt = torch.load(trained / "models" / "fold0_setting1.pt", map_location="cpu", weights_only=True)
-    assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(ckpt)
-    assert ckpt["trainer"]["iteration"] == 5
-
-
-def test_evaluate_writes_reports_and_lists_missing_folds(trained, abdomen):
-    out = trained / "evaluate"
-    wf = _workflow(
-        ["train.json", "evaluate.json"], "train", dataset_dir=str(abdomen), ckpt_dir=str(trained / "models"),
-        output_dir=str(out), folds=[0, 1], n_overlays=1, **TINY,
-    )  # fmt: skip
-    wf.initialize()
-    wf.run()
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["mode"] == "protocol" and "gt_free" in metrics
-    assert metrics["folds_evaluated"] == [0] and metrics["folds_missing"] == [1]
-    assert set(metrics["per_class"]) == {"LIVER", "RK", "LK", "SPLEEN"}
-    assert all(0.0 <= v["dice"] <= 1.0 for v in metrics["per_class"].values())
-    assert list((out / "overlays").glob("*.png"))
-
-
-def test_evaluate_unseen_dataset_with_overrides_only(trained, tmp_path):
-    """A prepared-layout dataset never seen by the tests' presets: raw labels 200/500/600, own class names."""
-    data = write_phantom_dataset(tmp_path / "cmr_like", "cardiac", n_volumes=6, seed=9, shape=(64, 64, 8))
-    (data / "classmap_1.json").unlink()  # no class-slice index either: it is computed
-    out = tmp_path / "eval"
-    wf = _workflow(
-        ["train.json", "evaluate.json"], "train", dataset_dir=str(data), ckpt_dir=str(trained / "models"),
-        output_dir=str(out), folds=[0], label_map={"200": 1, "500": 2, "600": 3},
-        class_names={"1": "MYOCARDIUM", "2": "BLOODPOOL", "3": "RIGHTVENTRICLE"},
-        classes=["MYOCARDIUM", "BLOODPOOL", "RIGHTVENTRICLE"], eval_modes=["protocol"], n_overlays=0, **TINY,
-    )  # fmt: skip
-    wf.initialize()
-    wf.run()
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["per_class"]) == {"MYOCARDIUM", "BLOODPOOL", "RIGHTVENTRICLE"}
-    assert metrics["per_scan"] and all(s["n_scored_slices"] > 0 for s in metrics["per_scan"])
-
-
-def test_inference_keeps_query_geometry_and_resamples_other_sizes(trained, abdomen, tmp_path):
-    # a query of another in-plane size and spacing than the network input: resampled there and back
-    img = nib.load(str(abdomen / "image_2.nii.gz"))
-    data = np.asarray(img.dataobj)[:60, :52]
-    affine = img.affine.copy()
-    affine[:3, :3] *= 1.3
-    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "odd_query.nii.gz"))
-    out = tmp_path / "pred"
-    wf = _workflow(
-        ["inference.json"], "infer", ckpt_path=str(trained / "models" / "fold0_setting1.pt"), output_dir=str(out),
-        support_image=str(abdomen / "image_1.nii.gz"), support_label=str(abdomen / "label_1.nii.gz"), label_value=1,
-        queries=[str(tmp_path / "odd_query.nii.gz"), str(abdomen / "image_3.nii.gz")], image_size=64, **TINY,
-    )  # fmt: skip
-    wf.initialize()
-    assert wf.check_properties() == []
-    wf.run()
-    pred = nib.load(str(out / "odd_query_pred.nii.gz"))
-    assert pred.shape == data.shape
-    assert np.allclose(pred.affine, affine, atol=1e-4)
-    assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1}
-    assert (out / "image_3_pred.nii.gz").is_file()
-    assert list((out / "overlays").glob("odd_query_z*.png"))
 
 
 def _infer(tmp_path, trained, abdomen, **kw) -> ConfigWorkflow:
@@ -145,12 +49,6 @@ def _infer(tmp_path, trained, abdomen, **kw) -> ConfigWorkflow:
     }  # fmt: skip
     args.update(kw)
     return _workflow(["inference.json"], "infer", **args)
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return exc
 
 
 @pytest.mark.parametrize(
@@ -169,7 +67,7 @@ def test_inference_bad_input_is_a_clear_error(tmp_path, trained, abdomen, overri
     with pytest.raises(Exception) as info:  # MONAI wraps config errors in RuntimeError: check the root cause
         wf.initialize()
         wf.run()
-    root = _root_cause(info.value)
+    root = root_cause(info.value)
     assert isinstance(root, DataError), repr(root)
     assert needle in str(root)
 
@@ -192,24 +90,6 @@ def test_shipped_weights_are_small_plain_state_dict():
 
     net = build_fewshot_segmentor("resnet18", base_width=32)
     net.load_state_dict(state)
-
-
-def test_multi_gpu_config_runs_under_torchrun_on_cpu(abdomen, tmp_path):
-    """multi_gpu_train.json with gloo on CPU: 2 processes, DistributedSampler, rank-0 checkpoint."""
-    cfg = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-         "-m", "monai.bundle", "run", "--config_file", cfg, "--bundle_root", str(BUNDLE),
-         "--dataset_dir", str(abdomen), "--derived_dir", str(tmp_path / "derived"),
-         "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
-         "--n_steps", "4", "--epoch_length", "2", "--encoder", "tiny", "--encoder_options", "{}"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "models" / "fold0_setting1.pt", map_location="cpu", weights_only=True)
-    assert ckpt["trainer"]["iteration"] == 4
-    assert not any(k.startswith("module.") for k in ckpt["model"])  # saved unwrapped from DDP
 
 
 def test_ct_preset_uses_fold_statistics(trained, tmp_path):

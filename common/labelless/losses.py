@@ -198,7 +198,11 @@ class ALPNetLoss(nn.Module):
         par_weight: weight of the PAR term (0 disables it; then a plain logits tensor is accepted).
         par_window: local window of PAR (the training window, 4).
         skip_empty_fg: skip PAR when the predicted query FG is empty (``par_skip_empty_fg``; default parity).
-        threshold: local-prototype threshold of the PAR head.
+        threshold: local-prototype threshold of the PAR head (ignored when ``par_head`` is given).
+        par_head: the prototype head PAR uses, normally the model's own head (``"$@network_def.head"`` in a
+            config) so that a head with parameters or extra modules (DSPNet's FSPA/BCMA) is used, and trained, in
+            both terms; default a fresh :class:`~labelless.networks.prototypes.ALPHead`. It is kept as a plain
+            reference, not registered as a sub-module of the loss.
 
     Examples::
 
@@ -216,6 +220,7 @@ class ALPNetLoss(nn.Module):
         par_window: int = 4,
         skip_empty_fg: bool = False,
         threshold: float = LOCAL_THRESHOLD,
+        par_head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.weights = tuple(float(w) for w in weights)
@@ -223,7 +228,15 @@ class ALPNetLoss(nn.Module):
         self.par_weight = float(par_weight)
         self.par_window = int(par_window)
         self.skip_empty_fg = bool(skip_empty_fg)
-        self.par_head = ALPHead(threshold=threshold)
+        if par_head is not None and not isinstance(par_head, nn.Module):
+            raise TypeError(f"par_head must be a prototype head module, got {type(par_head).__name__}")
+        # a tuple keeps the model's head out of this module's parameters and state dict
+        self._par_head = (ALPHead(threshold=threshold) if par_head is None else par_head,)
+
+    @property
+    def par_head(self) -> nn.Module:
+        """The prototype head of the PAR term."""
+        return self._par_head[0]
 
     def forward(
         self, output: Any, query_label: torch.Tensor, support_label: torch.Tensor | None = None

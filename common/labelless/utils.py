@@ -15,7 +15,46 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_path", "write_json_atomic", "write_text_atomic", "sort_ids", "seed_everything", "path_suffix"]
+from labelless.errors import ConfigError
+
+__all__ = [
+    "atomic_path",
+    "write_json_atomic",
+    "write_text_atomic",
+    "sort_ids",
+    "seed_everything",
+    "path_suffix",
+    "as_bool",
+]
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def as_bool(value: Any, name: str = "value") -> bool:
+    """A config switch as a bool; strings from the command line are parsed, not truth-tested.
+
+    ``python -m monai.bundle run ... --use_bcma false`` passes the *string* ``"false"`` (fire only converts Python
+    literals such as ``False``), and ``bool("false")`` is ``True``: a silent wrong answer this function prevents.
+
+    Args:
+        value: a bool, the integers 0/1, or one of the strings true/false, yes/no, on/off, 1/0 (any case).
+        name: the config id, for the error message.
+
+    Returns:
+        the switch value.
+
+    Raises:
+        ConfigError: anything else (e.g. ``"flase"``, ``2``, ``None``).
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and int(value) in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
 def path_suffix(path: str | os.PathLike) -> str:

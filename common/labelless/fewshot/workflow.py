@@ -179,7 +179,10 @@ def load_network_weights(network: nn.Module, path: str | os.PathLike, device: st
     """Load a checkpoint into ``network`` with clear errors.
 
     Accepts a plain state dict (the shipped ``model.pt``) or a training checkpoint with the key ``model``. Loaded
-    with ``weights_only=True``.
+    with ``weights_only=True``. Loading is strict, with one documented exception: a sub-module may list, in its
+    ``unused_checkpoint_keys`` attribute, keys that a checkpoint of another configuration of the same model carries
+    but this configuration does not use (DSPNet with BCMA switched off for a test-time ablation ignores the trained
+    ``bcma.cal``); those are dropped with a log message. Missing keys are always an error.
 
     Raises:
         DataError: missing or unreadable file, or weights that do not fit the network (e.g. another bundle's or
@@ -199,6 +202,15 @@ def load_network_weights(network: nn.Module, path: str | os.PathLike, device: st
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DataError(p, "not a model state dict (expected a state dict or a checkpoint with the key 'model')")
     own = network.state_dict()
+    ignorable = {
+        (f"{name}." if name else "") + key
+        for name, module in network.named_modules()
+        for key in getattr(module, "unused_checkpoint_keys", ())
+    }
+    dropped = sorted(k for k in state if k in ignorable and k not in own)
+    if dropped:
+        logger.info("%s: ignoring %s (not used by this configuration of the network)", p, ", ".join(dropped))
+        state = {k: v for k, v in state.items() if k not in dropped}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shape_bad = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]

@@ -52,6 +52,7 @@ from labelless.networks.prototypes import (
     prototype_scores,
     safe_normalize,
 )
+from labelless.utils import as_bool
 
 __all__ = [
     "BCMA_PRESETS",
@@ -584,8 +585,9 @@ class DSPNetHead(ALPHead):
       is not on the feature grid (the segmentor's call) and off when it is (PAR, which always uses the fallback).
     - Switches: without ``use_fspa`` the global prototypes are the plain per-shot MAPs of ALP (and the cross
       attention, which only feeds FSPA, is not computed); without ``use_bcma`` the local prototypes are not mixed
-      (and ``Cal`` does not exist); without ``use_cross_attention`` FSPA uses ``F_su = F_s``. All three off gives
-      exactly ``ALPHead``'s logits.
+      (and ``Cal`` does not exist; a checkpoint's ``Cal`` is then ignored by
+      :func:`~labelless.fewshot.workflow.load_network_weights`, see ``unused_checkpoint_keys``); without
+      ``use_cross_attention`` FSPA uses ``F_su = F_s``. All three off gives exactly ``ALPHead``'s logits.
 
     ``last_info`` adds ``fspa_clusters`` (J per shot, 0 = fallback; ``[]`` without FSPA) and ``fspa_empty_roi``;
     the counter ``fspa_fallback_count`` counts calls in which every shot used the FSPA fallback.
@@ -641,13 +643,15 @@ class DSPNetHead(ALPHead):
     ) -> None:
         super().__init__(threshold, fg_mode_threshold, fg_mode_window, scale, allow_empty_fg)
         self.channels = int(channels)
-        self.use_fspa = bool(use_fspa)
-        self.use_bcma = bool(use_bcma)
-        self.use_cross_attention = bool(use_cross_attention)
+        self.use_fspa = as_bool(use_fspa, "use_fspa")
+        self.use_bcma = as_bool(use_bcma, "use_bcma")
+        self.use_cross_attention = as_bool(use_cross_attention, "use_cross_attention")
         self.bcma_alpha = float(bcma_alpha)
         self.bcma_alpha_bg = self.bcma_alpha if bcma_alpha_bg is None else float(bcma_alpha_bg)
         self.head_lr_multiplier = float(head_lr_multiplier)
         self.bcma = BCMA(self.channels, self.bcma_alpha, bcma_weights, head_lr_multiplier) if self.use_bcma else None
+        # a checkpoint trained with BCMA still loads with BCMA switched off (test-time ablation; load_network_weights)
+        self.unused_checkpoint_keys: tuple[str, ...] = () if self.use_bcma else ("bcma.cal",)
         self.fspa = FSPA(region_area, max_clusters, cluster_iterations) if self.use_fspa else None
         self.attention = (
             SupportQueryAttention(attention_temperature) if self.use_fspa and self.use_cross_attention else None
@@ -754,6 +758,10 @@ class DSPNetHead(ALPHead):
                 fg_score = _per_query_scores(query_features, local_fg, glb, self.scale)
             n_fg = 1 + (int(local_fg.shape[0]) if fg_local else 0)
         logits = torch.cat([bg_score, fg_score], dim=1)
+        if self.bcma is not None and torch.is_grad_enabled():
+            # Cal drops out of the graph when no mixed window is selected (BG fallback and FG global mode); a
+            # zero-valued term keeps every parameter in every training graph, as DistributedDataParallel requires
+            logits = logits + 0.0 * self.bcma.cal.sum()
         if output_size is not None:
             size = (int(output_size), int(output_size)) if isinstance(output_size, int) else tuple(output_size)
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
@@ -783,7 +791,8 @@ def dspnet_param_groups(
     """SGD parameter groups of a DSPNet segmentor (dspnet.md §6): everything at ``base_lr``, the head at less.
 
     Args:
-        model: a :class:`~labelless.networks.fewshot.FewShotSegmentor` (or any module with a ``head``).
+        model: a :class:`~labelless.networks.fewshot.FewShotSegmentor` (or any module with a ``head``), also wrapped
+            in ``DistributedDataParallel`` / ``DataParallel`` (its ``module`` is used).
         base_lr: learning rate of the encoder and reduction convolution.
         head_lr_multiplier: factor of the head parameters (``Cal``); default the head's own (1e-4).
 
@@ -794,6 +803,8 @@ def dspnet_param_groups(
     Raises:
         ConfigError: the model has no ``head``.
     """
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
     head = getattr(model, "head", None)
     if not isinstance(head, nn.Module):
         raise ConfigError(f"{type(model).__name__} has no prototype head module")
