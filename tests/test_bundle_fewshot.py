@@ -1,5 +1,5 @@
 # Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
-"""The contract every few-shot volume bundle keeps (SSL-ALPNet, DSPNet): train / evaluate / inference through
+"""The contract every few-shot volume bundle keeps (SSL-ALPNet, DSPNet, PSMNet): train / evaluate / inference through
 MONAI's ConfigWorkflow from another working directory, an unseen dataset with overrides only, torchrun, metadata."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from _bundles import BUNDLES, TINY, bundle_workflow, train_tiny
 from labelless.phantoms import write_phantom_dataset
 from labelless.resources import META_SCHEMA
 
-FEWSHOT_BUNDLES = ["ssl_alpnet_fewshot_segmentation", "dspnet_fewshot_segmentation"]
+FEWSHOT_BUNDLES = ["ssl_alpnet_fewshot_segmentation", "dspnet_fewshot_segmentation", "psmnet_fewshot_segmentation"]
 
 
 @pytest.fixture(scope="module")

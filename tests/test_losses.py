@@ -11,7 +11,13 @@ import torch.nn.functional as F
 from parameterized import parameterized
 
 from labelless.errors import DataError
-from labelless.losses import ALPNetLoss, prototype_alignment_loss, support_target, weighted_query_ce
+from labelless.losses import (
+    ALPNetLoss,
+    prototype_alignment_loss,
+    query_soft_dice,
+    support_target,
+    weighted_query_ce,
+)
 from labelless.networks.fewshot import FewShotOutput
 
 # (batch, H, W, weights, ignore fraction)
@@ -217,3 +223,34 @@ class TestALPNetLoss(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestSoftDice(unittest.TestCase):
+    def test_hand_computed_value_with_ignored_pixels(self):
+        # FG probabilities 0.5 everywhere (zero logits); label: 2 FG, 1 BG, 1 ignored pixel
+        logits = torch.zeros(1, 2, 2, 2)
+        label = torch.tensor([[[1, 1], [0, 255]]])
+        # p over valid pixels = 0.5 × 3 = 1.5; Σ p·t = 1.0; Σ t = 2 -> 1 - 2/3.5
+        self.assertAlmostEqual(float(query_soft_dice(logits, label, eps=0.0)), 1 - 2.0 / 3.5, places=6)
+
+    def test_perfect_prediction_is_near_zero_and_gradients_flow(self):
+        label = torch.zeros(1, 8, 8, dtype=torch.long)
+        label[:, 2:6, 2:6] = 1
+        logits = torch.stack([(label == 0).float(), (label == 1).float()], dim=1) * 30.0
+        logits.requires_grad_(True)
+        loss = query_soft_dice(logits, label)
+        self.assertLess(float(loss), 1e-4)
+        loss.backward()
+        self.assertTrue(torch.isfinite(logits.grad).all())
+
+    def test_alpnet_loss_adds_the_weighted_dice_term(self):
+        logits = torch.randn(1, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+        label = (torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(1)) > 0.5).long()
+        plain, parts0 = ALPNetLoss(par_weight=0.0)(logits, label)
+        total, parts = ALPNetLoss(par_weight=0.0, dice_weight=0.5)(logits, label)
+        self.assertNotIn("dice_loss", parts0)
+        self.assertAlmostEqual(float(total), float(plain) + 0.5 * float(parts["dice_loss"]), places=5)
+
+    def test_bad_label_is_a_data_error(self):
+        with self.assertRaisesRegex(DataError, "label values"):
+            query_soft_dice(torch.zeros(1, 2, 2, 2), torch.full((1, 2, 2), 3))

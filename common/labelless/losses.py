@@ -23,7 +23,14 @@ from torch import nn
 from labelless.errors import DataError
 from labelless.networks.prototypes import LOCAL_THRESHOLD, ALPHead
 
-__all__ = ["weighted_query_ce", "prototype_alignment_loss", "support_target", "ALPNetLoss", "QUERY_CLASS_WEIGHTS"]
+__all__ = [
+    "weighted_query_ce",
+    "query_soft_dice",
+    "prototype_alignment_loss",
+    "support_target",
+    "ALPNetLoss",
+    "QUERY_CLASS_WEIGHTS",
+]
 
 QUERY_CLASS_WEIGHTS = (0.05, 1.0)
 
@@ -76,6 +83,34 @@ def weighted_query_ce(
     _check_target_values(t, ignore_index, "query label")
     w = torch.as_tensor([float(v) for v in weights], dtype=torch.float32, device=logits.device)
     return F.cross_entropy(logits.float(), t, weight=w, ignore_index=ignore_index)
+
+
+def query_soft_dice(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255, eps: float = 1e-5
+) -> torch.Tensor:
+    """Soft Dice loss of the FG probability of 2-class query logits, ignored pixels excluded (PSMNet's optional
+    term, psmnet.md §5).
+
+    ``1 − (2 Σ p·t + eps) / (Σ p + Σ t + eps)`` over the valid pixels of the whole batch, ``p = softmax(logits)[:, 1]``.
+
+    Args:
+        logits: ``[B, 2, H, W]``.
+        target: ``[B, H, W]`` or ``[B, 1, H, W]`` labels in {0, 1, ``ignore_index``}.
+        ignore_index: label value excluded.
+        eps: smoothing.
+
+    Returns:
+        scalar loss in [0, 1].
+    """
+    t = target[:, 0] if target.dim() == 4 and target.shape[1] == 1 else target
+    if t.shape != logits.shape[:1] + logits.shape[2:]:
+        raise DataError("query label", f"shape {tuple(target.shape)} does not match the logits {tuple(logits.shape)}")
+    t = torch.round(t).long() if t.is_floating_point() else t.long()
+    _check_target_values(t, ignore_index, "query label")
+    valid = (t != ignore_index).to(torch.float32)
+    p = F.softmax(logits.float(), dim=1)[:, 1] * valid
+    fg = (t == 1).to(torch.float32)
+    return 1.0 - (2.0 * (p * fg).sum() + eps) / (p.sum() + fg.sum() + eps)
 
 
 def support_target(support_label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
@@ -199,6 +234,7 @@ class ALPNetLoss(nn.Module):
         par_window: local window of PAR (the training window, 4).
         skip_empty_fg: skip PAR when the predicted query FG is empty (``par_skip_empty_fg``; default parity).
         threshold: local-prototype threshold of the PAR head (ignored when ``par_head`` is given).
+        dice_weight: weight of an optional soft Dice term on the query (:func:`query_soft_dice`; 0 = not computed).
         par_head: the prototype head PAR uses, normally the model's own head (``"$@network_def.head"`` in a
             config) so that a head with parameters or extra modules (DSPNet's FSPA/BCMA) is used, and trained, in
             both terms; default a fresh :class:`~labelless.networks.prototypes.ALPHead`. It is kept as a plain
@@ -221,8 +257,10 @@ class ALPNetLoss(nn.Module):
         skip_empty_fg: bool = False,
         threshold: float = LOCAL_THRESHOLD,
         par_head: nn.Module | None = None,
+        dice_weight: float = 0.0,
     ) -> None:
         super().__init__()
+        self.dice_weight = float(dice_weight)
         self.weights = tuple(float(w) for w in weights)
         self.ignore_index = int(ignore_index)
         self.par_weight = float(par_weight)
@@ -251,7 +289,7 @@ class ALPNetLoss(nn.Module):
 
         Returns:
             ``(total, parts)`` with parts ``query_loss`` and ``par_loss`` (detached tensors), ``par_bg_fallback``,
-            ``par_empty_fg`` and ``par_skipped`` (bools).
+            ``par_empty_fg`` and ``par_skipped`` (bools), and ``dice_loss`` when ``dice_weight`` is set.
 
         Raises:
             DataError: PAR requested without the auxiliary outputs or the support label; bad labels.
@@ -286,6 +324,10 @@ class ALPNetLoss(nn.Module):
                 par_bg_fallback=info["bg_fallback"], par_empty_fg=info["empty_fg"], par_skipped=info["skipped"]
             )
             total = query_loss + self.par_weight * par
+        if self.dice_weight != 0.0:
+            dice = query_soft_dice(logits, query_label, self.ignore_index)
+            total = total + self.dice_weight * dice
+            parts["dice_loss"] = dice.detach()
         parts["query_loss"] = query_loss.detach()
         parts["par_loss"] = par.detach()
         return total, parts

@@ -49,6 +49,7 @@ from labelless.networks.prototypes import (
     prototype_scores,
     safe_normalize,
 )
+from labelless.utils import as_bool
 
 __all__ = [
     "CrossNonLocalBlock",
@@ -435,10 +436,10 @@ class PSMNetHead(ALPHead):
             raise ConfigError(f"channels must be a positive integer, got {channels!r}")
         self.channels = int(channels)
         self.psm_depth, self.psm_tau, self.psm_min_mass = _check_psm_config(psm_depth, psm_tau, psm_min_mass)
-        self.psm_on_background = bool(psm_on_background)
-        self.psm_with_local = bool(psm_with_local)
-        self.use_psm = bool(use_psm)
-        self.use_mcam = bool(use_mcam)
+        self.psm_on_background = as_bool(psm_on_background, "psm_on_background")
+        self.psm_with_local = as_bool(psm_with_local, "psm_with_local")
+        self.use_psm = as_bool(use_psm, "use_psm")
+        self.use_mcam = as_bool(use_mcam, "use_mcam")
         self.mcam = MCAM(2, self.channels) if self.use_mcam else None
 
     def _psm_sets(
