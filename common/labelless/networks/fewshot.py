@@ -361,9 +361,9 @@ class SegmentorFeatures(nn.Module):
     """The trainable part of a :class:`FewShotSegmentor` (its encoder), as a single-input module for export.
 
     Its state dict has the segmentor's keys (``encoder.*``), so a bundle checkpoint loads into it unchanged and MONAI's
-    ``ckpt_export`` can write it to TorchScript. The prototype head has no parameters and data-dependent control flow
-    (a variable number of prototypes); it stays in Python (``labelless.networks.prototypes.ALPHead``), applied to the
-    exported features.
+    ``ckpt_export`` can write it to TorchScript. The prototype heads have data-dependent control flow (a variable number
+    of prototypes); they stay in Python, applied to the exported features: ``ALPHead`` has no parameters, the heads
+    with parameters (DSPNet's ``Cal``, PSMNet's MCAM) load them from the same checkpoint (``head.*`` keys).
 
     Args:
         segmentor: the few-shot segmentor whose encoder is exported (shared, not copied).
