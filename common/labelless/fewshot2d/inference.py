@@ -1,0 +1,229 @@
+# Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
+"""Few-shot 2D inference: segment query images from K labelled support images (the FSMS bundle's ``inference``).
+
+:class:`FewShot2DInferenceRunner` reads the supports (RGB image + mask files) and the queries, resizes them to
+``image_size`` (bilinear, antialiased; support masks thresholded at 0.5 after the resize, fsms.md §1.5), predicts
+every query with all K supports as shots, resizes the probability back to the query's original size (bilinear) and
+thresholds it, then writes (atomically) for each query ``<stem>_mask.png`` (0/255, original size) and
+``overlays/<stem>_overlay.png`` (prediction in red on the original image), plus ``inference_summary.json``.
+
+Files are read with the helpers of :mod:`labelless.fewshot2d.classes` (the same rules as for training and test
+pools): grey images are replicated to RGB, alpha channels dropped, 8-bit data divided by 255 and 16-bit data by
+65535; a mask whose maximum is ≤ 1 is taken as 0/1, otherwise ``value / 255 > 0.5`` (the reference rule for 0/255
+masks).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from labelless.errors import ConfigError, DataError
+from labelless.fewshot2d.classes import load_mask, load_rgb, resize_image, resize_mask
+from labelless.fewshot2d.protocol import network_predictor, rgb_overlay
+from labelless.io.writers import write_image2d
+from labelless.utils import atomic_path, sort_ids, write_json_atomic
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "support_mask_at",
+    "list_query_files",
+    "FewShot2DInferenceRunner",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def support_mask_at(mask: torch.Tensor, size: int, source: str | os.PathLike | None = None) -> torch.Tensor:
+    """A ``[1, H, W]`` support mask at ``size × size``: bilinear resize then ``> 0.5`` (fsms.md §1.5).
+
+    If the resized mask is empty although the input is not (a structure smaller than a pixel of the new grid),
+    every pixel the resized soft mask touches (``> 0``) is kept instead, so a labelled support never becomes empty.
+
+    Raises:
+        DataError: the input mask is empty (naming ``source``).
+    """
+    m = mask.float()
+    if not bool((m > 0.5).any()):
+        raise DataError(source, "support mask is empty; every support needs a labelled foreground")
+    out = resize_mask(m, size)
+    if not bool(out.any()):
+        soft = F.interpolate(m[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+        out = (soft > 0).float()
+    return out
+
+
+def list_query_files(queries: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The query files: a folder's image files (``IMAGE_SUFFIXES``, hidden files skipped, natural order) or a list.
+
+    Raises:
+        DataError: a missing folder/file, or no query at all.
+    """
+    if isinstance(queries, (str, os.PathLike)):
+        q = Path(queries)
+        if q.is_dir():
+            names = sort_ids(p.name for p in q.iterdir()
+                             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+            files = [q / n for n in names]  # fmt: skip
+            if not files:
+                raise DataError(q, f"no query images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+            return files
+        files = [q]
+    else:
+        files = [Path(p) for p in queries]
+    if not files:
+        raise DataError("queries", "no query images given")
+    for p in files:
+        if not p.is_file():
+            raise DataError(p, "query image does not exist")
+    return files
+
+
+class FewShot2DInferenceRunner:
+    """Segment query images with a few-shot network from K support (image, mask) files.
+
+    Args:
+        network: a module with the ``FSMSNet`` forward signature ``(support_images [B, K, 3, S, S], support_masks
+            [B, K, 1, S, S], query_images [B, 3, S, S]) -> logits [B, 1, S, S]``; moved to ``device``.
+        support_images: the K support image files.
+        support_masks: their mask files, in the same order (0/1 or 0/255 PNGs; must be non-empty).
+        queries: a folder of query images or a list of files.
+        output_dir: where the masks, overlays and ``inference_summary.json`` are written (created).
+        image_size: network input size S (224 for FSMS).
+        threshold: probability threshold applied after resizing back (``p > threshold``).
+        device: torch device; default CUDA when available, else CPU.
+        n_overlays: overlays to write (the first queries); ``None`` = one per query, 0 = none.
+        batch_size: queries per forward pass.
+        input_transform: optional transform of the images before the network (e.g. ImageNet normalisation when
+            the network does not apply it).
+
+    Raises:
+        DataError: no supports, different numbers of support images and masks, missing files, no queries, two
+            queries with the same file stem.
+        ConfigError: invalid ``image_size``, ``threshold``, ``n_overlays`` or ``batch_size``.
+
+    Examples::
+
+        runner = FewShot2DInferenceRunner(net, ["s1.jpg"], ["s1_mask.png"], "queries/", "out", device="cuda")
+        outputs = runner.run()
+        outputs[0]["mask"]  # out/<stem>_mask.png
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        support_images: Sequence[str | os.PathLike],
+        support_masks: Sequence[str | os.PathLike],
+        queries: str | os.PathLike | Sequence[str | os.PathLike],
+        output_dir: str | os.PathLike,
+        image_size: int = 224,
+        threshold: float = 0.5,
+        device: str | torch.device | None = None,
+        n_overlays: int | None = None,
+        batch_size: int = 4,
+        input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        if isinstance(support_images, (str, os.PathLike)) or isinstance(support_masks, (str, os.PathLike)):
+            raise ConfigError("support_images and support_masks must be lists of files")
+        self.support_images = [Path(p) for p in support_images]
+        self.support_masks = [Path(p) for p in support_masks]
+        if not self.support_images:
+            raise DataError("supports", "no support images given (at least one labelled image is needed)")
+        if len(self.support_images) != len(self.support_masks):
+            raise DataError(
+                "supports", f"{len(self.support_images)} support images but {len(self.support_masks)} support masks"
+            )
+        for p in self.support_images + self.support_masks:
+            if not p.is_file():
+                raise DataError(p, "support file does not exist")
+        self.queries = list_query_files(queries)
+        stems: dict[str, Path] = {}
+        for q in self.queries:
+            if q.stem in stems:
+                raise DataError(q, f"has the same stem as {stems[q.stem]}; the output masks would overwrite each other")
+            stems[q.stem] = q
+        if isinstance(image_size, bool) or int(image_size) != image_size or int(image_size) < 8:
+            raise ConfigError(f"image_size must be an integer >= 8, got {image_size!r}")
+        if not 0.0 < float(threshold) < 1.0:
+            raise ConfigError(f"threshold must be in (0, 1), got {threshold!r}")
+        if n_overlays is not None and (isinstance(n_overlays, bool) or int(n_overlays) < 0):
+            raise ConfigError(f"n_overlays must be None or an integer >= 0, got {n_overlays!r}")
+        if isinstance(batch_size, bool) or int(batch_size) < 1:
+            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.output_dir = Path(output_dir)
+        self.image_size = int(image_size)
+        self.threshold = float(threshold)
+        self.n_overlays = len(self.queries) if n_overlays is None else int(n_overlays)
+        self.batch_size = int(batch_size)
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu"
+        )
+        self.network = network.to(self.device)
+        self.predict = network_predictor(self.network, self.device, input_transform)
+
+    def load_supports(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The supports at ``image_size``: images ``[K, 3, S, S]`` and binary masks ``[K, 1, S, S]``.
+
+        Raises:
+            DataError: unreadable files, image/mask size mismatch, an empty mask (naming the mask file).
+        """
+        imgs, msks = [], []
+        for ip, mp in zip(self.support_images, self.support_masks):
+            img, msk = load_rgb(ip, size=None), load_mask(mp, size=None)
+            if tuple(img.shape[1:]) != tuple(msk.shape[1:]):
+                raise DataError(mp, f"mask size {tuple(msk.shape[1:])} differs from image {ip} {tuple(img.shape[1:])}")
+            imgs.append(resize_image(img, self.image_size))
+            msks.append(support_mask_at(msk, self.image_size, mp))
+        return torch.stack(imgs), torch.stack(msks)
+
+    def run(self) -> list[dict[str, Any]]:
+        """Predict every query and write the outputs.
+
+        Returns:
+            one dict per query: ``{"query", "mask", "overlay" (or None), "height", "width",
+            "foreground_fraction"}`` (paths as strings); also written to ``inference_summary.json``.
+
+        Raises:
+            DataError: unreadable support or query files, empty support masks, bad network output.
+        """
+        s_img, s_msk = self.load_supports()
+        k = s_img.shape[0]
+        size = (self.image_size, self.image_size)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        outputs: list[dict[str, Any]] = []
+        for start in range(0, len(self.queries), self.batch_size):
+            paths = self.queries[start : start + self.batch_size]
+            originals = [load_rgb(p, size=None) for p in paths]
+            q = torch.stack([resize_image(o, self.image_size) for o in originals])
+            b = q.shape[0]
+            probs = self.predict(s_img[None].expand(b, k, *s_img.shape[1:]), s_msk[None].expand(b, k, 1, *size), q)
+            probs = torch.as_tensor(probs, dtype=torch.float32)
+            if tuple(probs.shape) != (b, 1, *size) or not bool(torch.isfinite(probs).all()):
+                raise DataError(
+                    "network", f"returned shape {tuple(probs.shape)} or non-finite values; expected {(b, 1, *size)}"
+                )
+            for j, (p, orig) in enumerate(zip(paths, originals)):
+                h, w = orig.shape[1:]
+                prob = F.interpolate(probs[j : j + 1], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+                pred = (prob > self.threshold).numpy()
+                mask_path = write_image2d(pred.astype(np.uint8) * 255, self.output_dir / f"{p.stem}_mask.png")
+                overlay_path = None
+                if len(outputs) < self.n_overlays:
+                    overlay_path = self.output_dir / "overlays" / f"{p.stem}_overlay.png"
+                    with atomic_path(overlay_path) as tmp:
+                        rgb_overlay(orig, prediction=pred).save(tmp, format="PNG")
+                outputs.append({"query": str(p), "mask": str(mask_path),
+                                "overlay": None if overlay_path is None else str(overlay_path), "height": int(h),
+                                "width": int(w), "foreground_fraction": float(pred.mean())})  # fmt: skip
+        write_json_atomic(self.output_dir / "inference_summary.json", {
+            "n_shots": int(k), "support_images": [str(p) for p in self.support_images],
+            "support_masks": [str(p) for p in self.support_masks], "image_size": self.image_size,
+            "threshold": self.threshold, "outputs": outputs,
+        })  # fmt: skip
+        return outputs

@@ -1,0 +1,530 @@
+# Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
+"""The FSMS evaluation protocol (fsms.md §4): seeded test episodes, episode Dice, per-image Dice and IoU.
+
+Reference protocol (kept as the key metric, **episode Dice**): ``n_episodes`` (200) test episodes of ``n_tasks``
+(5) one-way K-shot tasks each. A task draws K + 1 distinct images of the **test pool**: K supports (with their
+masks) and one query. The query probabilities are thresholded (``p > threshold``, 0.5), the pixels of all queries of
+the episode are pooled and one Dice (F1) is computed over them (micro-Dice per episode); the reported number is the
+mean over the episodes (``episode_dice_std`` is the population standard deviation over episodes).
+
+Decisions (fsms.md §1.4, §4.1, §5):
+
+- The draws are seeded (``seed``, the bundle's ``eval_seed``, default 0): episode ``e`` uses
+  ``numpy.random.default_rng((seed, e))``, so every model sees the same episodes and a shorter run sees a prefix of
+  a longer one.
+- Supports are drawn only from images with a non-empty mask; the query is drawn from all other images of the pool
+  (it may have an empty mask).
+- **Empty / empty**: when the pooled prediction and ground truth of an episode are both empty, episode Dice is 1.0
+  (nothing to find, nothing predicted), as everywhere in :mod:`labelless.metrics`; per-image Dice and IoU follow the
+  same rule. With supports always non-empty this needs every query of the episode to be empty.
+- Per-image Dice (``2TP / (2TP + FP + FN)``) and IoU (``TP / (TP + FP + FN)``) are computed per query and averaged
+  over all queries of all episodes (an image drawn twice counts twice).
+
+Predictors: any callable ``predict(support_images [T, K, 3, H, W], support_masks [T, K, 1, H, W], query_images
+[T, 3, H, W]) -> probabilities [T, 1, H, W]`` in [0, 1] (tensor or array); :func:`network_predictor` wraps a network
+with the ``FSMSNet`` forward signature (logits) into one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from labelless.errors import ConfigError, DataError
+from labelless.fewshot2d.episodes import ImagePool, as_image_tensor, as_mask_tensor
+from labelless.metrics import dice_from_counts
+from labelless.utils import as_bool, atomic_path, write_json_atomic, write_text_atomic
+
+__all__ = [
+    "Predictor",
+    "TestEpisode",
+    "draw_test_episodes",
+    "episode_dice",
+    "iou_from_counts",
+    "network_predictor",
+    "rgb_overlay",
+    "evaluate_episodes",
+    "write_episode_reports",
+]
+
+Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]
+"""``predict(support_images [T,K,3,H,W], support_masks [T,K,1,H,W], query_images [T,3,H,W]) -> [T,1,H,W]``."""
+
+TestEpisode = list[tuple[tuple[int, ...], int]]
+"""One test episode: ``(support pool indices, query pool index)`` per task."""
+
+_PRED_COLOR = (255, 60, 60)
+_TRUTH_COLOR = (40, 230, 40)
+
+
+def _count(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or int(value) != value or int(value) < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+# ---------------------------------------------------------------------------------------------------- episodes
+def draw_test_episodes(
+    has_foreground: Sequence[bool], n_episodes: int = 200, n_tasks: int = 5, n_shots: int = 1, seed: int = 0
+) -> list[TestEpisode]:
+    """Seeded test episodes over a pool of images (fsms.md §4.1).
+
+    For each task: K distinct supports among the images with a non-empty mask, then one query among all the other
+    images (which may have an empty mask). Episode ``e`` uses ``numpy.random.default_rng((seed, e))``: identical
+    across runs and machines, and a run with fewer episodes sees a prefix of the same episodes.
+
+    Args:
+        has_foreground: one bool per pool image (position = pool index): whether its mask is non-empty. Integers
+            are refused so that a list of indices cannot be mistaken for flags.
+        n_episodes: number of episodes (reference: 200).
+        n_tasks: tasks per episode (reference: 5).
+        n_shots: supports per task K.
+        seed: the evaluation seed (``eval_seed``).
+
+    Returns:
+        ``episodes[e][t] = (support_indices, query_index)``, supports as a tuple of K pool indices.
+
+    Raises:
+        ConfigError: invalid counts or non-bool flags.
+        DataError: fewer than K images with a foreground, or fewer than K + 1 images in the pool.
+
+    Examples::
+
+        eps = draw_test_episodes([True, True, False, True], n_episodes=2, n_tasks=5, n_shots=1, seed=0)
+        supports, query = eps[0][0]
+    """
+    flags = list(has_foreground)
+    if not all(isinstance(f, (bool, np.bool_)) for f in flags):
+        raise ConfigError("has_foreground must hold one bool per pool image (not indices or counts)")
+    n_episodes = _count(n_episodes, "n_episodes", 1)
+    n_tasks = _count(n_tasks, "n_tasks", 1)
+    n_shots = _count(n_shots, "n_shots", 1)
+    fg = np.flatnonzero(np.asarray(flags, dtype=bool))
+    if len(fg) < n_shots:
+        raise DataError("test pool", f"{len(fg)} image(s) with a non-empty mask; {n_shots} needed as supports")
+    if len(flags) < n_shots + 1:
+        raise DataError("test pool", f"{len(flags)} image(s); n_shots + 1 = {n_shots + 1} needed per task")
+    episodes = []
+    for e in range(n_episodes):
+        rng = np.random.default_rng((int(seed), e))
+        tasks = []
+        for _ in range(n_tasks):
+            sup = tuple(int(i) for i in rng.choice(fg, size=n_shots, replace=False))
+            rest = np.setdiff1d(np.arange(len(flags)), np.asarray(sup))
+            tasks.append((sup, int(rest[int(rng.integers(len(rest)))])))
+        episodes.append(tasks)
+    return episodes
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+def _bool_mask(x: Any, name: str) -> np.ndarray:
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 2:
+        raise DataError(name, f"expected an [H, W] (or [1, H, W]) mask, got shape {tuple(np.shape(x))}")
+    if a.dtype != bool:
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            raise DataError(name, "mask contains NaN or infinite values")
+        if a.size and not np.all((a == 0) | (a == 1)):
+            raise DataError(name, "mask must be binary (bool or 0/1)")
+        a = a.astype(bool)
+    return a
+
+
+def _counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
+    tp = int(np.count_nonzero(pred & truth))
+    return tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(truth)) - tp
+
+
+def episode_dice(preds: Sequence[Any], truths: Sequence[Any]) -> float:
+    """Pooled Dice (F1) of the queries of one episode: ``2 ΣTP / (2 ΣTP + ΣFP + ΣFN)`` over all their pixels.
+
+    Args:
+        preds: thresholded predictions, one ``[H, W]`` bool (or 0/1) mask per query.
+        truths: the ground-truth masks, same sizes.
+
+    Returns:
+        Dice in 0..1; 1.0 when the pooled prediction and ground truth are both empty.
+
+    Raises:
+        DataError: different numbers of masks, shape mismatch, non-binary masks.
+
+    Examples::
+
+        episode_dice([np.ones((2, 2), bool)], [np.eye(2, dtype=bool)])  # 2*2 / (2*2 + 2 + 0) = 0.667
+    """
+    if len(preds) != len(truths):
+        raise DataError(None, f"{len(preds)} predictions for {len(truths)} ground-truth masks")
+    tp = fp = fn = 0
+    for i, (p, t) in enumerate(zip(preds, truths)):
+        pb, tb = _bool_mask(p, f"prediction {i}"), _bool_mask(t, f"ground truth {i}")
+        if pb.shape != tb.shape:
+            raise DataError(f"query {i}", f"prediction shape {pb.shape} differs from ground truth {tb.shape}")
+        a, b, c = _counts(pb, tb)
+        tp, fp, fn = tp + a, fp + b, fn + c
+    return dice_from_counts(tp, fp, fn)
+
+
+def iou_from_counts(tp: int, fp: int, fn: int) -> float:
+    """``TP / (TP + FP + FN)`` in 0..1; 1.0 when both masks are empty."""
+    den = tp + fp + fn
+    return 1.0 if den == 0 else float(tp) / float(den)
+
+
+# ---------------------------------------------------------------------------------------------------- predictors
+def network_predictor(
+    network: torch.nn.Module,
+    device: str | torch.device | None = None,
+    input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Wrap a network with the ``FSMSNet`` forward signature (logits) into a predictor (probabilities on the CPU).
+
+    Args:
+        network: ``network(support_images, support_masks, query_images) -> logits [T, 1, H, W]``.
+        device: where to run; default the device of the network's first parameter (CPU without parameters).
+        input_transform: optional transform applied to support and query images before the network (e.g. the
+            ImageNet normalisation when the network does not apply it itself).
+
+    Returns:
+        ``predict(support_images, support_masks, query_images) -> sigmoid(logits)`` as a float32 CPU tensor; the
+        network is put in eval mode and run under ``torch.no_grad``.
+    """
+    if device is None:
+        first = next(iter(network.parameters()), None)
+        dev = first.device if first is not None else torch.device("cpu")
+    else:
+        dev = torch.device(device)
+
+    def predict(support_images: torch.Tensor, support_masks: torch.Tensor, query_images: torch.Tensor) -> torch.Tensor:
+        network.eval()
+        with torch.no_grad():
+            s = torch.as_tensor(support_images, dtype=torch.float32).to(dev)
+            m = torch.as_tensor(support_masks, dtype=torch.float32).to(dev)
+            q = torch.as_tensor(query_images, dtype=torch.float32).to(dev)
+            if input_transform is not None:
+                s, q = input_transform(s), input_transform(q)
+            return torch.sigmoid(network(s, m, q).float()).cpu()
+
+    return predict
+
+
+def _check_probabilities(out: Any, shape: tuple[int, ...]) -> torch.Tensor:
+    p = out.detach() if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
+    p = p.to(device="cpu", dtype=torch.float32)
+    if tuple(p.shape) != shape:
+        raise DataError("predictor", f"returned shape {tuple(p.shape)}; expected probabilities of shape {shape}")
+    if not bool(torch.isfinite(p).all()):
+        raise DataError("predictor", "returned NaN or infinite values")
+    if p.numel() and (float(p.min()) < -1e-6 or float(p.max()) > 1 + 1e-6):
+        raise DataError(
+            "predictor", f"returned values in [{float(p.min()):.3g}, {float(p.max()):.3g}]; expected probabilities "
+            "in [0, 1] (apply a sigmoid to logits, e.g. with network_predictor)"
+        )
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------- overlays
+def _rgb_uint8(image: Any) -> np.ndarray:
+    a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+        a = np.moveaxis(a, 0, -1)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 3):
+        raise DataError("overlay", f"expected an RGB or grey image, got shape {a.shape}")
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    if a.dtype == np.uint8:
+        return a
+    a = np.nan_to_num(a.astype(np.float64))
+    if a.max() > 1.0:
+        a = a / 255.0
+    return (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
+
+
+def rgb_overlay(image: Any, truth: Any | None = None, prediction: Any | None = None, alpha: float = 0.35) -> Any:
+    """An RGB overlay: the prediction as a translucent red area with a red contour, the ground truth as a green
+    contour.
+
+    Args:
+        image: ``[3, H, W]`` or ``(H, W, 3)`` RGB (floats in [0, 1] or uint8), or ``(H, W)`` grey.
+        truth: optional ``[H, W]`` (or ``[1, H, W]``) binary ground truth.
+        prediction: optional binary prediction, same size.
+        alpha: opacity of the prediction fill.
+
+    Returns:
+        a ``PIL.Image.Image`` (RGB) of the image size.
+    """
+    from PIL import Image
+    from scipy import ndimage
+
+    rgb = _rgb_uint8(image).astype(np.float64)
+    for mask, color, fill in ((prediction, _PRED_COLOR, True), (truth, _TRUTH_COLOR, False)):
+        if mask is None:
+            continue
+        m = _bool_mask(mask, "overlay mask")
+        if m.shape != rgb.shape[:2]:
+            raise DataError("overlay", f"mask shape {m.shape} differs from image shape {rgb.shape[:2]}")
+        if not m.any():
+            continue
+        col = np.asarray(color, dtype=np.float64)
+        if fill:
+            rgb[m] = (1 - alpha) * rgb[m] + alpha * col
+        rgb[m & ~ndimage.binary_erosion(m, iterations=1 + min(m.shape) // 256)] = col
+    return Image.fromarray(rgb.round().clip(0, 255).astype(np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+class _PoolCache:
+    """LRU cache of (image, mask) tensors of a pool, loaded and checked once."""
+
+    def __init__(self, pool: ImagePool, size: int) -> None:
+        self.pool = pool
+        self.size = size
+        self._items: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    def get(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if i in self._items:
+            self._items.move_to_end(i)
+            return self._items[i]
+        name = f"test image {self.pool.image_ids[i]!r}"
+        image, mask = self.pool.load(self.pool.image_ids[i])
+        if mask is None:
+            raise DataError(name, "the test pool returned no mask; the episode protocol needs ground truth")
+        img, msk = as_image_tensor(image, name), as_mask_tensor(mask, f"{name} (mask)")
+        if img.shape[1:] != msk.shape[1:]:
+            raise DataError(name, f"image size {tuple(img.shape[1:])} differs from mask size {tuple(msk.shape[1:])}")
+        if self.size > 0:
+            self._items[i] = (img, msk)
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return img, msk
+
+
+def evaluate_episodes(
+    predict: Predictor,
+    pool: ImagePool,
+    n_episodes: int = 200,
+    n_tasks: int = 5,
+    n_shots: int = 1,
+    seed: int = 0,
+    batch_tasks: int = 5,
+    threshold: float = 0.5,
+    output_dir: str | os.PathLike | None = None,
+    n_overlays: int = 3,
+    progress: bool | str = True,
+    cache_size: int = 256,
+) -> dict[str, Any]:
+    """Run the episode protocol (fsms.md §4) on a labelled test pool and optionally write the reports.
+
+    Args:
+        predict: the predictor (module docstring); called under ``torch.no_grad`` with CPU float32 tensors of up to
+            ``batch_tasks`` tasks of the same image size.
+        pool: the test pool (:class:`~labelless.fewshot2d.episodes.ImagePool` with ``has_masks``); images of one
+            task must have the same size (a pool resized to 224 satisfies it). Supports are drawn from the pool's
+            ``support_ids`` when it has that attribute (masks non-empty at the support grid), else from the images
+            whose loaded mask is non-empty (this reads every image once before the episodes).
+        n_episodes: number of episodes (reference: 200).
+        n_tasks: tasks per episode (reference: 5).
+        n_shots: supports per task K.
+        seed: episode seed (``eval_seed``); the same seed gives the same episodes for every model.
+        batch_tasks: tasks per predictor call.
+        threshold: probability threshold (prediction = ``p > threshold``).
+        output_dir: when given, ``metrics.json``, ``metrics.csv``, ``metrics.md`` and ``overlays/*.png`` are written
+            there (atomically) by :func:`write_episode_reports`.
+        n_overlays: number of overlay PNGs (the first queries of the first episodes).
+        progress: show a tqdm progress bar over the episodes.
+        cache_size: number of loaded pool images kept in memory (0 disables the cache).
+
+    Returns:
+        ``{"episode_dice_mean", "episode_dice_std", "per_episode_dice": [E], "per_image_dice_mean",
+        "per_image_iou_mean", "n_episodes", "n_tasks", "n_shots", "n_queries", "n_empty_truth_queries",
+        "n_pool_images", "n_support_images", "seed", "threshold", "episodes": [{"episode", "dice", "tasks":
+        [{"support_ids", "query_id", "dice", "iou", "tp", "fp", "fn"}]}], "files": {...} (when written)}``; Dice
+        and IoU as fractions in 0..1.
+
+    Raises:
+        ConfigError: invalid counts, threshold, or a pool without the expected interface.
+        DataError: a pool without masks or too small, images of different sizes in one task (naming the image
+            ids), bad predictor output.
+
+    Examples::
+
+        pool = ImageFolderPool("isic2016_test", image_size=224)
+        res = evaluate_episodes(network_predictor(net, "cuda"), pool, n_episodes=200, output_dir="eval")
+        res["episode_dice_mean"]
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(pool, ImagePool):
+        raise ConfigError(f"pool must provide image_ids, has_masks and load(image_id); got {type(pool).__name__}")
+    if not as_bool(pool.has_masks, "has_masks"):
+        raise DataError("test pool", "has no masks; the episode protocol needs ground truth")
+    batch_tasks = _count(batch_tasks, "batch_tasks", 1)
+    n_overlays = _count(n_overlays, "n_overlays", 0)
+    if not 0.0 < float(threshold) < 1.0:
+        raise ConfigError(f"threshold must be in (0, 1), got {threshold!r}")
+    ids = [str(i) for i in pool.image_ids]
+    cache = _PoolCache(pool, _count(cache_size, "cache_size", 0))
+    sup_ids = getattr(pool, "support_ids", None)
+    if sup_ids is not None:  # the pool knows which masks are non-empty at the support grid
+        chosen = {str(i) for i in sup_ids}
+        has_fg = [i in chosen for i in ids]
+    else:
+        has_fg = [bool(cache.get(i)[1].any()) for i in range(len(ids))]
+    episodes = draw_test_episodes(has_fg, n_episodes, n_tasks, n_shots, seed)
+
+    per_episode: list[dict[str, Any]] = []
+    overlays: list[tuple[str, Any]] = []
+    for e, tasks in enumerate(tqdm(episodes, desc="episodes", unit="episode", disable=not as_bool(progress))):
+        loaded = []
+        for sup, q in tasks:
+            items = [cache.get(i) for i in (*sup, q)]
+            sizes = {tuple(img.shape[1:]) for img, _ in items}
+            if len(sizes) > 1:
+                detail = ", ".join(f"{ids[i]} {list(img.shape[1:])}" for i, (img, _) in zip((*sup, q), items))
+                raise DataError(f"episode {e}", f"images of one task must have the same size: {detail}")
+            loaded.append(items)
+        probs: list[torch.Tensor | None] = [None] * len(tasks)
+        order = sorted(range(len(tasks)), key=lambda t: tuple(loaded[t][0][0].shape[1:]))
+        groups: list[list[int]] = []
+        for t in order:  # tasks of one call share the image size
+            if groups and len(groups[-1]) < batch_tasks and (
+                loaded[groups[-1][0]][0][0].shape == loaded[t][0][0].shape
+            ):
+                groups[-1].append(t)
+            else:
+                groups.append([t])
+        for g in groups:
+            s_img = torch.stack([torch.stack([img for img, _ in loaded[t][:-1]]) for t in g])
+            s_msk = torch.stack([torch.stack([m for _, m in loaded[t][:-1]]) for t in g])
+            q_img = torch.stack([loaded[t][-1][0] for t in g])
+            with torch.no_grad():
+                out = predict(s_img, s_msk, q_img)
+            p = _check_probabilities(out, (len(g), 1, *q_img.shape[2:]))
+            for j, t in enumerate(g):
+                probs[t] = p[j, 0]
+        rec_tasks, preds, truths = [], [], []
+        for t, (sup, q) in enumerate(tasks):
+            pred = (probs[t] > float(threshold)).numpy()
+            truth = loaded[t][-1][1][0].numpy() > 0.5
+            tp, fp, fn = _counts(pred, truth)
+            preds.append(pred)
+            truths.append(truth)
+            rec_tasks.append({"support_ids": [ids[i] for i in sup], "query_id": ids[q],
+                              "dice": dice_from_counts(tp, fp, fn), "iou": iou_from_counts(tp, fp, fn),
+                              "tp": tp, "fp": fp, "fn": fn})  # fmt: skip
+            if len(overlays) < n_overlays:
+                s_img, s_msk = loaded[t][0]
+                overlays.append((f"ep{e:03d}_task{t}_{ids[q]}", [
+                    (rgb_overlay(s_img, truth=s_msk), f"support {ids[sup[0]]}"),
+                    (rgb_overlay(loaded[t][-1][0], truth=truth, prediction=pred),
+                     f"query {ids[q]} Dice {100 * rec_tasks[-1]['dice']:.1f}%"),
+                ]))  # fmt: skip
+        per_episode.append({"episode": e, "dice": episode_dice(preds, truths), "tasks": rec_tasks})
+
+    ep_dice = [r["dice"] for r in per_episode]
+    all_tasks = [t for r in per_episode for t in r["tasks"]]
+    result: dict[str, Any] = {
+        "metric": "episode Dice: per episode, Dice over the pooled pixels of its thresholded queries; mean over "
+        "episodes (fraction 0..1)",
+        "episode_dice_mean": float(np.mean(ep_dice)),
+        "episode_dice_std": float(np.std(ep_dice)),
+        "per_episode_dice": ep_dice,
+        "per_image_dice_mean": float(np.mean([t["dice"] for t in all_tasks])),
+        "per_image_iou_mean": float(np.mean([t["iou"] for t in all_tasks])),
+        "n_episodes": len(per_episode),
+        "n_tasks": int(n_tasks),
+        "n_shots": int(n_shots),
+        "n_queries": len(all_tasks),
+        "n_empty_truth_queries": sum(1 for t in all_tasks if t["tp"] + t["fn"] == 0),
+        "n_pool_images": len(ids),
+        "n_support_images": int(sum(has_fg)),
+        "seed": int(seed),
+        "threshold": float(threshold),
+        "episodes": per_episode,
+    }
+    if output_dir is not None:
+        result["files"] = {k: [str(p) for p in v] if isinstance(v, list) else str(v)
+                           for k, v in write_episode_reports(result, output_dir, overlays).items()}  # fmt: skip
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- reports
+_CSV_FIELDS = ["episode", "task", "query_id", "support_ids", "dice", "iou", "tp", "fp", "fn", "episode_dice"]
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def write_episode_reports(
+    result: dict[str, Any], output_dir: str | os.PathLike, overlays: Sequence[tuple[str, Any]] = ()
+) -> dict[str, Any]:
+    """Write ``metrics.json``, ``metrics.csv`` (one row per query), ``metrics.md`` and overlay PNGs atomically.
+
+    Args:
+        result: what :func:`evaluate_episodes` computed (without ``files``).
+        output_dir: destination folder (created).
+        overlays: ``(name, [(PIL image, title), ...])`` panels, written as ``overlays/<name>.png``.
+
+    Returns:
+        ``{"metrics_json": Path, "metrics_csv": Path, "metrics_md": Path, "overlays": [Path, ...]}``.
+    """
+    from labelless.reports import render_panels
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(_CSV_FIELDS)
+    for ep in result["episodes"]:
+        for t, r in enumerate(ep["tasks"]):
+            w.writerow([ep["episode"], t, r["query_id"], ";".join(r["support_ids"]), f"{r['dice']:.6f}",
+                        f"{r['iou']:.6f}", r["tp"], r["fp"], r["fn"], f"{ep['dice']:.6f}"])  # fmt: skip
+    md = [
+        "# FSMS episode evaluation", "",
+        f"{result['n_episodes']} episodes × {result['n_tasks']} tasks, {result['n_shots']}-shot, seed "
+        f"{result['seed']}, threshold {result['threshold']}; pool of {result['n_pool_images']} images "
+        f"({result['n_support_images']} with a non-empty mask, the only ones used as supports).", "",
+        "| metric | value (%) |", "|---|---|",
+        f"| episode Dice (mean ± std over episodes) | {100 * result['episode_dice_mean']:.2f} ± "
+        f"{100 * result['episode_dice_std']:.2f} |",
+        f"| per-image Dice (mean over {result['n_queries']} queries) | {100 * result['per_image_dice_mean']:.2f} |",
+        f"| per-image IoU (mean over {result['n_queries']} queries) | {100 * result['per_image_iou_mean']:.2f} |",
+        "", "Episode Dice pools the pixels of the queries of an episode (reference protocol, fsms.md §4.1). "
+        f"{result['n_empty_truth_queries']} queries had an empty ground truth (Dice 1.0 only if nothing was "
+        "predicted). Dice values in metrics.json are fractions in 0..1.", "",
+    ]  # fmt: skip
+    paths: dict[str, Any] = {
+        "metrics_json": write_json_atomic(out / "metrics.json", _clean({k: v for k, v in result.items()
+                                                                        if k != "files"})),
+        "metrics_csv": write_text_atomic(out / "metrics.csv", buf.getvalue()),
+        "metrics_md": write_text_atomic(out / "metrics.md", "\n".join(md)),
+        "overlays": [],
+    }  # fmt: skip
+    for name, panels in overlays:
+        p = out / "overlays" / f"{''.join(c if c.isalnum() or c in '._-' else '_' for c in name)}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(p) as tmp:
+            render_panels(panels).save(tmp, format="PNG")
+        paths["overlays"].append(p)
+    return paths
