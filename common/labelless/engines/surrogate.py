@@ -151,6 +151,13 @@ def _param_ids(optimizer: Optimizer) -> set[int]:
     return {id(p) for group in optimizer.param_groups for p in group["params"]}
 
 
+def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (the network itself otherwise)."""
+    if isinstance(network, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        return network.module
+    return network
+
+
 class SurrogateEpisodicTrainer(SupervisedTrainer):
     """``SupervisedTrainer`` with the FSMS iteration: few-shot segmentation step and denoising surrogate step.
 
@@ -265,7 +272,7 @@ class SurrogateEpisodicTrainer(SupervisedTrainer):
         self.sigma_range = (float(sigma_range[0]), float(sigma_range[1]))
         draw_sigma(torch.Generator().manual_seed(0), *self.sigma_range)  # validates the range (ConfigError)
         if self.surrogate:
-            if not callable(getattr(network, "denoise", None)):
+            if not callable(getattr(_unwrap(network), "denoise", None)):
                 raise ConfigError(
                     f"surrogate=True needs a network with a denoise() method, got {type(network).__name__}"
                 )
@@ -378,7 +385,8 @@ class SurrogateEpisodicTrainer(SupervisedTrainer):
             return loss
 
         def _sur_loss() -> torch.Tensor:
-            out = net.denoise(noisy)
+            # DDP only forwards forward(): FSMSNet.forward(noisy, task="denoise") runs the surrogate branch
+            out = net(noisy, task="denoise") if net is not _unwrap(net) else net.denoise(noisy)
             target = surrogate_target(clean, tuple(out.shape[2:])).to(torch.float32)
             return engine.sur_loss_function(out.float(), target)
 

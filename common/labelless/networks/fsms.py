@@ -512,22 +512,37 @@ class FSMSNet(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(
-        self, support_images: torch.Tensor, support_masks: torch.Tensor, query_images: torch.Tensor
+        self,
+        support_images: torch.Tensor,
+        support_masks: torch.Tensor | None = None,
+        query_images: torch.Tensor | None = None,
+        task: str = "segment",
     ) -> torch.Tensor:
         """Segment each task's query with the prototype of its K support shots.
+
+        ``task="denoise"`` runs the surrogate branch instead (``forward(noisy, task="denoise")`` ==
+        ``denoise(noisy)``), so that a ``DistributedDataParallel`` wrapper, which only forwards ``forward``, can run
+        both branches.
 
         Args:
             support_images: ``[T, K, 3, H, W]`` RGB in [0, 1].
             support_masks: ``[T, K, 1, H, W]`` {0, 1}; none may be empty.
             query_images: ``[T, 3, H, W]`` RGB in [0, 1] (same H×W as the supports).
+            task: ``"segment"`` (default) or ``"denoise"``.
 
         Returns:
-            ``[T, 1, H, W]`` logits (pre-sigmoid).
+            ``[T, 1, H, W]`` logits (pre-sigmoid); with ``task="denoise"`` the :meth:`denoise` output.
 
         Raises:
             DataError: wrong shapes or channels (greyscale input), supports and queries of different sizes,
                 non-finite values, an empty support mask.
         """
+        if task == "denoise":
+            return self.denoise(support_images)
+        if task != "segment":
+            raise ConfigError(f"task must be 'segment' or 'denoise', got {task!r}")
+        if support_masks is None or query_images is None:
+            raise DataError("FSMSNet", "segmentation needs support_images, support_masks and query_images")
         self._check_images("support_images", support_images, 2)
         self._check_images("query_images", query_images, 1)
         T, K = support_images.shape[:2]
