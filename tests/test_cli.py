@@ -31,7 +31,8 @@ def phantom_dir(tmp_path_factory) -> Path:
 def test_help_lists_every_command():
     res = _run("--help")
     assert res.returncode == 0, res.stderr
-    for cmd in ("phantoms", "prepare", "superpixels", "episodes", "evaluate", "demo", "verify_metadata"):
+    for cmd in ("phantoms", "prepare", "superpixels", "episodes", "evaluate", "demo", "verify_metadata", "fsms_classes",
+                "fsms_synthetic"):
         assert cmd in res.stdout + res.stderr
     res = _run("superpixels", "--help")
     text = res.stdout + res.stderr
@@ -103,3 +104,23 @@ def test_verify_metadata(tmp_path):
     f.write_text(json.dumps(good))
     res = _run("verify_metadata", "--meta_file", str(f))
     assert res.returncode != 0 and "network_data_format" in res.stderr
+
+
+def test_fsms_synthetic_writes_classes_a_class_folder_reader_accepts(tmp_path):
+    from labelless.fewshot2d.classes import ClassFolderDataset, ImageFolderPool
+
+    msg = LabellessCLI().fsms_synthetic(str(tmp_path), n_classes=3, n_instances=3, n_skin=4, size=64)
+    assert "shape classes" in msg
+    ds = ClassFolderDataset(tmp_path / "classes", min_pairs=2, size=64)
+    assert len(ds.classes) == 3 and all(len(ds.ids[c]) == 3 for c in ds.classes)
+    pool = ImageFolderPool(tmp_path / "skin" / "images", size=64, masks=tmp_path / "skin" / "masks")
+    assert len(pool.image_ids) == 4
+
+
+def test_fsms_classes_exports_shared_structures(tmp_path):
+    from conftest import shared_data_dir
+
+    data = shared_data_dir()
+    msg = LabellessCLI().fsms_classes(str(data), str(tmp_path), sources=["hc18"], max_instances=2, size=64)
+    assert "hc18_fetal_head: 2 instances" in msg
+    assert len(list((tmp_path / "hc18_fetal_head").glob("*.png"))) == 2

@@ -339,6 +339,66 @@ class LabellessCLI:
         print(self.episodes(str(data), str(out / "episodes"), derived_dir=str(derived), preset=preset, seed=seed))
         return self.evaluate(str(data), str(out / "evaluation"), preset=preset, folds=(0,))
 
+    def fsms_classes(
+        self,
+        data_root: str,
+        out_dir: str,
+        sources: Any = ("chaos", "brats", "hc18", "ddti"),
+        max_instances: int = 10,
+        min_fraction: float = 0.01,
+        size: int = 224,
+        seed: int = 0,
+    ) -> str:
+        """Export labelled non-skin 2D structures of the shared data as FSS-1000-style classes (FSMS meta-training).
+
+        One class per (dataset, structure): CHAOS liver / kidneys / spleen, BraTS whole tumour, HC18 fetal head, DDTI
+        thyroid nodule; ``<out_dir>/<class>/<n>.jpg`` + ``<n>.png``; slices whose structure covers at least
+        ``min_fraction`` of the image; min-max scaled, replicated to RGB, ``size``×``size``.
+
+        Args:
+            data_root: the shared data folder (with chaos_t2spir/, brats2015/, hc18/, ddti/).
+            out_dir: output folder of the classes.
+            sources: subset of chaos, brats, hc18, ddti.
+            max_instances: instances per class (a seeded choice when more qualify).
+            min_fraction: minimum structure area fraction.
+            size: image size.
+            seed: seed of the choice.
+        """
+        from labelless.fewshot2d.export import export_classes
+
+        summary = export_classes(
+            data_root, out_dir, sources=tuple(_as_list(sources) or ()), max_instances=int(max_instances),
+            min_fraction=float(min_fraction), size=int(size), seed=int(seed),
+        )  # fmt: skip
+        return "\n".join(f"{k}: {v} instances" for k, v in summary.items()) + f"\nwritten to {out_dir}"
+
+    def fsms_synthetic(
+        self,
+        out_dir: str,
+        n_classes: int = 200,
+        n_instances: int = 10,
+        n_skin: int = 40,
+        size: int = 224,
+        seed: int = 0,
+    ) -> str:
+        """Write the synthetic FSMS data: shape/texture classes (FSS-1000 layout, meta-training) and skin phantoms.
+
+        Args:
+            out_dir: output folder (``classes/`` and ``skin/`` are created in it).
+            n_classes: number of shape classes.
+            n_instances: instances per class.
+            n_skin: number of skin phantom images (``skin/images`` + ``skin/masks``).
+            size: image size.
+            seed: seed (the same seed writes the same files).
+        """
+        from labelless.fewshot2d.synthetic import write_shape_classes, write_skin_phantoms
+
+        out = Path(out_dir)
+        classes = write_shape_classes(out / "classes", n_classes=int(n_classes), n_instances=int(n_instances),
+                                      size=int(size), seed=int(seed))  # fmt: skip
+        skin = write_skin_phantoms(out / "skin", n_images=int(n_skin), size=int(size), seed=int(seed))
+        return f"shape classes: {classes}\nskin phantoms: {skin}"
+
     def verify_metadata(self, meta_file: str) -> str:
         """Validate a bundle's configs/metadata.json against the vendored MONAI schema (works offline).
 
