@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from _bundles import BUNDLES, TINY, bundle_workflow, train_tiny
+from _bundles import BUNDLES, TINY, bundle_workflow, phantom_liver_dices, train_tiny
 from labelless.phantoms import write_phantom_dataset
 
 BUNDLE_NAME = "psmnet_fewshot_segmentation"
@@ -78,12 +77,5 @@ def test_shipped_weights_load_strictly_and_segment_phantom_livers(tmp_path):
     wf.initialize()
     assert wf.check_properties() == []
     wf.run()
-    from labelless.phantoms import default_dataset_dir
-
-    data = default_dataset_dir("abdomen")
-    dices = []
-    for pid in range(2, 9):
-        p = np.asarray(nib.load(str(out / f"image_{pid}_pred.nii.gz")).dataobj) > 0
-        t = np.asarray(nib.load(str(data / f"label_{pid}.nii.gz")).dataobj) == 1
-        dices.append(2 * (p & t).sum() / (p.sum() + t.sum()))
+    dices = phantom_liver_dices(out)
     assert np.mean(dices) > 0.5, dices

@@ -194,13 +194,9 @@ def load_network_weights(network: nn.Module, path: str | os.PathLike, device: st
             p,
             "checkpoint not found (train the bundle first; to run without weights on purpose set load_pretrain=False)",
         )
-    try:
-        obj = torch.load(p, map_location=device, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise DataError(p, f"cannot read checkpoint ({type(e).__name__}: {e})") from e
-    state = obj.get("model", obj) if isinstance(obj, Mapping) else None
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DataError(p, "not a model state dict (expected a state dict or a checkpoint with the key 'model')")
+    from labelless.io.checkpoint import read_state_dict
+
+    state = read_state_dict(p, "checkpoint", map_location=device)
     own = network.state_dict()
     ignorable = {
         (f"{name}." if name else "") + key

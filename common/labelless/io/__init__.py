@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from .checkpoint import read_state_dict
 from .readers import image_format, read_image2d, read_volume
 from .sitk_reader import SimpleITKReader, dicom_series_files, read_dicom_series
 from .volume import Volume
@@ -18,4 +19,5 @@ __all__ = [
     "SimpleITKReader",
     "read_dicom_series",
     "dicom_series_files",
+    "read_state_dict",
 ]

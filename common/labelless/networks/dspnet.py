@@ -757,14 +757,11 @@ class DSPNetHead(ALPHead):
             else:
                 fg_score = _per_query_scores(query_features, local_fg, glb, self.scale)
             n_fg = 1 + (int(local_fg.shape[0]) if fg_local else 0)
-        logits = torch.cat([bg_score, fg_score], dim=1)
+        logits = self._logits(bg_score, fg_score, output_size)
         if self.bcma is not None and torch.is_grad_enabled():
             # Cal drops out of the graph when no mixed window is selected (BG fallback and FG global mode); a
             # zero-valued term keeps every parameter in every training graph, as DistributedDataParallel requires
             logits = logits + 0.0 * self.bcma.cal.sum()
-        if output_size is not None:
-            size = (int(output_size), int(output_size)) if isinstance(output_size, int) else tuple(output_size)
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
         self.calls += 1
         self.bg_fallback_count += int(bg_fallback)

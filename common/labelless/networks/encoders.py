@@ -22,6 +22,7 @@ from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
 from labelless.errors import ConfigError, DataError
+from labelless.io.checkpoint import read_state_dict
 
 __all__ = ["DilatedResNet", "TinyEncoder", "PretrainedReport", "build_encoder", "ENCODER_NAMES"]
 
@@ -330,13 +331,7 @@ class DilatedResNet(nn.Module):
                 (strict) keys are missing / unexpected. The message names the file.
         """
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise DataError(path, "pretrained checkpoint file does not exist")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any failure to unpickle is a bad file
-            raise DataError(path, f"cannot read the pretrained checkpoint ({type(exc).__name__}: {exc})") from exc
-        state = _unwrap_state_dict(obj, path)
+        state = read_state_dict(path, "pretrained checkpoint")
         own = self.state_dict()
         body_keys = [k for k in own if not k.startswith("reduction.")]
         prefix = _find_body_prefix(state, path)
@@ -384,18 +379,6 @@ class DilatedResNet(nn.Module):
         report.loaded = sorted(new_state)
         self.pretrained_report = report
         return report
-
-
-def _unwrap_state_dict(obj: object, path: str) -> Mapping[str, object]:
-    if isinstance(obj, Mapping):
-        for wrapper in ("state_dict", "model", "model_state_dict"):
-            inner = obj.get(wrapper)
-            if isinstance(inner, Mapping) and not isinstance(obj.get("conv1.weight"), torch.Tensor):
-                obj = inner
-                break
-    if not isinstance(obj, Mapping) or not obj:
-        raise DataError(path, f"expected a state dict (mapping of names to tensors), got {type(obj).__name__}")
-    return obj
 
 
 def _find_body_prefix(state: Mapping[str, object], path: str) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from monai.networks.layers.factories import Conv, Norm, Pool
 from torch import nn
 
 from labelless.errors import ConfigError, DataError
+from labelless.io.checkpoint import read_state_dict
 from labelless.utils import as_bool
 
 __all__ = [
@@ -177,18 +178,6 @@ class VGGEncoder(nn.Module):
 _FEATURE_KEY = re.compile(r"^(?P<prefix>.*?)features\.(?P<index>\d+)\.weight$")
 
 
-def _unwrap_state_dict(obj: object, path: str) -> Mapping[str, object]:
-    if isinstance(obj, Mapping):
-        for wrapper in ("state_dict", "model", "model_state_dict"):
-            inner = obj.get(wrapper)
-            if isinstance(inner, Mapping) and not any(str(k).endswith(".weight") for k in obj):
-                obj = inner
-                break
-    if not isinstance(obj, Mapping) or not obj:
-        raise DataError(path, f"expected a state dict (mapping of names to tensors), got {type(obj).__name__}")
-    return obj
-
-
 def load_vgg16_weights(encoder: VGGEncoder, path: str | os.PathLike) -> dict[str, str]:
     """Load a local torchvision-style VGG16 checkpoint into a width-64 :class:`VGGEncoder`.
 
@@ -217,13 +206,7 @@ def load_vgg16_weights(encoder: VGGEncoder, path: str | os.PathLike) -> dict[str
             f"VGG16 weights need a 2D encoder with width=64 and in_channels=3, got spatial_dims={encoder.spatial_dims}"
             f", width={encoder.width}, in_channels={encoder.in_channels} (file {path})"
         )
-    if not os.path.isfile(path):
-        raise DataError(path, "pretrained VGG16 checkpoint file does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to unpickle is a bad file
-        raise DataError(path, f"cannot read the pretrained VGG16 checkpoint ({type(exc).__name__}: {exc})") from exc
-    state = _unwrap_state_dict(obj, path)
+    state = read_state_dict(path, "pretrained VGG16 checkpoint")
     if any(str(k).endswith("running_mean") for k in state):
         raise DataError(path, "batch-norm VGG (vgg16_bn) checkpoints are not supported; give plain VGG16 weights")
     found: dict[str, list[tuple[int, str]]] = {}

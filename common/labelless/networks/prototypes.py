@@ -309,6 +309,18 @@ class ALPHead(nn.Module):
         if int(window) < 1:
             raise ValueError(f"window must be a positive integer, got {window}")
 
+    @staticmethod
+    def _logits(
+        bg_score: torch.Tensor, fg_score: torch.Tensor, output_size: int | Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """``[B, 2, h, w]`` logits ``cat[BG, FG]``, bilinearly upsampled to ``output_size`` when given (shared by the
+        heads built on this one)."""
+        logits = torch.cat([bg_score, fg_score], dim=1)
+        if output_size is not None:
+            size = (int(output_size), int(output_size)) if isinstance(output_size, int) else tuple(output_size)
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits
+
     def _prepare_masks(
         self,
         support_features: torch.Tensor,
@@ -409,10 +421,7 @@ class ALPHead(nn.Module):
         )
         bg_score = prototype_scores(query_features, protos_bg, self.scale)
         fg_score = prototype_scores(query_features, protos_fg, self.scale)
-        logits = torch.cat([bg_score, fg_score], dim=1)
-        if output_size is not None:
-            size = (int(output_size), int(output_size)) if isinstance(output_size, int) else tuple(output_size)
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        logits = self._logits(bg_score, fg_score, output_size)
 
         self.calls += 1
         self.bg_fallback_count += int(bg_fallback)

@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from monai.networks.layers import Conv
 from torch import nn
 
@@ -530,10 +529,7 @@ class PSMNetHead(ALPHead):
             query = self.mcam(query_features, fs, m_fg, g_fg, protos_fg)
         bg_score = prototype_scores(query, protos_bg, self.scale)
         fg_score = prototype_scores(query, protos_fg, self.scale)
-        logits = torch.cat([bg_score, fg_score], dim=1)
-        if output_size is not None:
-            size = (int(output_size), int(output_size)) if isinstance(output_size, int) else tuple(output_size)
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        logits = self._logits(bg_score, fg_score, output_size)
 
         self.calls += 1
         self.bg_fallback_count += int(bg_fallback)
