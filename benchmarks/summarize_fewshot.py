@@ -25,7 +25,7 @@ def _dice(metrics: dict, mode: str) -> dict[str, float]:
     block = metrics if metrics.get("mode") == mode else metrics.get(mode)
     if not isinstance(block, dict):
         return {}
-    return {c: 100.0 * v["dice"] for c, v in block.get("per_class", {}).items()}
+    return {c: 100.0 * v["dice"] for c, v in block.get("per_class", {}).items() if v.get("dice") is not None}
 
 
 def rows(spec: str) -> list[str]:
