@@ -17,6 +17,7 @@ from labelless.errors import ConfigError, DataError
 from labelless.fewshot2d.episodes import MetaTrainEpisodes
 from labelless.fewshot2d.inference import FewShot2DInferenceRunner
 from labelless.fewshot2d.protocol import draw_test_episodes, episode_dice, evaluate_episodes, network_predictor
+from labelless.fewshot2d.workflow import FewShot2DEvaluationRunner
 
 S = 32
 
@@ -261,6 +262,33 @@ class TestProtocol(unittest.TestCase):
             evaluate_episodes(lambda s, m, q: q[:, :1, :4], FakePool(6), n_episodes=1, progress=False)
         with self.assertRaisesRegex(DataError, "no masks"):
             evaluate_episodes(_zeros, FakePool(6, masks=False), n_episodes=1, progress=False)
+
+    def test_runner_test_and_validation_splits(self):
+        class Stub(torch.nn.Module):  # FSMSNet signature; a perfect logit from the fake images (lesion = 0.9)
+            def __init__(self) -> None:
+                super().__init__()
+                self.w = torch.nn.Parameter(torch.ones(()))
+
+            def forward(self, s, m, q):
+                return self.w * (q[:, 2:3] - 0.5) * 20
+
+        pools = {"unlabeled": None, "test": {"a": FakePool(6), "b": FakePool(7)}, "val": FakePool(6)}
+        out = Path(self._tmp) / "runner"
+        kw = dict(shots=[1, 5], n_episodes=2, n_tasks=2, n_overlays=0)
+        test = FewShot2DEvaluationRunner(Stub(), pools, out / "test", **kw).run()
+        self.assertEqual([(r["pool"], r["shots"]) for r in test["results"]], [("a", 1), ("a", 5), ("b", 1), ("b", 5)])
+        self.assertEqual(test["results"][0]["episode_dice"], 1.0)
+        val = FewShot2DEvaluationRunner(Stub(), pools, out / "val", split="val", **kw).run()
+        # 6 images: 5-shot needs K + 1 = 6 support candidates with a mask -> runs; the pool is named "val"
+        self.assertEqual([(r["pool"], r["shots"]) for r in val["results"]], [("val", 1), ("val", 5)])
+        self.assertTrue((out / "val" / "val_1shot" / "metrics.json").is_file())
+        self.assertFalse((out / "val" / "a_1shot").exists())
+        with self.assertRaisesRegex(ConfigError, "no validation pool"):
+            FewShot2DEvaluationRunner(Stub(), {**pools, "val": None}, out / "x", split="val")
+        with self.assertRaisesRegex(ConfigError, "expected 'test' or 'val'"):
+            FewShot2DEvaluationRunner(Stub(), pools, out / "x", split="train")
+        with self.assertRaisesRegex(ConfigError, "too few|no labelled"):
+            FewShot2DEvaluationRunner(Stub(), {"test": {}}, out / "x")
 
     @pytest.fixture(autouse=True)
     def _tmp_path(self, tmp_path):

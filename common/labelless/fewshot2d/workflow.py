@@ -34,6 +34,7 @@ __all__ = [
     "target_pools",
     "image_mask_pool",
     "inference_inputs",
+    "summary_row",
     "FewShot2DEvaluationRunner",
 ]
 
@@ -253,6 +254,20 @@ def inference_inputs(
     }
 
 
+def summary_row(pool: str, shots: int, result: dict[str, Any]) -> dict[str, Any]:
+    """One row of the evaluation summary (``metrics.json`` ``results``) from an :func:`evaluate_episodes` result."""
+    return {
+        "pool": pool,
+        "shots": int(shots),
+        "episode_dice": result["episode_dice_mean"],
+        "episode_dice_std": result["episode_dice_std"],
+        "per_image_dice": result["per_image_dice_mean"],
+        "per_image_iou": result["per_image_iou_mean"],
+        "n_episodes": result["n_episodes"],
+        "n_pool_images": result["n_pool_images"],
+    }
+
+
 class FewShot2DEvaluationRunner:
     """The FSMS evaluation (fsms.md §4) as a bundle ``evaluator``: every test pool × every K.
 
@@ -272,6 +287,12 @@ class FewShot2DEvaluationRunner:
         device: evaluation device.
         n_overlays: overlays per (pool, K).
         label: a name of the model for the summary (e.g. "with surrogate").
+        split: ``"test"`` (the test pools) or ``"val"`` (the validation pool of :func:`target_pools`, e.g. to follow
+            training or select a checkpoint without touching the test pools).
+
+    Raises:
+        ConfigError: no pool to evaluate (``split="val"`` without a validation pool: it exists with
+            ``shared_data_dir`` only), or an unknown ``split``.
     """
 
     def __init__(
@@ -287,9 +308,21 @@ class FewShot2DEvaluationRunner:
         device: str | torch.device = "cpu",
         n_overlays: int = 3,
         label: str = "",
+        split: str = "test",
     ) -> None:
         self.network = network
-        test = pools.get("test", pools) if isinstance(pools, Mapping) else pools
+        if split not in ("test", "val"):
+            raise ConfigError(f"split={split!r}: expected 'test' or 'val'")
+        if split == "val":
+            val = pools.get("val") if isinstance(pools, Mapping) else None
+            if val is None:
+                raise ConfigError(
+                    "split='val': no validation pool (the CLTNet ISIC val samples are used with shared_data_dir; "
+                    "a dataset_dir has test and unlabelled parts only)"
+                )
+            test = {"val": val}
+        else:
+            test = pools.get("test", pools) if isinstance(pools, Mapping) else pools
         if not isinstance(test, Mapping) or not test:
             raise ConfigError("no labelled test pool to evaluate")
         self.pools = {k: v for k, v in test.items() if v is not None}
@@ -325,18 +358,7 @@ class FewShot2DEvaluationRunner:
                     predict, pool, n_episodes=self.n_episodes, n_tasks=self.n_tasks, n_shots=k, seed=self.seed,
                     output_dir=self.output_dir / f"{name}_{k}shot", n_overlays=self.n_overlays,
                 )  # fmt: skip
-                rows.append(
-                    {
-                        "pool": name,
-                        "shots": k,
-                        "episode_dice": res["episode_dice_mean"],
-                        "episode_dice_std": res["episode_dice_std"],
-                        "per_image_dice": res["per_image_dice_mean"],
-                        "per_image_iou": res["per_image_iou_mean"],
-                        "n_episodes": res["n_episodes"],
-                        "n_pool_images": res["n_pool_images"],
-                    }
-                )
+                rows.append(summary_row(name, k, res))
                 logger.info(
                     "%s, %d-shot: episode Dice %.4f, per-image Dice %.4f", name, k, rows[-1]["episode_dice"],
                     rows[-1]["per_image_dice"],

@@ -1,0 +1,125 @@
+# Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
+"""FSMS skin-lesion benchmark helpers: trivial baselines under the episode protocol, and the results table.
+
+``baselines`` runs two predictors that use no image content at all through the same seeded episodes as the bundle's
+``evaluate.json`` (``FewShot2DEvaluationRunner``) and writes one ``metrics.json`` per predictor in the same format:
+
+- ``copy_support``: the query mask is the support mask (K-shot: the pixel-wise majority of the K support masks);
+- ``all_lesion``: every pixel is lesion.
+
+They tell how much of a score comes from the data (ISIC crops are mostly lesion) rather than from the model.
+
+``summarize`` prints one markdown row per (test pool, K) with the episode Dice (%) of every evaluation folder given.
+
+Usage::
+
+    python benchmarks/fsms_skin.py baselines --data ../shared/data --out runs/fsms/eval_trivial
+    python benchmarks/fsms_skin.py summarize "baseline=runs/fsms/eval_baseline" "surrogate=runs/fsms/eval_surrogate" \\
+        "copy support=runs/fsms/eval_trivial/copy_support"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["copy_support", "all_lesion", "run_baselines", "summarize", "main"]
+
+
+def copy_support(support_images: torch.Tensor, support_masks: torch.Tensor, query_images: torch.Tensor) -> torch.Tensor:
+    """The pixel-wise majority of the K support masks as the query prediction."""
+    return (support_masks.float().mean(dim=1) > 0.5).float()
+
+
+def all_lesion(support_images: torch.Tensor, support_masks: torch.Tensor, query_images: torch.Tensor) -> torch.Tensor:
+    """Every pixel is lesion."""
+    return torch.ones_like(query_images[:, :1])
+
+
+def run_baselines(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    shots: tuple[int, ...] = (1, 5),
+    image_size: int = 112,
+    n_episodes: int = 200,
+    n_tasks: int = 5,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """Evaluate :func:`copy_support` and :func:`all_lesion` on the test pools and the validation pool (``"val"``) of
+    ``target_pools(shared_data_dir=data)`` with the bundle's protocol; writes ``<out>/<name>/metrics.json`` (+ one
+    folder per pool and K) and returns the summaries.
+    """
+    from labelless.fewshot2d.protocol import evaluate_episodes
+    from labelless.fewshot2d.workflow import summary_row, target_pools
+    from labelless.utils import write_json_atomic
+
+    all_pools = target_pools(None, data, image_size)
+    pools = {**all_pools["test"], **({"val": all_pools["val"]} if all_pools["val"] is not None else {})}
+    summaries = {}
+    for name, predict in (("copy_support", copy_support), ("all_lesion", all_lesion)):
+        rows = []
+        for pool_name, pool in pools.items():
+            for k in shots:
+                if len(getattr(pool, "support_ids", pool.image_ids)) < k + 1:
+                    print(f"{name:13s} {pool_name:18s} {k}-shot: skipped (fewer than K + 1 images)")
+                    continue
+                res = evaluate_episodes(
+                    predict, pool, n_episodes=n_episodes, n_tasks=n_tasks, n_shots=k, seed=seed,
+                    output_dir=Path(out) / name / f"{pool_name}_{k}shot", n_overlays=0, progress=False,
+                )  # fmt: skip
+                rows.append(summary_row(pool_name, k, res))
+                print(f"{name:13s} {pool_name:18s} {k}-shot: episode Dice {100 * rows[-1]['episode_dice']:.2f}")
+        summaries[name] = {"label": name, "checkpoint": None, "seed": seed, "results": rows}
+        write_json_atomic(Path(out) / name / "metrics.json", summaries[name])
+    return summaries
+
+
+def summarize(specs: list[str]) -> str:
+    """Markdown table: one row per (pool, K), one column per ``LABEL=FOLDER`` (episode Dice in %, per-image Dice in
+    brackets)."""
+    labels, tables = [], []
+    for spec in specs:
+        label, _, folder = spec.partition("=")
+        path = Path(folder) / "metrics.json"
+        if not path.is_file():
+            raise SystemExit(f"{path}: not found (run the evaluation first)")
+        results = json.loads(path.read_text())["results"]
+        labels.append(label)
+        tables.append({(r["pool"], int(r["shots"])): r for r in results})
+    keys = sorted({k for t in tables for k in t}, key=lambda k: (k[0], k[1]))
+    lines = ["| test pool | K | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+    for pool, k in keys:
+        cells = []
+        for t in tables:
+            r = t.get((pool, k))
+            cells.append("–" if r is None else f"{100 * r['episode_dice']:.2f} ({100 * r['per_image_dice']:.2f})")
+        lines.append(f"| {pool} | {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("baselines", help="trivial predictors under the episode protocol")
+    b.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    b.add_argument("--out", default="runs/fsms/eval_trivial")
+    b.add_argument("--shots", type=int, nargs="+", default=[1, 5])
+    b.add_argument("--image_size", type=int, default=112)
+    b.add_argument("--n_episodes", type=int, default=200)
+    b.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("summarize", help="markdown table of evaluation folders")
+    s.add_argument("specs", nargs="+", help="LABEL=FOLDER (a folder with metrics.json)")
+    args = parser.parse_args(argv)
+    if args.cmd == "baselines":
+        run_baselines(args.data, args.out, tuple(args.shots), args.image_size, args.n_episodes, seed=args.seed)
+    else:
+        print(summarize(args.specs))
+
+
+if __name__ == "__main__":
+    main()
