@@ -90,7 +90,7 @@ def summarize(specs: list[str]) -> str:
         results = json.loads(path.read_text())["results"]
         labels.append(label)
         tables.append({(r["pool"], int(r["shots"])): r for r in results})
-    keys = sorted({k for t in tables for k in t}, key=lambda k: (k[0], k[1]))
+    keys = list(dict.fromkeys(k for t in tables for k in t))  # the evaluation order
     lines = ["| test pool | K | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
     for pool, k in keys:
         cells = []

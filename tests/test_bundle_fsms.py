@@ -23,6 +23,8 @@ BUNDLE_NAME = "fsms_fewshot_skin_segmentation"
 BUNDLE = BUNDLES / BUNDLE_NAME
 CONFIGS = BUNDLE / "configs"
 SMALL = {"width": 4, "feature_channels": 8, "image_size": 64}
+# episode Dice of the shipped model.pt on the first 20 seeded 1-shot episodes (eval_seed 0), measured when shipped
+SHIPPED_20_EPISODES = {"isic2016_test": 0.6528, "ham10000_test": 0.7914, "isic_samples_test": 0.7992}
 
 
 def _blob_image(rng: np.random.Generator, h: int, w: int, grey: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -175,3 +177,56 @@ def test_multi_gpu_config_runs_under_torchrun_on_cpu(lesions, tmp_path):
     ckpt = torch.load(tmp_path / "models" / "fsms_surrogate_1shot.pt", map_location="cpu", weights_only=True)
     assert ckpt["trainer"]["iteration"] == 2
     assert not any(k.startswith("module.") for k in ckpt["model"])
+
+
+def test_shipped_weights_load_strictly_and_segment_the_phantoms(tmp_path):
+    """inference.json with its defaults: the shipped model.pt (a plain state dict, strict load) on the embedded skin
+    phantoms; the Dice of the 8 demo queries against the phantom masks (0.801 when the weights were shipped)."""
+    path = BUNDLE / "models" / "model.pt"
+    if not path.exists():
+        pytest.skip("models/model.pt not trained yet")
+    assert path.stat().st_size <= 20 * 1024 * 1024
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert any(k.startswith("surrogate") for k in state)  # the surrogate-trained model
+    out = tmp_path / "demo"
+    wf = bundle_workflow(BUNDLE_NAME, ["inference.json"], "infer", output_dir=str(out))
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    from labelless.fewshot2d.synthetic import default_fsms_data
+
+    masks = default_fsms_data()["skin"] / "masks"
+    dices = []
+    for pred_path in sorted(out.glob("SKIN_*_mask.png")):
+        pred = np.asarray(Image.open(pred_path)) > 0
+        truth = np.asarray(Image.open(masks / pred_path.name.replace("_mask", "_segmentation"))) > 0
+        assert pred.shape == truth.shape
+        dices.append(2.0 * (pred & truth).sum() / (pred.sum() + truth.sum()))
+    assert len(dices) == 8
+    assert np.mean(dices) > 0.7, dices
+
+
+def test_shipped_weights_on_the_real_skin_pools(tmp_path):
+    """evaluate.json with the shipped weights on the shared data's skin pools (20 of the 200 seeded 1-shot episodes):
+    the figures measured when the weights were shipped, within 1 point (CPU float differences flip a few pixels at
+    most)."""
+    from conftest import shared_data_dir
+
+    path = BUNDLE / "models" / "model.pt"
+    if not path.exists():
+        pytest.skip("models/model.pt not trained yet")
+    data = shared_data_dir()
+    for sub in ("isic2016", "ham10000", "weak_samples"):
+        shared_data_dir(sub)
+    out = tmp_path / "eval"
+    wf = bundle_workflow(
+        BUNDLE_NAME, ["train.json", "evaluate.json"], "train", shared_data_dir=str(data), output_dir=str(out),
+        eval_shots=[1], n_eval_episodes=20, n_overlays=0,
+    )  # fmt: skip
+    wf.initialize()
+    wf.run()
+    got = {r["pool"]: r["episode_dice"] for r in json.loads((out / "metrics.json").read_text())["results"]}
+    assert set(got) == set(SHIPPED_20_EPISODES)
+    for pool, expected in SHIPPED_20_EPISODES.items():
+        assert abs(got[pool] - expected) < 0.01, (pool, got[pool], expected)
