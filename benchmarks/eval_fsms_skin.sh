@@ -5,11 +5,13 @@
 #   benchmarks/eval_fsms_skin.sh baseline             # -> runs/fsms/eval_baseline
 #   benchmarks/eval_fsms_skin.sh surrogate val        # validation pool, every saved checkpoint, 1-shot, 100 episodes
 #                                                     # -> runs/fsms/val_surrogate/<iteration>
+#   benchmarks/eval_fsms_skin.sh surrogate ckpts      # test pools, every saved checkpoint, 1-shot: the checkpoint
+#                                                     # spread (not a selection) -> runs/fsms/ckvar_surrogate/<iteration>
 # Extra arguments go to `monai.bundle run`. Print the table with
 #   python benchmarks/fsms_skin.py summarize "baseline=runs/fsms/eval_baseline" "surrogate=runs/fsms/eval_surrogate"
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-NAME="${1:?usage: $0 surrogate|baseline [test|val] [overrides...]}"
+NAME="${1:?usage: $0 surrogate|baseline [test|val|ckpts] [overrides...]}"
 SPLIT="${2:-test}"
 shift $(( $# >= 2 ? 2 : 1 ))
 B="$ROOT/bundles/fsms_fewshot_skin_segmentation"
@@ -21,14 +23,20 @@ ev() {
 }
 case "$SPLIT" in
     test) ev --eval_ckpt_path "$RUN/$NAME/fsms_${NAME}_1shot.pt" --output_dir "$RUN/eval_$NAME" "$@" ;;
-    val)
+    val|ckpts)
         # interval checkpoints (train_fsms_skin.sh keeps 20; snap_<name>/ holds copies taken during a run)
         for ckpt in "$RUN/$NAME"/checkpoint_iteration=*.pt "$RUN/snap_$NAME"/checkpoint_iteration=*.pt \
             "$RUN/$NAME/fsms_${NAME}_1shot.pt"; do
             [ -f "$ckpt" ] || continue
-            it="$(basename "$ckpt" .pt)"; it="${it##*=}"; [ -f "$RUN/val_$NAME/$it/metrics.json" ] && continue
-            ev --eval_split val --eval_ckpt_path "$ckpt" --output_dir "$RUN/val_$NAME/$it" --n_overlays 0 \
-                --eval_shots "[1]" --n_eval_episodes 100 "$@"
+            it="$(basename "$ckpt" .pt)"; it="${it##*=}"
+            if [ "$SPLIT" = val ]; then
+                [ -f "$RUN/val_$NAME/$it/metrics.json" ] && continue
+                ev --eval_split val --eval_ckpt_path "$ckpt" --output_dir "$RUN/val_$NAME/$it" --n_overlays 0 \
+                    --eval_shots "[1]" --n_eval_episodes 100 "$@"
+            else
+                [ -f "$RUN/ckvar_$NAME/$it/metrics.json" ] && continue
+                ev --eval_ckpt_path "$ckpt" --output_dir "$RUN/ckvar_$NAME/$it" --n_overlays 0 --eval_shots "[1]" "$@"
+            fi
         done ;;
-    *) echo "usage: $0 surrogate|baseline [test|val] [overrides...]" >&2; exit 2 ;;
+    *) echo "usage: $0 surrogate|baseline [test|val|ckpts] [overrides...]" >&2; exit 2 ;;
 esac

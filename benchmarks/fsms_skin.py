@@ -9,7 +9,8 @@
 
 They tell how much of a score comes from the data (ISIC crops are mostly lesion) rather than from the model.
 
-``summarize`` prints one markdown row per (test pool, K) with the episode Dice (%) of every evaluation folder given.
+``summarize`` prints one markdown row per (test pool, K) with the episode Dice (%) of every evaluation folder given
+(``LABEL=F1+F2+...``: mean ± sd over several folders, e.g. the last checkpoints of one run).
 
 Usage::
 
@@ -25,6 +26,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 __all__ = ["copy_support", "all_lesion", "run_baselines", "summarize", "main"]
@@ -80,23 +82,33 @@ def run_baselines(
 
 def summarize(specs: list[str]) -> str:
     """Markdown table: one row per (pool, K), one column per ``LABEL=FOLDER`` (episode Dice in %, per-image Dice in
-    brackets)."""
+    brackets). ``LABEL=FOLDER+FOLDER+...`` averages several evaluations (e.g. the last checkpoints of one run):
+    mean ± standard deviation of the episode Dice over the folders."""
     labels, tables = [], []
     for spec in specs:
-        label, _, folder = spec.partition("=")
-        path = Path(folder) / "metrics.json"
-        if not path.is_file():
-            raise SystemExit(f"{path}: not found (run the evaluation first)")
-        results = json.loads(path.read_text())["results"]
+        label, _, folders = spec.partition("=")
+        merged: dict[tuple[str, int], list[dict]] = {}
+        for folder in folders.split("+"):
+            path = Path(folder) / "metrics.json"
+            if not path.is_file():
+                raise SystemExit(f"{path}: not found (run the evaluation first)")
+            for r in json.loads(path.read_text())["results"]:
+                merged.setdefault((r["pool"], int(r["shots"])), []).append(r)
         labels.append(label)
-        tables.append({(r["pool"], int(r["shots"])): r for r in results})
+        tables.append(merged)
     keys = list(dict.fromkeys(k for t in tables for k in t))  # the evaluation order
     lines = ["| test pool | K | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
     for pool, k in keys:
         cells = []
         for t in tables:
-            r = t.get((pool, k))
-            cells.append("–" if r is None else f"{100 * r['episode_dice']:.2f} ({100 * r['per_image_dice']:.2f})")
+            rs = t.get((pool, k))
+            if not rs:
+                cells.append("–")
+            elif len(rs) == 1:
+                cells.append(f"{100 * rs[0]['episode_dice']:.2f} ({100 * rs[0]['per_image_dice']:.2f})")
+            else:
+                d = np.array([100 * r["episode_dice"] for r in rs])
+                cells.append(f"{d.mean():.2f} ± {d.std():.2f} (n={len(rs)})")
         lines.append(f"| {pool} | {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -113,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--n_episodes", type=int, default=200)
     b.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("summarize", help="markdown table of evaluation folders")
-    s.add_argument("specs", nargs="+", help="LABEL=FOLDER (a folder with metrics.json)")
+    s.add_argument("specs", nargs="+", help="LABEL=FOLDER[+FOLDER...] (folders with metrics.json)")
     args = parser.parse_args(argv)
     if args.cmd == "baselines":
         run_baselines(args.data, args.out, tuple(args.shots), args.image_size, args.n_episodes, seed=args.seed)
