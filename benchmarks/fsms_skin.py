@@ -55,26 +55,19 @@ def run_baselines(
     ``target_pools(shared_data_dir=data)`` with the bundle's protocol; writes ``<out>/<name>/metrics.json`` (+ one
     folder per pool and K) and returns the summaries.
     """
-    from labelless.fewshot2d.protocol import evaluate_episodes
-    from labelless.fewshot2d.workflow import summary_row, target_pools
+    from labelless.fewshot2d.workflow import evaluate_pools, target_pools
     from labelless.utils import write_json_atomic
 
     all_pools = target_pools(None, data, image_size)
     pools = {**all_pools["test"], **({"val": all_pools["val"]} if all_pools["val"] is not None else {})}
     summaries = {}
     for name, predict in (("copy_support", copy_support), ("all_lesion", all_lesion)):
-        rows = []
-        for pool_name, pool in pools.items():
-            for k in shots:
-                if len(getattr(pool, "support_ids", pool.image_ids)) < k + 1:
-                    print(f"{name:13s} {pool_name:18s} {k}-shot: skipped (fewer than K + 1 images)")
-                    continue
-                res = evaluate_episodes(
-                    predict, pool, n_episodes=n_episodes, n_tasks=n_tasks, n_shots=k, seed=seed,
-                    output_dir=Path(out) / name / f"{pool_name}_{k}shot", n_overlays=0, progress=False,
-                )  # fmt: skip
-                rows.append(summary_row(pool_name, k, res))
-                print(f"{name:13s} {pool_name:18s} {k}-shot: episode Dice {100 * rows[-1]['episode_dice']:.2f}")
+        rows = evaluate_pools(
+            predict, pools, shots, Path(out) / name, n_episodes=n_episodes, n_tasks=n_tasks, seed=seed, n_overlays=0,
+            progress=False,
+        )  # fmt: skip
+        for r in rows:
+            print(f"{name:13s} {r['pool']:18s} {r['shots']}-shot: episode Dice {100 * r['episode_dice']:.2f}")
         summaries[name] = {"label": name, "checkpoint": None, "seed": seed, "results": rows}
         write_json_atomic(Path(out) / name / "metrics.json", summaries[name])
     return summaries

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ __all__ = [
     "target_pools",
     "image_mask_pool",
     "inference_inputs",
-    "summary_row",
+    "evaluate_pools",
     "FewShot2DEvaluationRunner",
 ]
 
@@ -254,18 +254,54 @@ def inference_inputs(
     }
 
 
-def summary_row(pool: str, shots: int, result: dict[str, Any]) -> dict[str, Any]:
-    """One row of the evaluation summary (``metrics.json`` ``results``) from an :func:`evaluate_episodes` result."""
-    return {
-        "pool": pool,
-        "shots": int(shots),
-        "episode_dice": result["episode_dice_mean"],
-        "episode_dice_std": result["episode_dice_std"],
-        "per_image_dice": result["per_image_dice_mean"],
-        "per_image_iou": result["per_image_iou_mean"],
-        "n_episodes": result["n_episodes"],
-        "n_pool_images": result["n_pool_images"],
-    }
+def evaluate_pools(
+    predict: Callable[..., Any],
+    pools: Mapping[str, Any],
+    shots: Sequence[int],
+    output_dir: str | os.PathLike,
+    n_episodes: int = 200,
+    n_tasks: int = 5,
+    seed: int = 0,
+    n_overlays: int = 3,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """The episode protocol (:func:`~labelless.fewshot2d.protocol.evaluate_episodes`) on every pool × every K.
+
+    A (pool, K) with fewer than K + 1 support candidates is skipped with a warning. Reports go to
+    ``<output_dir>/<pool>_<K>shot/``.
+
+    Returns:
+        one summary row per evaluated (pool, K): ``pool``, ``shots``, ``episode_dice`` (+ ``_std``),
+        ``per_image_dice``, ``per_image_iou``, ``n_episodes``, ``n_pool_images`` (the ``results`` of ``metrics.json``).
+    """
+    rows = []
+    for name, pool in pools.items():
+        for k in shots:
+            n_support = len(getattr(pool, "support_ids", pool.image_ids))
+            if n_support < k + 1:
+                logger.warning("%s: %d support candidates, too few for %d-shot episodes; skipped", name, n_support, k)
+                continue
+            res = evaluate_episodes(
+                predict, pool, n_episodes=n_episodes, n_tasks=n_tasks, n_shots=k, seed=seed,
+                output_dir=Path(output_dir) / f"{name}_{k}shot", n_overlays=n_overlays, progress=progress,
+            )  # fmt: skip
+            rows.append(
+                {
+                    "pool": name,
+                    "shots": int(k),
+                    "episode_dice": res["episode_dice_mean"],
+                    "episode_dice_std": res["episode_dice_std"],
+                    "per_image_dice": res["per_image_dice_mean"],
+                    "per_image_iou": res["per_image_iou_mean"],
+                    "n_episodes": res["n_episodes"],
+                    "n_pool_images": res["n_pool_images"],
+                }
+            )
+            logger.info(
+                "%s, %d-shot: episode Dice %.4f, per-image Dice %.4f", name, k, rows[-1]["episode_dice"],
+                rows[-1]["per_image_dice"],
+            )  # fmt: skip
+    return rows
 
 
 class FewShot2DEvaluationRunner:
@@ -345,24 +381,10 @@ class FewShot2DEvaluationRunner:
         self._load()
         self.network.to(self.device).eval()
         predict = network_predictor(self.network, self.device)
-        rows = []
-        for name, pool in self.pools.items():
-            for k in self.shots:
-                n_support = len(getattr(pool, "support_ids", pool.image_ids))
-                if n_support < k + 1:
-                    logger.warning(
-                        "%s: %d support candidates, too few for %d-shot episodes; skipped", name, n_support, k
-                    )
-                    continue
-                res = evaluate_episodes(
-                    predict, pool, n_episodes=self.n_episodes, n_tasks=self.n_tasks, n_shots=k, seed=self.seed,
-                    output_dir=self.output_dir / f"{name}_{k}shot", n_overlays=self.n_overlays,
-                )  # fmt: skip
-                rows.append(summary_row(name, k, res))
-                logger.info(
-                    "%s, %d-shot: episode Dice %.4f, per-image Dice %.4f", name, k, rows[-1]["episode_dice"],
-                    rows[-1]["per_image_dice"],
-                )  # fmt: skip
+        rows = evaluate_pools(
+            predict, self.pools, self.shots, self.output_dir, n_episodes=self.n_episodes, n_tasks=self.n_tasks,
+            seed=self.seed, n_overlays=self.n_overlays,
+        )  # fmt: skip
         summary = {
             "label": self.label,
             "checkpoint": None if self.ckpt_path is None else str(self.ckpt_path),
