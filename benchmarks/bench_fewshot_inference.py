@@ -11,8 +11,8 @@ one support slice and a "volume" of ``--slices`` query slices, and times in the 
 It prints the times and the ratio (target ≤ 0.5; with one support and N slices the batched path encodes N + 1
 images instead of 2N, so the ratio only goes below (N + 1) / 2N where batching itself pays, e.g. on a GPU), exits
 with status 1 when batched and per-slice logits differ by more than 1e-3, and, when
-``labelless.phantoms`` and the superpixel transforms are importable, times ``--train_iters`` training iterations of
-:class:`~labelless.engines.EpisodicTrainer` on :class:`~labelless.fewshot.episodes.SelfSupervisedEpisodeDataset`
+``labelless.data.phantoms`` and the superpixel transforms are importable, times ``--train_iters`` training iterations of
+:class:`~labelless.engines.EpisodicTrainer` on :class:`~labelless.fewshot.volume.episodes.SelfSupervisedEpisodeDataset`
 episodes of a phantom volume and reports the share of time spent waiting for data.
 
 Usage::
@@ -69,7 +69,7 @@ def time_inference(
     Returns:
         ``{"batched_s", "protocol_s", "slice_by_slice_s", "ratio", "protocol_ratio", "max_abs_diff"}``.
     """
-    from labelless.fewshot.protocol import segment_volume
+    from labelless.fewshot.volume.protocol import segment_volume
 
     model = model.eval()
     s, m, g = _support(size, device)
@@ -120,7 +120,7 @@ def time_training(encoder: str, size: int, n_iters: int, device: torch.device, s
         unavailable.
     """
     try:
-        from labelless.phantoms import make_phantom
+        from labelless.data.phantoms import make_phantom
         from labelless.transforms.superpixel import body_mask, compute_superpixels, mask_superpixels
     except ImportError as exc:  # optional parts of the package
         print(f"training timing skipped: {exc}", file=sys.stderr)
@@ -129,7 +129,7 @@ def time_training(encoder: str, size: int, n_iters: int, device: torch.device, s
     from monai.data import DataLoader
 
     from labelless.engines import EpisodicTrainer
-    from labelless.fewshot.episodes import SelfSupervisedEpisodeDataset
+    from labelless.fewshot.volume.episodes import SelfSupervisedEpisodeDataset
     from labelless.transforms.augment import RandFewShotAugmentd
     from labelless.transforms.intensity import zscore
 

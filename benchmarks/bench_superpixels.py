@@ -29,7 +29,7 @@ import numpy as np
 from skimage.segmentation import felzenszwalb
 
 from labelless.data.layouts import PreparedVolumeDataset
-from labelless.superpixels import RAW_NAME, precompute_superpixels
+from labelless.fewshot.volume.superpixels import RAW_NAME, precompute_superpixels
 from labelless.transforms.superpixel import relabel_within_body
 
 __all__ = ["check_parity", "time_precompute", "main"]

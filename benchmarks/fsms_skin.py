@@ -2,7 +2,7 @@
 """FSMS skin-lesion benchmark helpers: trivial baselines under the episode protocol, and the results table.
 
 ``baselines`` runs two predictors that use no image content at all through the same seeded episodes as the bundle's
-``evaluate.json`` (``FewShot2DEvaluationRunner``) and writes one ``metrics.json`` per predictor in the same format:
+``evaluate.json`` (``FewShotImageEvaluationRunner``) and writes one ``metrics.json`` per predictor in the same format:
 
 - ``copy_support``: the query mask is the support mask (K-shot: the pixel-wise majority of the K support masks);
 - ``all_lesion``: every pixel is lesion.
@@ -55,7 +55,7 @@ def run_baselines(
     ``target_pools(shared_data_dir=data)`` with the bundle's protocol; writes ``<out>/<name>/metrics.json`` (+ one
     folder per pool and K) and returns the summaries.
     """
-    from labelless.fewshot2d.workflow import evaluate_pools, target_pools
+    from labelless.fewshot.image.workflow import evaluate_pools, target_pools
     from labelless.utils import write_json_atomic
 
     all_pools = target_pools(None, data, image_size)

@@ -1,5 +1,5 @@
 # Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
-"""Markdown rows (Dice in %) from few-shot evaluation folders (``metrics.json`` of ``FewShotProtocolRunner``).
+"""Markdown rows (Dice in %) from few-shot evaluation folders (``metrics.json`` of ``FewShotVolumeEvaluationRunner``).
 
 Each argument is ``LABEL=FOLDER[+FOLDER...]``; several folders are merged class by class (Setting 2: label set 0 gives
 the kidneys, label set 1 liver and spleen). Prints one row per label for the protocol mode and, where present, the

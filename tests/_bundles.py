@@ -61,7 +61,7 @@ def phantom_liver_dices(pred_dir: Path, pids: range = range(2, 9)) -> list[float
     import nibabel as nib
     import numpy as np
 
-    from labelless.phantoms import default_dataset_dir
+    from labelless.data.phantoms import default_dataset_dir
 
     data = default_dataset_dir("abdomen")
     dices = []

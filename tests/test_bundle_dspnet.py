@@ -14,8 +14,8 @@ import torch
 from monai.bundle import ConfigParser
 
 from _bundles import BUNDLES, TINY, bundle_workflow, phantom_liver_dices, root_cause, train_tiny
+from labelless.data.phantoms import write_phantom_dataset
 from labelless.errors import ConfigError, DataError
-from labelless.phantoms import write_phantom_dataset
 
 BUNDLE_NAME = "dspnet_fewshot_segmentation"
 BUNDLE = BUNDLES / BUNDLE_NAME
@@ -60,7 +60,7 @@ def test_par_term_uses_the_model_head():
     [
         ({}, 0.3, (0.2, 0.8, 0.2)),
         ({"setting": 2}, 0.2, (0.3, 0.6, 0.3)),
-        ({"dataset": "cmr"}, 0.3, (0.1, 0.9, 0.1)),
+        ({"dataset_preset": "cmr"}, 0.3, (0.1, 0.9, 0.1)),
         ({"setting": 2, "bcma_alpha": 0.5, "bcma_weights": [0.0, 1.0, 0.0]}, 0.5, (0.0, 1.0, 0.0)),
     ],
 )
@@ -72,7 +72,7 @@ def test_bcma_presets_follow_dataset_and_setting(overrides, alpha, weights):
 
 def test_undefined_preset_is_a_config_error():
     with pytest.raises(Exception) as info:
-        _parser(dataset="cmr", setting=2).get_parsed_content("network_def")
+        _parser(dataset_preset="cmr", setting=2).get_parsed_content("network_def")
     root = root_cause(info.value)
     assert isinstance(root, ConfigError) and "Setting 2" in str(root)
 

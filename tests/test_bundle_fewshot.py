@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from _bundles import BUNDLES, TINY, bundle_workflow, train_tiny
-from labelless.phantoms import write_phantom_dataset
+from labelless.data.phantoms import write_phantom_dataset
 from labelless.resources import META_SCHEMA
 
 FEWSHOT_BUNDLES = ["ssl_alpnet_fewshot_segmentation", "dspnet_fewshot_segmentation", "psmnet_fewshot_segmentation"]

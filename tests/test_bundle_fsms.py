@@ -194,7 +194,7 @@ def test_shipped_weights_load_strictly_and_segment_the_phantoms(tmp_path):
     wf.initialize()
     assert wf.check_properties() == []
     wf.run()
-    from labelless.fewshot2d.synthetic import default_fsms_data
+    from labelless.fewshot.image.synthetic import default_fsms_data
 
     masks = default_fsms_data()["skin"] / "masks"
     dices = []

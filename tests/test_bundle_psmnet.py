@@ -13,7 +13,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from _bundles import BUNDLES, TINY, bundle_workflow, phantom_liver_dices, train_tiny
-from labelless.phantoms import write_phantom_dataset
+from labelless.data.phantoms import write_phantom_dataset
 
 BUNDLE_NAME = "psmnet_fewshot_segmentation"
 BUNDLE = BUNDLES / BUNDLE_NAME

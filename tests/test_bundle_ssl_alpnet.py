@@ -15,8 +15,8 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from _bundles import BUNDLES, TINY, bundle_workflow, phantom_liver_dices, root_cause, train_tiny
+from labelless.data.phantoms import write_phantom_dataset
 from labelless.errors import DataError
-from labelless.phantoms import write_phantom_dataset
 
 BUNDLE_NAME = "ssl_alpnet_fewshot_segmentation"
 BUNDLE = BUNDLES / BUNDLE_NAME
@@ -96,7 +96,7 @@ def test_ct_preset_uses_fold_statistics(trained, tmp_path):
     data = write_phantom_dataset(tmp_path / "ct", "abdomen", n_volumes=6, seed=2, shape=(64, 64, 8), modality="ct")
     out = tmp_path / "eval"
     wf = _workflow(
-        ["train.json", "evaluate.json"], "train", dataset_dir=str(data), dataset="synapse",
+        ["train.json", "evaluate.json"], "train", dataset_dir=str(data), dataset_preset="synapse",
         ckpt_dir=str(trained / "models"), output_dir=str(out), folds=[0], classes=[1, 2, 3],
         eval_modes=["protocol"], n_overlays=0, **TINY,
     )  # fmt: skip
@@ -147,3 +147,59 @@ def test_ckpt_export_torchscript_of_the_trained_encoder(tmp_path):
         logits_ts = ALPHead()(f_ts[:1], mask, f_ts[1:], window=2, output_size=(64, 64))
         logits = net(x[:1], mask, x[1:])
     assert torch.allclose(logits_ts, logits, atol=1e-4)
+
+
+def _bundle_run(config_files: list[str], cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` of this bundle from ``cwd``, command-line overrides as strings (as a user types
+    them; fire passes ``false`` as the string "false")."""
+    files = "[" + ",".join(f"'{CONFIGS / f}'" for f in config_files) + "]"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, "--bundle_root", str(BUNDLE),
+           "--encoder", "tiny", "--encoder_options", "{}", *args]  # fmt: skip
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def _masks(folder: Path) -> dict[str, np.ndarray]:
+    import nibabel as nib
+
+    return {p.name: np.asarray(nib.load(str(p)).dataobj) > 0 for p in sorted(folder.rglob("*_pred.nii.gz"))}
+
+
+def test_boolean_switches_false_through_monai_bundle_run(trained, abdomen, tmp_path):
+    """``--save_predictions false`` (evaluate.json) and ``--predict_outside_extent false`` (inference.json and
+    evaluate.json) given on the command line mean false and change what is written."""
+    ev = ["--dataset_dir", str(abdomen), "--ckpt_dir", str(trained / "models"), "--folds", "[0]",
+          "--eval_modes", "['gt_free']", "--n_overlays", "0"]  # fmt: skip
+    off = _bundle_run(["train.json", "evaluate.json"], tmp_path, *ev, "--output_dir", str(tmp_path / "ev_off"),
+                      "--save_predictions", "false")  # fmt: skip
+    assert off.returncode == 0, off.stderr[-3000:]
+    assert (tmp_path / "ev_off" / "metrics.json").is_file() and not (tmp_path / "ev_off" / "predictions").exists()
+    on = _bundle_run(["train.json", "evaluate.json"], tmp_path, *ev, "--output_dir", str(tmp_path / "ev_on"),
+                     "--save_predictions", "true", "--predict_outside_extent", "false")  # fmt: skip
+    assert on.returncode == 0, on.stderr[-3000:]
+    assert list((tmp_path / "ev_on" / "predictions" / "gt_free").glob("*.nii.gz"))
+
+    # a support whose liver is labelled on its two middle slices only: the extent it implies for the query is
+    # narrow, so predict_outside_extent=false must clear the query's outer slices
+    import nibabel as nib
+
+    lab = nib.load(str(abdomen / "label_1.nii.gz"))
+    arr = np.asarray(lab.dataobj).copy()
+    z_keep = np.flatnonzero((arr == 1).any(axis=(0, 1)))
+    mid = z_keep[len(z_keep) // 2 - 1 : len(z_keep) // 2 + 1]
+    arr[..., [z for z in range(arr.shape[2]) if z not in set(mid.tolist())]] = 0
+    nib.save(nib.Nifti1Image(arr, lab.affine), str(tmp_path / "support_label.nii.gz"))
+    inf = ["--ckpt_path", str(trained / "models" / "fold0_setting1.pt"), "--support_image",
+           str(abdomen / "image_1.nii.gz"), "--support_label", str(tmp_path / "support_label.nii.gz"),
+           "--label_value", "1",
+           "--queries", str(abdomen / "image_2.nii.gz"), "--image_size", "64", "--n_overlays", "0"]  # fmt: skip
+    full = _bundle_run(["inference.json"], tmp_path, *inf, "--output_dir", str(tmp_path / "inf_full"))
+    cut = _bundle_run(["inference.json"], tmp_path, *inf, "--output_dir", str(tmp_path / "inf_cut"),
+                      "--predict_outside_extent", "false")  # fmt: skip
+    assert full.returncode == 0 and cut.returncode == 0, (full.stderr + cut.stderr)[-3000:]
+    pf, pc = _masks(tmp_path / "inf_full"), _masks(tmp_path / "inf_cut")
+    assert set(pf) == set(pc) == {"image_2_pred.nii.gz"}
+    f, c = pf["image_2_pred.nii.gz"], pc["image_2_pred.nii.gz"]
+    assert not (c & ~f).any() and int(c.sum()) < int(f.sum())
+    # the cut removed whole slices outside the extent estimated from the support (z is the NIfTI's last axis)
+    per_slice_full, per_slice_cut = f.sum(axis=(0, 1)), c.sum(axis=(0, 1))
+    assert any(a > 0 and b == 0 for a, b in zip(per_slice_full, per_slice_cut))

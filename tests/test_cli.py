@@ -13,10 +13,10 @@ import pytest
 
 from labelless.cli import LabellessCLI
 from labelless.data.layouts import PreparedVolumeDataset
-from labelless.fewshot.folds import fold_split
-from labelless.fewshot.protocol import prediction_filename
+from labelless.data.phantoms import write_phantom_dataset
+from labelless.fewshot.volume.folds import fold_split
+from labelless.fewshot.volume.protocol import prediction_filename
 from labelless.io.writers import write_volume
-from labelless.phantoms import write_phantom_dataset
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -107,7 +107,7 @@ def test_verify_metadata(tmp_path):
 
 
 def test_fsms_synthetic_writes_classes_a_class_folder_reader_accepts(tmp_path):
-    from labelless.fewshot2d.classes import ClassFolderDataset, ImageFolderPool
+    from labelless.fewshot.image.classes import ClassFolderDataset, ImageFolderPool
 
     msg = LabellessCLI().fsms_synthetic(str(tmp_path), n_classes=3, n_instances=3, n_skin=4, size=64)
     assert "shape classes" in msg
@@ -124,3 +124,32 @@ def test_fsms_classes_exports_shared_structures(tmp_path):
     msg = LabellessCLI().fsms_classes(str(data), str(tmp_path), sources=["hc18"], max_instances=2, size=64)
     assert "hc18_fetal_head: 2 instances" in msg
     assert len(list((tmp_path / "hc18_fetal_head").glob("*.png"))) == 2
+
+
+def _saved_predictions(out: Path) -> dict[str, np.ndarray]:
+    import nibabel as nib
+
+    return {p.name: np.asarray(nib.load(str(p)).dataobj) > 0 for p in sorted((out / "predictions").rglob("*.nii.gz"))}
+
+
+def test_boolean_switches_false_from_the_command_line(phantom_dir, tmp_path):
+    """``--save_predictions false`` and ``--predict_outside_extent false`` arrive as strings and mean false (a plain
+    ``bool("false")`` would be True); a misspelt value is a clear error."""
+    base = ["evaluate", str(phantom_dir), "--preset", "phantom_abdomen", "--folds", "[0]", "--modes", "[gt_free]",
+            "--n_overlays", "0"]  # fmt: skip
+    off = _run(*base, "--output_dir", str(tmp_path / "off"), "--save_predictions", "false")
+    assert off.returncode == 0, off.stderr
+    assert (tmp_path / "off" / "metrics.json").is_file() and not (tmp_path / "off" / "predictions").exists()
+
+    full = _run(*base, "--output_dir", str(tmp_path / "full"), "--save_predictions", "true")
+    cut = _run(*base, "--output_dir", str(tmp_path / "cut"), "--save_predictions", "true",
+               "--predict_outside_extent", "false")  # fmt: skip
+    assert full.returncode == 0 and cut.returncode == 0, full.stderr + cut.stderr
+    pf, pc = _saved_predictions(tmp_path / "full"), _saved_predictions(tmp_path / "cut")
+    assert pf and set(pf) == set(pc)
+    assert all(not (pc[k] & ~pf[k]).any() for k in pf)  # cutting only removes foreground
+    assert sum(int(v.sum()) for v in pc.values()) < sum(int(v.sum()) for v in pf.values())
+
+    bad = _run(*base, "--output_dir", str(tmp_path / "bad"), "--save_predictions", "flase")
+    assert bad.returncode == 2 and "save_predictions must be true or false" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -25,7 +25,7 @@ from labelless.engines import (
     prepare_episode_batch,
 )
 from labelless.errors import ConfigError, DataError
-from labelless.fewshot.episodes import SelfSupervisedEpisodeDataset
+from labelless.fewshot.volume.episodes import SelfSupervisedEpisodeDataset
 from labelless.losses import ALPNetLoss
 from labelless.networks.fewshot import build_fewshot_segmentor
 from labelless.transforms.augment import RandFewShotAugmentd
@@ -323,7 +323,7 @@ class TestPrepareBatch(unittest.TestCase):
     def test_squeezes_episode_batch(self):
         batch = {
             "support_image": torch.zeros(1, 3, 3, 16, 16),
-            "support_mask": torch.zeros(1, 3, 1, 16, 16),
+            "support_label": torch.zeros(1, 3, 1, 16, 16),
             "query_image": torch.zeros(1, 3, 16, 16),
             "query_label": torch.zeros(1, 16, 16, dtype=torch.long),
         }
@@ -341,7 +341,7 @@ class TestPrepareBatch(unittest.TestCase):
     def test_bad_batches(self, _name, n, drop):
         batch = {
             "support_image": torch.zeros(n, 1, 3, 16, 16),
-            "support_mask": torch.zeros(n, 1, 1, 16, 16),
+            "support_label": torch.zeros(n, 1, 1, 16, 16),
             "query_image": torch.zeros(n, 3, 16, 16),
             "query_label": torch.zeros(n, 16, 16, dtype=torch.long),
         }

@@ -15,8 +15,7 @@ from parameterized import parameterized
 
 from labelless.data.layouts import PreparedVolumeDataset
 from labelless.errors import ConfigError, DataError
-from labelless.fewshot.episodes import (
-    LabelledEpisodeDataset,
+from labelless.fewshot.volume.episodes import (
     SelfSupervisedEpisodeDataset,
     build_slice_pool,
     is_degenerate_mask,
@@ -74,7 +73,7 @@ def _ssl(n_shots: int = 1, transform=None, seed: int = 0, n: int = 4, z: int = 3
 
 def _same(a: dict, b: dict) -> bool:
     return a["meta"] == b["meta"] and all(
-        torch.equal(a[k], b[k]) for k in ("support_image", "support_mask", "query_image", "query_label")
+        torch.equal(a[k], b[k]) for k in ("support_image", "support_label", "query_image", "query_label")
     )
 
 
@@ -169,7 +168,7 @@ class TestSelfSupervisedEpisodes(unittest.TestCase):
             meta = item["meta"]
             expected = ds.superpixels[meta["pid"]][meta["z"]] == meta["superpixel"]
             np.testing.assert_array_equal(item["query_label"].numpy(), expected.astype(np.int64))
-            np.testing.assert_array_equal(item["support_mask"][0, 0].numpy(), expected.astype(np.float32))
+            np.testing.assert_array_equal(item["support_label"][0, 0].numpy(), expected.astype(np.float32))
             img = ds.images[meta["pid"]][meta["z"]]
             for c in range(3):
                 np.testing.assert_array_equal(item["query_image"][c].numpy(), img)
@@ -203,16 +202,16 @@ class TestSelfSupervisedEpisodes(unittest.TestCase):
         ds = _ssl(n_shots=k, transform=RandFewShotAugmentd(keys=("image", "label")))
         item = ds[0]
         self.assertEqual(tuple(item["support_image"].shape), (k, 3, H, W))
-        self.assertEqual(tuple(item["support_mask"].shape), (k, 1, H, W))
+        self.assertEqual(tuple(item["support_label"].shape), (k, 1, H, W))
         self.assertEqual(tuple(item["query_image"].shape), (3, H, W))
         self.assertEqual(tuple(item["query_label"].shape), (H, W))
         self.assertEqual(item["support_image"].dtype, torch.float32)
-        self.assertEqual(item["support_mask"].dtype, torch.float32)
+        self.assertEqual(item["support_label"].dtype, torch.float32)
         self.assertEqual(item["query_label"].dtype, torch.int64)
         self.assertTrue(set(item["query_label"].unique().tolist()) <= {0, 1})
-        self.assertTrue(set(item["support_mask"].unique().tolist()) <= {0.0, 1.0})
+        self.assertTrue(set(item["support_label"].unique().tolist()) <= {0.0, 1.0})
         for s in range(k):
-            self.assertFalse(is_degenerate_mask(item["support_mask"][s, 0]))
+            self.assertFalse(is_degenerate_mask(item["support_label"][s, 0]))
         self.assertFalse(is_degenerate_mask(item["query_label"]))
         if k > 1:  # independent augmentations of the same slice
             self.assertFalse(torch.equal(item["support_image"][0], item["support_image"][1]))
@@ -246,7 +245,7 @@ class TestSelfSupervisedEpisodes(unittest.TestCase):
         self.assertEqual(tuple(batch["query_label"].shape), (1, H, W))
         for x, y in zip(r1, r2):
             self.assertTrue(torch.equal(x["query_image"], y["query_image"]))
-            self.assertTrue(torch.equal(x["support_mask"], y["support_mask"]))
+            self.assertTrue(torch.equal(x["support_label"], y["support_label"]))
         self.assertFalse(all(torch.equal(x["query_image"], y["query_image"]) for x, y in zip(r1, r3)))
 
     def test_bad_construction(self):
@@ -293,45 +292,6 @@ class TestFromDataset(unittest.TestCase):
             raw = ds.load_image("10").array
             np.testing.assert_allclose(ep.images["10"], (raw - mean) / std, rtol=1e-5, atol=1e-5)
             self.assertNotAlmostEqual(float(ep.images["10"].mean()), 0.0, places=2)  # not per-volume
-
-
-class TestLabelledEpisodes(unittest.TestCase):
-    def test_labelled_episode(self):
-        with tempfile.TemporaryDirectory() as d:
-            root = Path(d)
-            ds = PreparedVolumeDataset(root, "chaos", derived_dir=_write_prepared(root))
-            ep = LabelledEpisodeDataset(ds, ["1", "2", "10"], class_ids=[1, 4], n_shots=2, n_episodes=4, seed=0)
-            seen = set()
-            for _ in range(12):
-                item = ep[0]
-                meta = item["meta"]
-                c = meta["class_id"]
-                seen.add(c)
-                self.assertEqual(tuple(item["support_image"].shape), (2, 3, H, W))
-                self.assertEqual(tuple(item["support_mask"].shape), (2, 1, H, W))
-                # support from a different scan (both classes occur in two scans)
-                self.assertTrue(all(p != meta["pid"] for p in meta["support_pids"]))
-                qlab = ds.load_label(meta["pid"]).array[meta["z"]]
-                np.testing.assert_array_equal(item["query_label"].numpy(), (qlab == c).astype(np.int64))
-                for s, (p, z) in enumerate(zip(meta["support_pids"], meta["support_z"])):
-                    slab = ds.load_label(p).array[z]
-                    np.testing.assert_array_equal(item["support_mask"][s, 0].numpy(), (slab == c).astype(np.float32))
-            self.assertEqual(seen, {1, 4})
-
-    def test_labelled_single_scan_and_errors(self):
-        with tempfile.TemporaryDirectory() as d:
-            root = Path(d)
-            ds = PreparedVolumeDataset(root, "chaos", derived_dir=_write_prepared(root))
-            # RK only in scan 1 (slices 1, 2): support falls back to the other slice of the same scan
-            ep = LabelledEpisodeDataset(ds, ["1"], class_ids=[2, 3], transform=RandFewShotAugmentd(), seed=1)
-            item = ep[0]
-            self.assertEqual(item["meta"]["class_id"], 2)  # LK absent from scan 1: dropped
-            self.assertEqual(ep.class_ids, [2])
-            self.assertNotEqual(item["meta"]["support_z"][0], item["meta"]["z"])
-            with self.assertRaisesRegex(DataError, "none of the classes"):
-                LabelledEpisodeDataset(ds, ["10"], class_ids=[2])
-            with self.assertRaises(ConfigError):
-                LabelledEpisodeDataset(ds, ["1"], class_ids=[9])
 
 
 if __name__ == "__main__":

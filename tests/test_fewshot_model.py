@@ -170,7 +170,7 @@ class TestInference(unittest.TestCase):
             self.assertEqual(counter.batches, [4])
 
     def test_usable_as_protocol_predictor(self):
-        from labelless.fewshot.protocol import segment_volume
+        from labelless.fewshot.volume.protocol import segment_volume
 
         model = _tiny(seed=4).eval()
         rng = np.random.default_rng(0)

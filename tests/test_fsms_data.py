@@ -17,20 +17,15 @@ from parameterized import parameterized
 from PIL import Image
 
 from conftest import shared_data_dir
+from labelless.data.images import ImageFolderPool, binarize_mask, load_mask, load_rgb, mask_on_grid, split_pool
 from labelless.errors import ConfigError, DataError
-from labelless.fewshot2d import (
+from labelless.fewshot.image import (
     SHAPE_FAMILIES,
     ClassFolderDataset,
-    ImageFolderPool,
-    binarize_mask,
     default_fsms_data,
     export_classes,
-    load_mask,
-    load_rgb,
     make_shape_class,
-    mask_on_grid,
     skin_pools,
-    split_pool,
     write_shape_classes,
     write_skin_phantoms,
 )

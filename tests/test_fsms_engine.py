@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from labelless.engines.surrogate import SurrogateEpisodicTrainer, prepare_fsms_batch
 from labelless.errors import ConfigError, DataError
-from labelless.networks.fsms import FSMSNet, draw_sigma
+from labelless.networks.fsms import FSMSNet
+from labelless.transforms.noise import draw_sigma
 from labelless.utils import seed_everything
 
 SIZE, T, K = 32, 2, 1
@@ -68,11 +69,11 @@ class TinyEpisodes(Dataset):
             q_img[t], q_msk[t] = self._pair(rng)
         unl = rng.random((self.n_unlabeled, 3, SIZE, SIZE), dtype=np.float32)
         return {
-            "support_images": torch.from_numpy(s_img),
-            "support_masks": torch.from_numpy(s_msk),
-            "query_images": torch.from_numpy(q_img),
-            "query_masks": torch.from_numpy(q_msk),
-            "unlabeled": torch.from_numpy(unl),
+            "support_image": torch.from_numpy(s_img),
+            "support_label": torch.from_numpy(s_msk),
+            "query_image": torch.from_numpy(q_img),
+            "query_label": torch.from_numpy(q_msk),
+            "unlabeled_image": torch.from_numpy(unl),
             "classes": [f"class_{t}" for t in range(self.n_tasks)],
         }
 
@@ -198,29 +199,29 @@ class TestPrepareBatch(unittest.TestCase):
             self.assertEqual(tuple(q_img.shape), (T, 3, SIZE, SIZE))
             self.assertEqual(tuple(q_msk.shape), (T, 1, SIZE, SIZE))
             self.assertEqual(tuple(unl.shape), (2, 3, SIZE, SIZE))
-            self.assertTrue(torch.equal(s_img, item["support_images"]))
+            self.assertTrue(torch.equal(s_img, item["support_image"]))
 
     def test_bad_batches_name_the_key(self):
         item = TinyEpisodes()[0]
-        missing = {k: v for k, v in item.items() if k != "query_masks"}
+        missing = {k: v for k, v in item.items() if k != "query_label"}
         with self.assertRaises(DataError) as ctx:
             prepare_fsms_batch(missing)
-        self.assertIn("query_masks", str(ctx.exception))
-        nan = dict(item, unlabeled=item["unlabeled"].clone())
-        nan["unlabeled"][0, 0, 0, 0] = float("nan")
+        self.assertIn("query_label", str(ctx.exception))
+        nan = dict(item, unlabeled_image=item["unlabeled_image"].clone())
+        nan["unlabeled_image"][0, 0, 0, 0] = float("nan")
         with self.assertRaises(DataError) as ctx:
             prepare_fsms_batch(nan)
-        self.assertIn("unlabeled", str(ctx.exception))
+        self.assertIn("unlabeled_image", str(ctx.exception))
         self.assertIn("non-finite", str(ctx.exception))
         two = next(iter(DataLoader(TinyEpisodes(), batch_size=2)))
         with self.assertRaises(DataError) as ctx:
             prepare_fsms_batch(two)
         self.assertIn("batch_size=1", str(ctx.exception))
-        wrong = dict(item, query_masks=item["query_masks"][:, :, :16])
+        wrong = dict(item, query_label=item["query_label"][:, :, :16])
         with self.assertRaises(DataError) as ctx:
             prepare_fsms_batch(wrong)
-        self.assertIn("query_masks", str(ctx.exception))
-        scaled = dict(item, support_masks=item["support_masks"] * 255)
+        self.assertIn("query_label", str(ctx.exception))
+        scaled = dict(item, support_label=item["support_label"] * 255)
         with self.assertRaises(DataError) as ctx:
             prepare_fsms_batch(scaled)
         self.assertIn("[0, 1]", str(ctx.exception))

@@ -1,5 +1,6 @@
 # Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
-"""Tests of labelless.networks.fsms (fsms.md §2, §3.1, §6): encoder, prototypes, FSMSNet, surrogate helpers."""
+"""Tests of labelless.networks.fsms (fsms.md §2, §3.1, §6: encoder, prototypes, FSMSNet) and of the surrogate
+helpers of labelless.transforms.noise."""
 
 from __future__ import annotations
 
@@ -18,13 +19,11 @@ from labelless.networks.fsms import (
     IMAGENET_STD,
     FSMSNet,
     VGGEncoder,
-    add_gaussian_noise,
-    draw_sigma,
     load_vgg16_weights,
     masked_pool_k_shots,
     support_masks_to_grid,
-    surrogate_target,
 )
+from labelless.transforms.noise import add_gaussian_noise, draw_sigma, surrogate_target
 
 WIDTH, FC = 8, 16
 # (T, K, H, W)

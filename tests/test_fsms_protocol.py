@@ -14,10 +14,10 @@ from parameterized import parameterized
 from PIL import Image
 
 from labelless.errors import ConfigError, DataError
-from labelless.fewshot2d.episodes import MetaTrainEpisodes
-from labelless.fewshot2d.inference import FewShot2DInferenceRunner
-from labelless.fewshot2d.protocol import draw_test_episodes, episode_dice, evaluate_episodes, network_predictor
-from labelless.fewshot2d.workflow import FewShot2DEvaluationRunner
+from labelless.fewshot.image.episodes import MetaTrainEpisodes
+from labelless.fewshot.image.inference import FewShotImageInferenceRunner
+from labelless.fewshot.image.protocol import draw_test_episodes, episode_dice, evaluate_episodes, network_predictor
+from labelless.fewshot.image.workflow import FewShotImageEvaluationRunner
 
 S = 32
 
@@ -103,15 +103,15 @@ class TestMetaTrainEpisodes(unittest.TestCase):
         ds = MetaTrainEpisodes(source(), n_episodes=4, n_tasks=t, n_shots=k, unlabeled_pool=pool, n_unlabeled=n_u)
         item = ds[1]
         self.assertEqual(len(ds), 4)
-        self.assertEqual(tuple(item["support_images"].shape), (t, k, 3, S, S))
-        self.assertEqual(tuple(item["support_masks"].shape), (t, k, 1, S, S))
-        self.assertEqual(tuple(item["query_images"].shape), (t, 3, S, S))
-        self.assertEqual(tuple(item["query_masks"].shape), (t, 1, S, S))
-        self.assertEqual(tuple(item["unlabeled"].shape), (u, 3, S, S))
+        self.assertEqual(tuple(item["support_image"].shape), (t, k, 3, S, S))
+        self.assertEqual(tuple(item["support_label"].shape), (t, k, 1, S, S))
+        self.assertEqual(tuple(item["query_image"].shape), (t, 3, S, S))
+        self.assertEqual(tuple(item["query_label"].shape), (t, 1, S, S))
+        self.assertEqual(tuple(item["unlabeled_image"].shape), (u, 3, S, S))
         self.assertEqual(len(item["classes"]), t)
-        self.assertTrue(all(item["support_masks"].flatten(2).amax(2).flatten() == 1))  # never empty
-        self.assertEqual(set(torch.unique(item["query_masks"]).tolist()), {0.0, 1.0})
-        for v in ("support_images", "query_images", "unlabeled"):
+        self.assertTrue(all(item["support_label"].flatten(2).amax(2).flatten() == 1))  # never empty
+        self.assertEqual(set(torch.unique(item["query_label"]).tolist()), {0.0, 1.0})
+        for v in ("support_image", "query_image", "unlabeled_image"):
             self.assertEqual(item[v].dtype, torch.float32)
 
     def test_deterministic_per_seed_and_index(self):
@@ -119,7 +119,7 @@ class TestMetaTrainEpisodes(unittest.TestCase):
         b = MetaTrainEpisodes(FakeClasses(), 10, unlabeled_pool=FakePool(8, masks=False), n_unlabeled=3, seed=4)
         c = MetaTrainEpisodes(FakeClasses(), 10, unlabeled_pool=FakePool(8, masks=False), n_unlabeled=3, seed=5)
         x, y = b[7], a[7]  # access order does not matter
-        for key in ("support_images", "support_masks", "query_images", "query_masks", "unlabeled"):
+        for key in ("support_image", "support_label", "query_image", "query_label", "unlabeled_image"):
             self.assertTrue(torch.equal(x[key], y[key]), key)
         self.assertEqual(x["classes"], y["classes"])
         self.assertNotEqual([a.draw(i) for i in range(10)], [c.draw(i) for i in range(10)])
@@ -141,9 +141,9 @@ class TestMetaTrainEpisodes(unittest.TestCase):
         self.assertEqual(seen, {"c0", "c1"})  # 5 tasks over 2 classes: classes repeat within every episode
         item, d = ds[0], ds.draw(0)  # the loaded images are the drawn instances
         for t, (cls, sup, q) in enumerate(zip(d["classes"], d["supports"], d["queries"])):
-            self.assertAlmostEqual(float(item["query_images"][t, 0, 0, 0]), int(cls[1:]) / 10, places=6)
-            self.assertAlmostEqual(float(item["query_images"][t, 1, 0, 0]), q / 100, places=6)
-            codes = [round(float(v) * 100) for v in item["support_images"][t, :, 1, 0, 0]]
+            self.assertAlmostEqual(float(item["query_image"][t, 0, 0, 0]), int(cls[1:]) / 10, places=6)
+            self.assertAlmostEqual(float(item["query_image"][t, 1, 0, 0]), q / 100, places=6)
+            codes = [round(float(v) * 100) for v in item["support_image"][t, :, 1, 0, 0]]
             self.assertEqual(codes, list(sup))
 
     def test_unlabelled_without_replacement(self):
@@ -158,10 +158,10 @@ class TestMetaTrainEpisodes(unittest.TestCase):
         ref = MetaTrainEpisodes(FakeClasses(), 6, seed=2)
         on = MetaTrainEpisodes(FakeClasses(), 6, flips="true", seed=2)
         self.assertFalse(off.flips)
-        self.assertTrue(torch.equal(off[0]["query_images"], ref[0]["query_images"]))
+        self.assertTrue(torch.equal(off[0]["query_image"], ref[0]["query_image"]))
         self.assertEqual([on.draw(i)["queries"] for i in range(6)], [ref.draw(i)["queries"] for i in range(6)])
-        flipped = [on[i]["support_images"] for i in range(6)]
-        plain = [ref[i]["support_images"] for i in range(6)]
+        flipped = [on[i]["support_image"] for i in range(6)]
+        plain = [ref[i]["support_image"] for i in range(6)]
         self.assertTrue(any(not torch.equal(f, p) for f, p in zip(flipped, plain)))
         self.assertTrue(all(torch.allclose(f.sum((-1, -2)), p.sum((-1, -2))) for f, p in zip(flipped, plain)))
 
@@ -275,20 +275,20 @@ class TestProtocol(unittest.TestCase):
         pools = {"unlabeled": None, "test": {"a": FakePool(6), "b": FakePool(7)}, "val": FakePool(6)}
         out = Path(self._tmp) / "runner"
         kw = dict(shots=[1, 5], n_episodes=2, n_tasks=2, n_overlays=0)
-        test = FewShot2DEvaluationRunner(Stub(), pools, out / "test", **kw).run()
+        test = FewShotImageEvaluationRunner(Stub(), pools, out / "test", **kw).run()
         self.assertEqual([(r["pool"], r["shots"]) for r in test["results"]], [("a", 1), ("a", 5), ("b", 1), ("b", 5)])
         self.assertEqual(test["results"][0]["episode_dice"], 1.0)
-        val = FewShot2DEvaluationRunner(Stub(), pools, out / "val", split="val", **kw).run()
+        val = FewShotImageEvaluationRunner(Stub(), pools, out / "val", split="val", **kw).run()
         # 6 images: 5-shot needs K + 1 = 6 support candidates with a mask -> runs; the pool is named "val"
         self.assertEqual([(r["pool"], r["shots"]) for r in val["results"]], [("val", 1), ("val", 5)])
         self.assertTrue((out / "val" / "val_1shot" / "metrics.json").is_file())
         self.assertFalse((out / "val" / "a_1shot").exists())
         with self.assertRaisesRegex(ConfigError, "no validation pool"):
-            FewShot2DEvaluationRunner(Stub(), {**pools, "val": None}, out / "x", split="val")
+            FewShotImageEvaluationRunner(Stub(), {**pools, "val": None}, out / "x", split="val")
         with self.assertRaisesRegex(ConfigError, "expected 'test' or 'val'"):
-            FewShot2DEvaluationRunner(Stub(), pools, out / "x", split="train")
+            FewShotImageEvaluationRunner(Stub(), pools, out / "x", split="train")
         with self.assertRaisesRegex(ConfigError, "too few|no labelled"):
-            FewShot2DEvaluationRunner(Stub(), {"test": {}}, out / "x")
+            FewShotImageEvaluationRunner(Stub(), {"test": {}}, out / "x")
 
     @pytest.fixture(autouse=True)
     def _tmp_path(self, tmp_path):
@@ -296,14 +296,14 @@ class TestProtocol(unittest.TestCase):
 
 
 class TestWithClassFolders(unittest.TestCase):
-    """The episodes and the protocol on the real readers (labelless.fewshot2d.classes) with tiny files."""
+    """The episodes and the protocol on the real readers (labelless.fewshot.image.classes) with tiny files."""
 
     @pytest.fixture(autouse=True)
     def _tmp_path(self, tmp_path):
         self._tmp = tmp_path
 
     def test_real_sources(self):
-        from labelless.fewshot2d.classes import ClassFolderDataset, ImageFolderPool
+        from labelless.fewshot.image.classes import ClassFolderDataset, ImageFolderPool
 
         for c in ("cat", "dog"):
             (self._tmp / "classes" / c).mkdir(parents=True)
@@ -322,8 +322,8 @@ class TestWithClassFolders(unittest.TestCase):
         pool = ImageFolderPool(self._tmp / "pool", size=S, masks=self._tmp / "pool_masks", grid=8)
         ds = MetaTrainEpisodes(source, 3, n_tasks=4, n_shots=2, unlabeled_pool=pool, n_unlabeled=2, seed=3)
         item = ds[2]
-        self.assertEqual(tuple(item["support_images"].shape), (4, 2, 3, S, S))
-        self.assertEqual(tuple(item["unlabeled"].shape), (2, 3, S, S))
+        self.assertEqual(tuple(item["support_image"].shape), (4, 2, 3, S, S))
+        self.assertEqual(tuple(item["unlabeled_image"].shape), (2, 3, S, S))
         self.assertTrue(set(item["classes"]) <= {"cat", "dog"})
         res = evaluate_episodes(_zeros, pool, n_episodes=5, n_tasks=2, progress=False)
         self.assertEqual((res["n_pool_images"], res["n_support_images"]), (5, 4))
@@ -337,7 +337,7 @@ class TestWithClassFolders(unittest.TestCase):
         res = evaluate_episodes(network_predictor(net), pool, n_episodes=2, n_tasks=2, progress=False)
         self.assertTrue(0.0 <= res["episode_dice_mean"] <= 1.0)
         self.assertFalse(net.training)
-        out = FewShot2DInferenceRunner(net, [self._tmp / "pool" / "p0.png"], [self._tmp / "pool_masks" / "p0.png"],
+        out = FewShotImageInferenceRunner(net, [self._tmp / "pool" / "p0.png"], [self._tmp / "pool_masks" / "p0.png"],
                                        [self._tmp / "pool" / "p1.png"], self._tmp / "inf", image_size=S).run()
         self.assertEqual(np.asarray(Image.open(out[0]["mask"])).shape, (S, S))
 
@@ -391,7 +391,7 @@ class TestInference(unittest.TestCase):
         imgs, msks = self._supports(2)
         net = BrightnessNet()
         out_dir = self._tmp / "out"
-        runner = FewShot2DInferenceRunner(net, imgs, msks, qdir, out_dir, image_size=32, device="cpu", batch_size=2)
+        runner = FewShotImageInferenceRunner(net, imgs, msks, qdir, out_dir, image_size=32, device="cpu", batch_size=2)
         outputs = runner.run()
         self.assertEqual([Path(o["query"]).stem for o in outputs], ["a", "b", "c"])
         self.assertTrue(all(s[1] == 2 for s in net.seen))  # K = number of supports
@@ -413,18 +413,18 @@ class TestInference(unittest.TestCase):
         qdir.mkdir()
         _query_image(30, 30)[0].save(qdir / "x.png")
         imgs, msks = self._supports(2, empty_at=1)
-        runner = FewShot2DInferenceRunner(BrightnessNet(), imgs, msks, qdir, self._tmp / "o", image_size=16)
+        runner = FewShotImageInferenceRunner(BrightnessNet(), imgs, msks, qdir, self._tmp / "o", image_size=16)
         with self.assertRaisesRegex(DataError, "s1_mask.png.*empty"):
             runner.run()
         self.assertFalse((self._tmp / "o" / "x_mask.png").exists())
         with self.assertRaisesRegex(DataError, "2 support images but 1 support masks"):
-            FewShot2DInferenceRunner(BrightnessNet(), imgs, msks[:1], qdir, self._tmp / "o")
+            FewShotImageInferenceRunner(BrightnessNet(), imgs, msks[:1], qdir, self._tmp / "o")
         (self._tmp / "none").mkdir()
         with self.assertRaisesRegex(DataError, "no query images"):
-            FewShot2DInferenceRunner(BrightnessNet(), imgs, msks, self._tmp / "none", self._tmp / "o")
+            FewShotImageInferenceRunner(BrightnessNet(), imgs, msks, self._tmp / "none", self._tmp / "o")
         bad = self._tmp / "bad.png"
         bad.write_bytes(b"not an image")
-        runner = FewShot2DInferenceRunner(BrightnessNet(), imgs[:1], msks[:1], [bad], self._tmp / "o", image_size=16)
+        runner = FewShotImageInferenceRunner(BrightnessNet(), imgs[:1], msks[:1], [bad], self._tmp / "o", image_size=16)
         with self.assertRaisesRegex(DataError, "bad.png"):
             runner.run()
 

@@ -1,5 +1,5 @@
 # Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
-"""Tests of labelless.metrics: counts, Dice from summed counts, HD95/ASD in mm with anisotropic spacing."""
+"""Tests of labelless.evaluation.metrics: counts, Dice from summed counts, HD95/ASD in mm with anisotropic spacing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from monai.metrics import compute_average_surface_distance, compute_hausdorff_di
 from parameterized import parameterized
 
 from labelless.errors import DataError
-from labelless.metrics import (
+from labelless.evaluation.metrics import (
     ConfusionCounts,
     average_surface_distance,
     confusion_counts,

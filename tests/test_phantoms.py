@@ -1,5 +1,5 @@
 # Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
-"""Tests of the synthetic phantoms (labelless.phantoms)."""
+"""Tests of the synthetic phantoms (labelless.data.phantoms)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from parameterized import parameterized
 
-from labelless import phantoms
+from labelless.data import phantoms
 from labelless.data.layouts import PreparedVolumeDataset
+from labelless.data.phantoms import default_dataset_dir, make_phantom, phantom_affine, write_phantom_dataset
 from labelless.errors import ConfigError
 from labelless.io.readers import read_volume
-from labelless.phantoms import default_dataset_dir, make_phantom, phantom_affine, write_phantom_dataset
+from labelless.paths import cache_root
 
 SMALL = (64, 64, 8)
 
@@ -173,7 +174,7 @@ class TestPhantomDataset(unittest.TestCase):
                 mp.setenv("LABELLESS_CACHE", tmp)
                 mp.setitem(phantoms._DEFAULT_SHAPE, "abdomen", (32, 32, 4))
                 d = default_dataset_dir("abdomen")
-                self.assertEqual(d, phantoms.cache_root() / "phantoms" / f"abdomen-v{phantoms.PHANTOM_VERSION}")
+                self.assertEqual(d, cache_root() / "phantoms" / f"abdomen-v{phantoms.PHANTOM_VERSION}")
                 self.assertTrue(str(d).startswith(tmp))
                 self.assertEqual(len(PreparedVolumeDataset(d, preset="phantom_abdomen")), 8)
                 stamp = (d / "image_1.nii.gz").stat().st_mtime_ns

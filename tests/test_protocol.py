@@ -17,7 +17,7 @@ from parameterized import parameterized
 
 from labelless.data.layouts import PreparedVolumeDataset
 from labelless.errors import ConfigError, DataError
-from labelless.fewshot.protocol import (
+from labelless.fewshot.volume.protocol import (
     chunk_of_slice,
     evaluate,
     evaluate_fold,

@@ -1,5 +1,5 @@
 # Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
-"""Tests of labelless.reports: metrics.json layout, CSV, Markdown and PIL overlays."""
+"""Tests of labelless.evaluation.reports: metrics.json layout, CSV, Markdown and PIL overlays."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import numpy as np
 from parameterized import parameterized
 from PIL import Image
 
-from labelless.fewshot.protocol import EvaluationResult, FoldResult, ModeResult, OverlaySample, ScanScore
-from labelless.reports import GT_FREE_NOTE, TITLE_HEIGHT, render_overlay, result_to_dict, to_uint8, write_reports
+from labelless.evaluation.overlays import TITLE_HEIGHT, render_overlay, to_uint8
+from labelless.evaluation.reports import GT_FREE_NOTE, result_to_dict, write_reports
+from labelless.evaluation.results import EvaluationResult, FoldResult, ModeResult, OverlaySample, ScanScore
 
 NAMES = {1: "LIVER", 4: "SPLEEN"}
 H, W = 40, 48

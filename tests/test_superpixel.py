@@ -18,9 +18,15 @@ from parameterized import parameterized
 from skimage.segmentation import felzenszwalb
 
 from labelless.data.layouts import PreparedVolumeDataset
+from labelless.data.phantoms import make_phantom, write_phantom_dataset
 from labelless.errors import ConfigError, DataError
-from labelless.phantoms import make_phantom, write_phantom_dataset
-from labelless.superpixels import BODYMASK_NAME, RAW_NAME, SUPERPIX_NAME, default_derived_dir, precompute_superpixels
+from labelless.fewshot.volume.superpixels import (
+    BODYMASK_NAME,
+    RAW_NAME,
+    SUPERPIX_NAME,
+    default_derived_dir,
+    precompute_superpixels,
+)
 from labelless.transforms.superpixel import (
     BodyMask,
     BodyMaskd,

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from labelless.utils import as_bool
+
 __all__ = ["LabellessCLI", "PrepareCommands", "main"]
 
 logger = logging.getLogger("labelless")
@@ -79,8 +81,8 @@ class PrepareCommands:
             spacing=tuple(float(s) for s in spacing),
             size=int(size),
             clip_percentile=float(clip_percentile),
-            flip_rows=bool(flip_rows),
-            overwrite=bool(overwrite),
+            flip_rows=as_bool(flip_rows, "flip_rows"),
+            overwrite=as_bool(overwrite, "overwrite"),
         )
         return f"prepared {res['n_cases']} CHAOS cases into {res['out_dir']}"
 
@@ -107,7 +109,7 @@ class PrepareCommands:
 
         res = prepare_synapse(
             raw_dir, out_dir, window=tuple(float(w) for w in window), border=int(border), size=int(size),
-            overwrite=bool(overwrite),
+            overwrite=as_bool(overwrite, "overwrite"),
         )  # fmt: skip
         return f"prepared {res['n_cases']} Synapse cases into {res['out_dir']}"
 
@@ -136,7 +138,7 @@ class PrepareCommands:
 
         res = prepare_cmr(
             raw_dir, out_dir, spacing=tuple(float(s) for s in spacing), size=int(size),
-            clip_percentile=float(clip_percentile), overwrite=bool(overwrite),
+            clip_percentile=float(clip_percentile), overwrite=as_bool(overwrite, "overwrite"),
         )  # fmt: skip
         return f"prepared {res['n_cases']} MS-CMRSeg cases into {res['out_dir']}"
 
@@ -172,7 +174,7 @@ class LabellessCLI:
             shape: (H, W, Z) of every volume, e.g. "[256,256,32]" (kind default when omitted).
             modality: "mr" (CHAOS-like raw intensities) or "ct" (windowed [0, 255]); abdomen only.
         """
-        from labelless.phantoms import write_phantom_dataset
+        from labelless.data.phantoms import write_phantom_dataset
 
         out = write_phantom_dataset(
             out_dir, kind=kind, n_volumes=int(n_volumes), seed=int(seed),
@@ -203,11 +205,11 @@ class LabellessCLI:
             workers: worker processes (default: all cores).
             overwrite: recompute maps that already exist.
         """
-        from labelless.superpixels import precompute_superpixels
+        from labelless.fewshot.volume.superpixels import precompute_superpixels
 
         out = precompute_superpixels(
             dataset_dir, out_dir=out_dir, preset=preset, method=method,
-            workers=None if workers is None else int(workers), overwrite=bool(overwrite),
+            workers=None if workers is None else int(workers), overwrite=as_bool(overwrite, "overwrite"),
         )  # fmt: skip
         return f"superpixels in {out}"
 
@@ -237,9 +239,9 @@ class LabellessCLI:
             seed: random seed.
         """
         from labelless.data.layouts import PreparedVolumeDataset
-        from labelless.fewshot.episodes import SelfSupervisedEpisodeDataset
-        from labelless.fewshot.folds import fold_split
-        from labelless.reports import write_episode_png
+        from labelless.evaluation.overlays import write_episode_png
+        from labelless.fewshot.volume.episodes import SelfSupervisedEpisodeDataset
+        from labelless.fewshot.volume.folds import fold_split
         from labelless.transforms.augment import RandFewShotAugmentd
 
         ds = PreparedVolumeDataset(dataset_dir, preset, derived_dir=derived_dir)
@@ -265,6 +267,7 @@ class LabellessCLI:
         n_shots: int = 1,
         n_overlays: int = 3,
         save_predictions: bool = False,
+        predict_outside_extent: bool = True,
     ) -> str:
         """Run the few-shot evaluation protocol and write metrics.json, metrics.csv, metrics.md and overlays.
 
@@ -286,14 +289,17 @@ class LabellessCLI:
             label_map: raw label value -> class id, e.g. "{200: 1, 500: 2, 600: 3}" (default: the preset's).
             n_shots: support slices per chunk.
             n_overlays: overlay PNGs per class.
-            save_predictions: also save every predicted mask as NIfTI in the query's geometry.
+            save_predictions: also save every predicted mask as NIfTI in the query's geometry
+                (``<output_dir>/predictions/<mode>/``); "false" or "true".
+            predict_outside_extent: gt_free mode: "false" zeroes the prediction outside the class extent estimated
+                from the support (fewshot_protocol §6.5).
         """
         from labelless.data.layouts import PreparedVolumeDataset
         from labelless.errors import ConfigError
-        from labelless.fewshot.baseline import IntensityPrototypePredictor
-        from labelless.fewshot.protocol import evaluate, score_predictions
-        from labelless.fewshot.workflow import fold_norm_stats
-        from labelless.reports import write_reports
+        from labelless.evaluation.reports import write_reports
+        from labelless.fewshot.volume.baseline import IntensityPrototypePredictor
+        from labelless.fewshot.volume.protocol import evaluate, score_predictions
+        from labelless.fewshot.volume.workflow import fold_norm_stats
 
         ds = PreparedVolumeDataset(dataset_dir, preset, label_map=label_map)
         class_ids = None if classes is None else [ds.label_map.id_of(c) for c in _as_list(classes)]
@@ -310,7 +316,9 @@ class LabellessCLI:
             result = evaluate(
                 ds, lambda f: base, folds=fold_list, classes=class_ids, modes=mode_list, n_shots=int(n_shots),
                 norm_stats_for_fold=lambda f: fold_norm_stats(ds, f),
-                n_overlays=int(n_overlays), output_dir=output_dir, save_predictions=bool(save_predictions),
+                n_overlays=int(n_overlays), output_dir=output_dir,
+                save_predictions=as_bool(save_predictions, "save_predictions"),
+                predict_outside_extent=as_bool(predict_outside_extent, "predict_outside_extent"),
             )  # fmt: skip
         paths = write_reports(result, output_dir)
         _print_summary(paths["metrics_json"])
@@ -328,7 +336,7 @@ class LabellessCLI:
             kind: "abdomen" or "cardiac" phantoms.
             seed: seed of the episodes.
         """
-        from labelless.phantoms import default_dataset_dir
+        from labelless.data.phantoms import default_dataset_dir
 
         out = Path(output_dir)
         preset = "phantom_abdomen" if kind == "abdomen" else "phantom_cardiac"
@@ -364,7 +372,7 @@ class LabellessCLI:
             size: image size.
             seed: seed of the choice.
         """
-        from labelless.fewshot2d.export import export_classes
+        from labelless.fewshot.image.export import export_classes
 
         summary = export_classes(
             data_root, out_dir, sources=tuple(_as_list(sources) or ()), max_instances=int(max_instances),
@@ -391,7 +399,7 @@ class LabellessCLI:
             size: image size.
             seed: seed (the same seed writes the same files).
         """
-        from labelless.fewshot2d.synthetic import write_shape_classes, write_skin_phantoms
+        from labelless.fewshot.image.synthetic import write_shape_classes, write_skin_phantoms
 
         out = Path(out_dir)
         classes = write_shape_classes(out / "classes", n_classes=int(n_classes), n_instances=int(n_instances),

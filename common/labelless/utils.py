@@ -9,7 +9,8 @@ import os
 import random
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ __all__ = [
     "seed_everything",
     "path_suffix",
     "as_bool",
+    "is_unset",
+    "LRUCache",
 ]
 
 
@@ -55,6 +58,53 @@ def as_bool(value: Any, name: str = "value") -> bool:
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
     raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+def is_unset(value: Any) -> bool:
+    """Whether a config value means "not given": ``None``, or the strings ``""``, ``"None"``, ``"null"`` (what a
+    command line passes for an unset option)."""
+    return value is None or (isinstance(value, str) and value.strip() in ("", "None", "null"))
+
+
+class LRUCache:
+    """A small least-recently-used cache (``maxsize <= 0`` disables it).
+
+    Examples::
+
+        cache = LRUCache(256)
+        image = cache.get_or_load(("image", pid), lambda: load_rgb(path))
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = int(maxsize)
+        self._d: OrderedDict = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def get(self, key: Hashable) -> Any:
+        """The cached value of ``key`` (marked as recently used), or ``None``."""
+        if key not in self._d:
+            return None
+        self._d.move_to_end(key)
+        return self._d[key]
+
+    def put(self, key: Hashable, value: Any) -> None:
+        """Store ``value``; the least recently used entries beyond ``maxsize`` are dropped."""
+        if self.maxsize <= 0:
+            return
+        self._d[key] = value
+        self._d.move_to_end(key)
+        while len(self._d) > self.maxsize:
+            self._d.popitem(last=False)
+
+    def get_or_load(self, key: Hashable, load: Callable[[], Any]) -> Any:
+        """The cached value of ``key``, or ``load()`` stored under ``key``."""
+        hit = self.get(key)
+        if hit is None:
+            hit = load()
+            self.put(key, hit)
+        return hit
 
 
 def path_suffix(path: str | os.PathLike) -> str:

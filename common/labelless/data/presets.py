@@ -88,7 +88,7 @@ PRESETS: dict[str, DatasetPreset] = {
         body_threshold=None,
         body_threshold_rel=0.05,
     ),
-    # Synthetic phantoms written by labelless.phantoms (the embedded default).
+    # Synthetic phantoms written by labelless.data.phantoms (the embedded default).
     "phantom_abdomen": DatasetPreset(
         name="phantom_abdomen",
         label_map=_CHAOS,

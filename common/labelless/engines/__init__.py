@@ -1,18 +1,17 @@
 # Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
 """Ignite/MONAI engines of the shared package (custom iterations: episodic few-shot training, and the 2D episodic
-training with a denoising surrogate task of FSMS)."""
+training with a denoising surrogate task of FSMS), on the common base :class:`~labelless.engines.base.StepTrainer`."""
 
 from __future__ import annotations
 
-from labelless.engines.episodic import (
+from .base import EpisodicProgressBar, StepTrainer, StopAtIteration
+from .episodic import (
     EPISODE_KEYS,
-    EpisodicProgressBar,
     EpisodicTrainer,
-    StopAtIteration,
     iteration_lr_schedule,
     prepare_episode_batch,
 )
-from labelless.engines.surrogate import (
+from .surrogate import (
     FSMS_EPISODE_KEYS,
     SURROGATE_MODES,
     SurrogateEpisodicTrainer,
@@ -20,14 +19,15 @@ from labelless.engines.surrogate import (
 )
 
 __all__ = [
-    "EPISODE_KEYS",
+    "StepTrainer",
+    "StopAtIteration",
     "EpisodicProgressBar",
     "EpisodicTrainer",
-    "StopAtIteration",
-    "iteration_lr_schedule",
     "prepare_episode_batch",
-    "FSMS_EPISODE_KEYS",
-    "SURROGATE_MODES",
+    "iteration_lr_schedule",
+    "EPISODE_KEYS",
     "SurrogateEpisodicTrainer",
     "prepare_fsms_batch",
+    "FSMS_EPISODE_KEYS",
+    "SURROGATE_MODES",
 ]

@@ -1,13 +1,15 @@
 # Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
 """Episodic Ignite trainer of the few-shot bundles (monai_bundle_conventions.md §4, fewshot_protocol.md §4, §8).
 
-:class:`EpisodicTrainer` is a MONAI ``SupervisedTrainer`` whose iteration trains on one episode: it takes the
-episode batch of a :class:`~labelless.fewshot.episodes.SelfSupervisedEpisodeDataset` loader (batch size 1), squeezes
-the episode batch dimension of the support tensors, runs the few-shot network with ``return_aux=True``, computes
+:class:`EpisodicTrainer` is a :class:`~labelless.engines.base.StepTrainer` (a MONAI ``SupervisedTrainer``) whose
+iteration trains on one episode: it takes the episode batch of a
+:class:`~labelless.fewshot.volume.episodes.SelfSupervisedEpisodeDataset` loader (batch size 1), squeezes the episode
+batch dimension of the support tensors, runs the few-shot network with ``return_aux=True``, computes
 :class:`~labelless.losses.ALPNetLoss` and takes an optimiser step. Training length is ``n_steps`` iterations
-(``epoch_length × max_epochs``, terminated exactly at ``n_steps`` by :class:`StopAtIteration` when that is not a
-multiple of the epoch length). The learning rate follows :func:`iteration_lr_schedule` stepped per iteration with
-MONAI's ``LrScheduleHandler(epoch_level=False)``; :class:`EpisodicProgressBar` shows a tqdm progress bar.
+(``epoch_length × max_epochs``, terminated exactly at ``n_steps`` by
+:class:`~labelless.engines.base.StopAtIteration` when that is not a multiple of the epoch length). The learning rate
+follows :func:`iteration_lr_schedule` stepped per iteration with MONAI's ``LrScheduleHandler(epoch_level=False)``;
+:class:`~labelless.engines.base.EpisodicProgressBar` shows a tqdm progress bar.
 
 Bundle config sketch::
 
@@ -36,26 +38,23 @@ sees the same episodes as an uninterrupted one and reaches the same weights.
 from __future__ import annotations
 
 import logging
-import math
-import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from monai.engines import SupervisedTrainer
-from monai.engines.utils import IterationEvents, default_metric_cmp_fn
+from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import MultiStepLR
 
+from labelless.data.keys import EpisodeKeys
+from labelless.engines.base import StepTrainer
 from labelless.errors import ConfigError, DataError
 from labelless.losses import ALPNetLoss
 
 __all__ = [
     "EpisodicTrainer",
-    "StopAtIteration",
-    "EpisodicProgressBar",
     "prepare_episode_batch",
     "iteration_lr_schedule",
     "EPISODE_KEYS",
@@ -63,7 +62,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-EPISODE_KEYS = ("support_image", "support_mask", "query_image", "query_label")
+EPISODE_KEYS = (
+    EpisodeKeys.SUPPORT_IMAGE,
+    EpisodeKeys.SUPPORT_LABEL,
+    EpisodeKeys.QUERY_IMAGE,
+    EpisodeKeys.QUERY_LABEL,
+)
 
 
 def prepare_episode_batch(
@@ -74,7 +78,7 @@ def prepare_episode_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Unpack one episode of a DataLoader batch and move it to ``device``.
 
-    Accepts a batch of one episode (``support_image [1, S, C, H, W]``, ``support_mask [1, S, 1, H, W]``,
+    Accepts a batch of one episode (``support_image [1, S, C, H, W]``, ``support_label [1, S, 1, H, W]``,
     ``query_image [1, C, H, W]``, ``query_label [1, H, W]``) or an unbatched item (``[S, C, H, W]``, ``[S, 1, H, W]``,
     ``[C, H, W]``, ``[H, W]``).
 
@@ -114,7 +118,7 @@ def prepare_episode_batch(
     if s_img.dim() != 4 or s_msk.dim() != 4 or s_msk.shape[0] != s_img.shape[0] or s_msk.shape[1] != 1:
         raise DataError(
             "episode batch",
-            f"support_image {tuple(s_img.shape)} / support_mask {tuple(s_msk.shape)} must be [S, C, H, W] / "
+            f"support_image {tuple(s_img.shape)} / support_label {tuple(s_msk.shape)} must be [S, C, H, W] / "
             "[S, 1, H, W] (1 way)",
         )
     if q_img.dim() != 4 or q_img.shape[0] != 1 or q_lbl.dim() != 3 or q_lbl.shape[0] != 1:
@@ -154,89 +158,8 @@ def iteration_lr_schedule(
     return MultiStepLR(optimizer, milestones=milestones, gamma=float(gamma), last_epoch=last_epoch)
 
 
-class StopAtIteration:
-    """Terminate a run after exactly ``n_steps`` iterations (ignite ``ITERATION_COMPLETED`` handler).
-
-    Nothing happens when ``n_steps`` equals ``max_epochs × epoch_length`` (the run ends normally, with its last
-    ``EPOCH_COMPLETED``); otherwise ``engine.terminate()`` is called at iteration ``n_steps`` (``COMPLETED`` still
-    fires, so ``CheckpointSaver(save_final=True)`` writes the final model), or before the first batch of a run
-    resumed at or beyond ``n_steps``.
-
-    Args:
-        n_steps: total number of iterations.
-
-    Examples::
-
-        StopAtIteration(100_100).attach(trainer)
-    """
-
-    def __init__(self, n_steps: int) -> None:
-        if int(n_steps) < 1:
-            raise ConfigError(f"n_steps must be a positive integer, got {n_steps!r}")
-        self.n_steps = int(n_steps)
-
-    def attach(self, engine: Engine) -> None:
-        """Register the handler on ``engine`` (after each iteration, and before fetching a batch so that a run resumed
-        from a checkpoint taken at ``n_steps`` does not run one more iteration)."""
-        for event in (Events.ITERATION_COMPLETED, Events.GET_BATCH_STARTED):
-            if not engine.has_event_handler(self, event):
-                engine.add_event_handler(event, self)
-
-    def __call__(self, engine: Engine) -> None:
-        state = engine.state
-        planned = None if state.epoch_length is None else state.epoch_length * state.max_epochs
-        if state.iteration >= self.n_steps and (planned is None or state.iteration < planned):
-            engine.terminate()
-
-
-class EpisodicProgressBar:
-    """tqdm progress bar (ignite ``ProgressBar``) showing the running loss parts of :class:`EpisodicTrainer`.
-
-    Args:
-        keys: output keys shown next to the bar.
-        persist: keep the bar of each finished epoch.
-        every: refresh every ``every`` iterations (keeps long runs cheap).
-        kwargs: other ``tqdm`` arguments (e.g. ``ncols``, ``file``).
-
-    Examples::
-
-        EpisodicProgressBar(every=10).attach(trainer)
-    """
-
-    def __init__(
-        self,
-        keys: Sequence[str] = ("loss", "query_loss", "par_loss"),
-        persist: bool = True,
-        every: int = 1,
-        **kwargs: Any,
-    ) -> None:
-        from ignite.handlers import ProgressBar
-
-        self.keys = tuple(keys)
-        self.every = max(1, int(every))
-        self.bar = ProgressBar(persist=persist, **kwargs)
-
-    def _transform(self, output: Any) -> dict[str, float]:
-        if not isinstance(output, Mapping):
-            return {}
-        out = {}
-        for k in self.keys:
-            v = output.get(k)
-            if isinstance(v, torch.Tensor) and v.numel() == 1:
-                out[k] = float(v.item())
-            elif isinstance(v, int | float):
-                out[k] = float(v)
-        return out
-
-    def attach(self, engine: Engine) -> None:
-        """Attach the bar to ``engine``."""
-        self.bar.attach(
-            engine, output_transform=self._transform, event_name=Events.ITERATION_COMPLETED(every=self.every)
-        )
-
-
-class EpisodicTrainer(SupervisedTrainer):
-    """``SupervisedTrainer`` with the few-shot episode iteration (one episode per iteration).
+class EpisodicTrainer(StepTrainer):
+    """:class:`~labelless.engines.base.StepTrainer` with the few-shot episode iteration (one episode per iteration).
 
     Iteration: ``prepare_batch`` → ``network.train()`` → ``out = network(support_images, support_masks,
     query_images, return_aux=True)`` → ``total, parts = loss_function(out, query_label, support_masks)`` → backward
@@ -252,18 +175,17 @@ class EpisodicTrainer(SupervisedTrainer):
         optimizer: the optimiser (SGD 1e-3, momentum 0.9, weight decay 5e-4 in the protocol).
         loss_function: ``(output, query_label, support_masks) -> (total, parts)``; default :class:`ALPNetLoss`.
         epoch_length: iterations per epoch (default ``len(train_data_loader)``).
-        n_steps: total iterations; the run stops exactly there (:class:`StopAtIteration`). ``None``: the full
-            ``max_epochs × epoch_length``.
+        n_steps: total iterations; the run stops exactly there (:class:`~labelless.engines.base.StopAtIteration`).
+            ``None``: the full ``max_epochs × epoch_length``.
         episode_seed: when given, the loader's dataset is reseeded with ``episode_seed + iteration`` before each
             batch (``set_random_state``), so the episode stream depends only on the iteration index and a resumed run
             sees the same episodes as an uninterrupted one. Needs ``num_workers=0``.
-        non_blocking, prepare_batch, iteration_update, postprocessing, key_train_metric, additional_metrics,
-            metric_cmp_fn, train_handlers, event_names, event_to_attr, optim_set_to_none, to_kwargs, amp_kwargs,
-            compile, compile_kwargs: as for ``SupervisedTrainer`` (``prepare_batch`` defaults to
-            :func:`prepare_episode_batch` and must return its 4-tuple).
+        prepare_batch: defaults to :func:`prepare_episode_batch`; must return its 4-tuple.
+        kwargs: the other options of :class:`~labelless.engines.base.StepTrainer` and MONAI's ``SupervisedTrainer``
+            (``non_blocking``, ``train_handlers``, ``key_train_metric``, ``event_names``, ``to_kwargs``,
+            ``amp_kwargs``, ``decollate`` (default ``False``: the output holds scalars of one episode), ...).
         amp: mixed precision on CUDA (the prototype head and the losses run in float32); ignored with a warning on
             other devices.
-        decollate: decollate the outputs (default ``False``: the output holds scalars of one episode).
 
     Raises:
         ConfigError: ``n_steps`` larger than ``max_epochs × epoch_length``, or ``episode_seed`` with worker processes.
@@ -289,66 +211,23 @@ class EpisodicTrainer(SupervisedTrainer):
         epoch_length: int | None = None,
         n_steps: int | None = None,
         episode_seed: int | None = None,
-        non_blocking: bool = False,
         prepare_batch: Callable = prepare_episode_batch,
-        iteration_update: Callable[[Engine, Any], Any] | None = None,
-        postprocessing: Callable | None = None,
-        key_train_metric: dict | None = None,
-        additional_metrics: dict | None = None,
-        metric_cmp_fn: Callable = default_metric_cmp_fn,
-        train_handlers: Sequence | None = None,
         amp: bool = False,
-        event_names: list | None = None,
-        event_to_attr: dict | None = None,
-        decollate: bool = False,
-        optim_set_to_none: bool = False,
-        to_kwargs: dict | None = None,
-        amp_kwargs: dict | None = None,
-        compile: bool = False,
-        compile_kwargs: dict | None = None,
+        **kwargs: Any,
     ) -> None:
-        dev = torch.device(device) if device is not None else torch.device("cpu")
-        if amp and dev.type != "cuda":
-            warnings.warn(f"EpisodicTrainer: amp=True is ignored on device {dev} (CUDA only)", stacklevel=2)
-            amp = False
         super().__init__(
-            device=dev,
+            device=device,
             max_epochs=max_epochs,
             train_data_loader=train_data_loader,
             network=network,
             optimizer=optimizer,
             loss_function=ALPNetLoss() if loss_function is None else loss_function,
             epoch_length=epoch_length,
-            non_blocking=non_blocking,
+            n_steps=n_steps,
             prepare_batch=prepare_batch,
-            iteration_update=iteration_update,
-            postprocessing=postprocessing,
-            key_train_metric=key_train_metric,
-            additional_metrics=additional_metrics,
-            metric_cmp_fn=metric_cmp_fn,
-            train_handlers=train_handlers,
             amp=amp,
-            event_names=event_names,
-            event_to_attr=event_to_attr,
-            decollate=decollate,
-            optim_set_to_none=optim_set_to_none,
-            to_kwargs=to_kwargs,
-            amp_kwargs=amp_kwargs,
-            compile=compile,
-            compile_kwargs=compile_kwargs,
+            **kwargs,
         )
-        self.n_steps: int | None = None
-        if n_steps is not None:
-            n_steps = int(n_steps)
-            planned = None if self.state.epoch_length is None else self.state.epoch_length * int(max_epochs)
-            if n_steps < 1 or (planned is not None and n_steps > planned):
-                raise ConfigError(
-                    f"n_steps={n_steps} must be in 1..max_epochs × epoch_length = {max_epochs} × "
-                    f"{self.state.epoch_length} = {planned}; use max_epochs = ceil(n_steps / epoch_length) = "
-                    f"{math.ceil(n_steps / self.state.epoch_length) if self.state.epoch_length else '?'}"
-                )
-            self.n_steps = n_steps
-            StopAtIteration(n_steps).attach(self)
         self.episode_seed = None if episode_seed is None else int(episode_seed)
         if self.episode_seed is not None:
             dataset = getattr(train_data_loader, "dataset", None)

@@ -1,8 +1,9 @@
 # Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
 """Episodic trainer of the FSMS bundle: few-shot segmentation + denoising surrogate task (fsms.md §3).
 
-:class:`SurrogateEpisodicTrainer` is a MONAI ``SupervisedTrainer`` whose iteration trains on one FSMS episode (``T``
-1-way K-shot tasks plus ``U`` unlabelled target-domain images, :data:`FSMS_EPISODE_KEYS`):
+:class:`SurrogateEpisodicTrainer` is a :class:`~labelless.engines.base.StepTrainer` (a MONAI ``SupervisedTrainer``)
+whose iteration trains on one FSMS episode (``T`` 1-way K-shot tasks plus ``U`` unlabelled target-domain images,
+:data:`FSMS_EPISODE_KEYS`):
 
 - ``mode="alternate"`` (reference, default): a segmentation step (``BCEWithLogits`` on the query masks,
   ``seg_optimizer`` over encoder + segmentation branch), then a surrogate step (``BCEWithLogits`` of the denoising
@@ -42,25 +43,29 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
-from ignite.engine import Engine
-from monai.engines import SupervisedTrainer
-from monai.engines.utils import IterationEvents, default_metric_cmp_fn
+from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 from torch.optim import Optimizer
 
-from labelless.engines.episodic import StopAtIteration
+from labelless.data.keys import EpisodeKeys
+from labelless.engines.base import StepTrainer
 from labelless.errors import ConfigError, DataError
-from labelless.networks.fsms import add_gaussian_noise, draw_sigma, surrogate_target
+from labelless.transforms.noise import add_gaussian_noise, draw_sigma, surrogate_target
 from labelless.utils import as_bool
 
 __all__ = ["SurrogateEpisodicTrainer", "prepare_fsms_batch", "FSMS_EPISODE_KEYS", "SURROGATE_MODES"]
 
-FSMS_EPISODE_KEYS = ("support_images", "support_masks", "query_images", "query_masks", "unlabeled")
+FSMS_EPISODE_KEYS = (
+    EpisodeKeys.SUPPORT_IMAGE,
+    EpisodeKeys.SUPPORT_LABEL,
+    EpisodeKeys.QUERY_IMAGE,
+    EpisodeKeys.QUERY_LABEL,
+    EpisodeKeys.UNLABELED_IMAGE,
+)
 SURROGATE_MODES = ("alternate", "sum")
 
 
@@ -72,9 +77,9 @@ def prepare_fsms_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Unpack one FSMS episode (a DataLoader batch of size 1, or an unbatched item) and move it to ``device``.
 
-    Unbatched shapes: ``support_images [T, K, 3, H, W]``, ``support_masks [T, K, 1, H, W]``, ``query_images
-    [T, 3, H, W]``, ``query_masks [T, 1, H, W]``, ``unlabeled [U, 3, H, W]`` (``U`` may be 0); a batch adds a leading
-    dimension of 1 to each, which is squeezed. ``classes`` and other keys are ignored.
+    Unbatched shapes: ``support_image [T, K, 3, H, W]``, ``support_label [T, K, 1, H, W]``, ``query_image
+    [T, 3, H, W]``, ``query_label [T, 1, H, W]``, ``unlabeled_image [U, 3, H, W]`` (``U`` may be 0); a batch adds a
+    leading dimension of 1 to each, which is squeezed. ``classes`` and other keys are ignored.
 
     Args:
         batchdata: mapping with the keys of :data:`FSMS_EPISODE_KEYS`.
@@ -83,7 +88,7 @@ def prepare_fsms_batch(
         kwargs: other ``Tensor.to`` arguments.
 
     Returns:
-        ``(support_images, support_masks, query_images, query_masks, unlabeled)`` unbatched.
+        ``(support_image, support_label, query_image, query_label, unlabeled_image)`` unbatched.
 
     Raises:
         DataError: not a dict, missing keys, a batch of several episodes, wrong dims, inconsistent T / K / sizes,
@@ -97,8 +102,8 @@ def prepare_fsms_batch(
     if missing:
         raise DataError("episode batch", f"missing keys {missing} (has {sorted(batchdata)})")
     tensors = {k: torch.as_tensor(batchdata[k]) for k in FSMS_EPISODE_KEYS}
-    rank = {"support_images": 5, "support_masks": 5, "query_images": 4, "query_masks": 4, "unlabeled": 4}
-    batched = tensors["support_images"].dim() == 6
+    rank = dict(zip(FSMS_EPISODE_KEYS, (5, 5, 4, 4, 4), strict=True))
+    batched = tensors[EpisodeKeys.SUPPORT_IMAGE].dim() == 6
     for key, want in rank.items():
         t = tensors[key]
         if batched:
@@ -122,24 +127,24 @@ def prepare_fsms_batch(
     T, K = s_img.shape[:2]
     spatial = tuple(s_img.shape[3:])
     expected = {
-        "support_masks": (T, K, 1, *spatial),
-        "query_images": (T, s_img.shape[2], *spatial),
-        "query_masks": (T, 1, *spatial),
+        EpisodeKeys.SUPPORT_LABEL: (T, K, 1, *spatial),
+        EpisodeKeys.QUERY_IMAGE: (T, s_img.shape[2], *spatial),
+        EpisodeKeys.QUERY_LABEL: (T, 1, *spatial),
     }
     for key, shape in expected.items():
         if tuple(tensors[key].shape) != shape:
             raise DataError(
                 key,
-                f"shape {tuple(tensors[key].shape)} does not fit support_images {tuple(s_img.shape)} "
+                f"shape {tuple(tensors[key].shape)} does not fit {EpisodeKeys.SUPPORT_IMAGE} {tuple(s_img.shape)} "
                 f"(expected {shape})",
             )
     if tuple(unl.shape[1:]) != (s_img.shape[2], *spatial):
         raise DataError(
-            "unlabeled",
+            EpisodeKeys.UNLABELED_IMAGE,
             f"shape {tuple(unl.shape)} does not fit the episode images (expected [U, {s_img.shape[2]}, "
             f"{', '.join(map(str, spatial))}])",
         )
-    for key in ("support_masks", "query_masks"):
+    for key in (EpisodeKeys.SUPPORT_LABEL, EpisodeKeys.QUERY_LABEL):
         t = tensors[key]
         if t.numel() and (float(t.min()) < 0 or float(t.max()) > 1):
             raise DataError(key, f"mask values must lie in [0, 1], got [{float(t.min())}, {float(t.max())}]")
@@ -158,11 +163,11 @@ def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
     return network
 
 
-class SurrogateEpisodicTrainer(SupervisedTrainer):
-    """``SupervisedTrainer`` with the FSMS iteration: few-shot segmentation step and denoising surrogate step.
+class SurrogateEpisodicTrainer(StepTrainer):
+    """:class:`~labelless.engines.base.StepTrainer` with the FSMS iteration: segmentation and surrogate steps.
 
     Iteration (``mode="alternate"``): ``prepare_batch`` → ``network.train()`` → ``L_seg = seg_loss(network(S, M, Q),
-    query_masks)`` → backward → ``seg_optimizer.step()`` → draw σ and noise → ``L_sur = surrogate_weight ·
+    query_label)`` → backward → ``seg_optimizer.step()`` → draw σ and noise → ``L_sur = surrogate_weight ·
     sur_loss(network.denoise(noisy), surrogate_target(clean, H/4))`` → backward → ``sur_optimizer.step()``. With
     ``mode="sum"`` one backward of ``L_seg + surrogate_weight · L_sur`` and one ``seg_optimizer`` step (which must
     hold all parameters). With Adam the weight of the alternating surrogate step has almost no effect (Adam is
@@ -191,16 +196,15 @@ class SurrogateEpisodicTrainer(SupervisedTrainer):
         seg_loss_function: segmentation loss on logits; default ``BCEWithLogitsLoss``.
         sur_loss_function: surrogate loss on logits; default ``BCEWithLogitsLoss``.
         epoch_length: iterations per epoch (default ``len(train_data_loader)``).
-        n_steps: total iterations; the run stops exactly there (:class:`~labelless.engines.StopAtIteration`).
+        n_steps: total iterations; the run stops exactly there (:class:`~labelless.engines.base.StopAtIteration`).
         episode_seed: seed of the per-iteration noise generator (``episode_seed + iteration``); ``None`` draws a base
             seed once from torch's global generator (reproducible under ``set_determinism``).
-        non_blocking, prepare_batch, iteration_update, postprocessing, key_train_metric, additional_metrics,
-            metric_cmp_fn, train_handlers, event_names, event_to_attr, optim_set_to_none, to_kwargs, amp_kwargs,
-            compile, compile_kwargs: as for ``SupervisedTrainer`` (``prepare_batch`` defaults to
-            :func:`prepare_fsms_batch` and must return its 5-tuple).
+        prepare_batch: defaults to :func:`prepare_fsms_batch`; must return its 5-tuple.
+        kwargs: the other options of :class:`~labelless.engines.base.StepTrainer` and MONAI's ``SupervisedTrainer``
+            (``non_blocking``, ``train_handlers``, ``key_train_metric``, ``event_names``, ``to_kwargs``,
+            ``amp_kwargs``, ``decollate`` (default ``False``: the output holds scalars of one episode), ...).
         amp: mixed precision on CUDA (a separate gradient scaler for the surrogate optimiser); ignored with a
             warning on other devices.
-        decollate: decollate the outputs (default ``False``: the output holds scalars of one episode).
 
     Raises:
         ConfigError: unknown ``mode``; a missing ``sur_optimizer`` (alternate mode, surrogate on); a ``seg_optimizer``
@@ -217,6 +221,8 @@ class SurrogateEpisodicTrainer(SupervisedTrainer):
                                            episode_seed=0)
         trainer.run()
     """
+
+    _n_steps_hint = False  # this trainer's n_steps error message never carried the max_epochs suggestion
 
     def __init__(
         self,
@@ -236,29 +242,12 @@ class SurrogateEpisodicTrainer(SupervisedTrainer):
         epoch_length: int | None = None,
         n_steps: int | None = None,
         episode_seed: int | None = None,
-        non_blocking: bool = False,
         prepare_batch: Callable = prepare_fsms_batch,
-        iteration_update: Callable[[Engine, Any], Any] | None = None,
-        postprocessing: Callable | None = None,
-        key_train_metric: dict | None = None,
-        additional_metrics: dict | None = None,
-        metric_cmp_fn: Callable = default_metric_cmp_fn,
-        train_handlers: Sequence | None = None,
         amp: bool = False,
-        event_names: list | None = None,
-        event_to_attr: dict | None = None,
-        decollate: bool = False,
-        optim_set_to_none: bool = False,
-        to_kwargs: dict | None = None,
-        amp_kwargs: dict | None = None,
-        compile: bool = False,
-        compile_kwargs: dict | None = None,
+        **kwargs: Any,
     ) -> None:
-        dev = torch.device(device) if device is not None else torch.device("cpu")
-        amp = as_bool(amp, "amp")
-        if amp and dev.type != "cuda":
-            warnings.warn(f"SurrogateEpisodicTrainer: amp=True is ignored on device {dev} (CUDA only)", stacklevel=2)
-            amp = False
+        # resolved (and warned about) before the surrogate checks below; StepTrainer.__init__ leaves it unchanged
+        dev, amp = self._device_and_amp(device, as_bool(amp, "amp"))
         self.surrogate = as_bool(surrogate, "surrogate")
         self.surrogate_include_support = as_bool(surrogate_include_support, "surrogate_include_support")
         self.mode = str(mode).strip().lower()
@@ -298,37 +287,13 @@ class SurrogateEpisodicTrainer(SupervisedTrainer):
             optimizer=seg_optimizer,
             loss_function=torch.nn.BCEWithLogitsLoss() if seg_loss_function is None else seg_loss_function,
             epoch_length=epoch_length,
-            non_blocking=non_blocking,
+            n_steps=n_steps,
             prepare_batch=prepare_batch,
-            iteration_update=iteration_update,
-            postprocessing=postprocessing,
-            key_train_metric=key_train_metric,
-            additional_metrics=additional_metrics,
-            metric_cmp_fn=metric_cmp_fn,
-            train_handlers=train_handlers,
             amp=amp,
-            event_names=event_names,
-            event_to_attr=event_to_attr,
-            decollate=decollate,
-            optim_set_to_none=optim_set_to_none,
-            to_kwargs=to_kwargs,
-            amp_kwargs=amp_kwargs,
-            compile=compile,
-            compile_kwargs=compile_kwargs,
+            **kwargs,
         )
         self.sur_loss_function = torch.nn.BCEWithLogitsLoss() if sur_loss_function is None else sur_loss_function
         self.sur_scaler = torch.amp.GradScaler("cuda") if self.amp else None
-        self.n_steps: int | None = None
-        if n_steps is not None:
-            n_steps = int(n_steps)
-            planned = None if self.state.epoch_length is None else self.state.epoch_length * int(max_epochs)
-            if n_steps < 1 or (planned is not None and n_steps > planned):
-                raise ConfigError(
-                    f"n_steps={n_steps} must be in 1..max_epochs × epoch_length = {max_epochs} × "
-                    f"{self.state.epoch_length} = {planned}"
-                )
-            self.n_steps = n_steps
-            StopAtIteration(n_steps).attach(self)
         if episode_seed is None:
             episode_seed = int(torch.randint(0, 2**31 - 1, ()).item())
         self.episode_seed = int(episode_seed)
@@ -341,7 +306,7 @@ class SurrogateEpisodicTrainer(SupervisedTrainer):
         parts = ([s_img[:, 0]] if self.surrogate_include_support else []) + ([unl] if unl.shape[0] else [])
         if not parts:
             raise DataError(
-                "unlabeled",
+                EpisodeKeys.UNLABELED_IMAGE,
                 "the surrogate is on but the surrogate batch is empty: the episode has no unlabelled images and "
                 "surrogate_include_support is false",
             )

@@ -1,2 +1,3 @@
 # Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
-"""Few-shot machinery shared by SSL-ALPNet, DSPNet and PSMNet: folds, episodes, the evaluation protocol."""
+"""Few-shot segmentation tasks: :mod:`labelless.fewshot.volume` (SSL-ALPNet, DSPNet, PSMNet: 3D scans, 2D slices)
+and :mod:`labelless.fewshot.image` (FSMS: 2D RGB images)."""

@@ -3,21 +3,66 @@
 
 from __future__ import annotations
 
-from .checkpoint import read_state_dict
+from .checkpoint import WRAPPER_KEYS, load_network_weights, read_state_dict
+from .geometry import (
+    LPS_TO_RAS,
+    affine_2d_to_3d,
+    affine_from_sitk,
+    flip_rows,
+    shift_origin,
+    sitk_geometry_from_affine,
+    volume_to_sitk,
+)
 from .readers import image_format, read_image2d, read_volume
 from .sitk_reader import SimpleITKReader, dicom_series_files, read_dicom_series
+from .suffixes import (
+    IMAGE_2D_SUFFIXES,
+    JPEG_SUFFIXES,
+    MASK_2D_SUFFIXES,
+    NIFTI_SUFFIXES,
+    PIL_SUFFIXES,
+    SITK_FILE_SUFFIXES,
+    SITK_SUFFIXES,
+    SITK_WRITABLE_SUFFIXES,
+    VOLUME_SUFFIXES,
+    WRITABLE_SUFFIXES,
+    has_suffix,
+    strip_suffix,
+)
 from .volume import Volume
-from .writers import write_image2d, write_volume
+from .writers import write_image2d, write_jpeg, write_volume
 
 __all__ = [
-    "Volume",
+    "read_state_dict",
+    "load_network_weights",
+    "WRAPPER_KEYS",
+    "LPS_TO_RAS",
+    "affine_from_sitk",
+    "sitk_geometry_from_affine",
+    "volume_to_sitk",
+    "affine_2d_to_3d",
+    "flip_rows",
+    "shift_origin",
     "read_volume",
     "read_image2d",
     "image_format",
-    "write_volume",
-    "write_image2d",
     "SimpleITKReader",
     "read_dicom_series",
     "dicom_series_files",
-    "read_state_dict",
+    "NIFTI_SUFFIXES",
+    "PIL_SUFFIXES",
+    "SITK_FILE_SUFFIXES",
+    "SITK_SUFFIXES",
+    "IMAGE_2D_SUFFIXES",
+    "MASK_2D_SUFFIXES",
+    "JPEG_SUFFIXES",
+    "VOLUME_SUFFIXES",
+    "SITK_WRITABLE_SUFFIXES",
+    "WRITABLE_SUFFIXES",
+    "has_suffix",
+    "strip_suffix",
+    "Volume",
+    "write_volume",
+    "write_image2d",
+    "write_jpeg",
 ]

@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
+from torch import nn
 
 from labelless.errors import DataError
 
-__all__ = ["read_state_dict", "WRAPPER_KEYS"]
+__all__ = ["read_state_dict", "load_network_weights", "WRAPPER_KEYS"]
+
+logger = logging.getLogger(__name__)
 
 # keys under which training scripts nest a state dict (MONAI CheckpointSaver: "model"; others: "state_dict", ...)
 WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
@@ -50,3 +55,54 @@ def read_state_dict(
             p, f"not a state dict (expected names -> tensors, or a checkpoint with one of the keys {WRAPPER_KEYS})"
         )
     return obj
+
+
+def load_network_weights(network: nn.Module, path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Load a checkpoint into ``network`` with clear errors.
+
+    Accepts a plain state dict (the shipped ``model.pt``) or a training checkpoint with the key ``model``. Loaded
+    with ``weights_only=True``. Loading is strict, with one documented exception: a sub-module may list, in its
+    ``unused_checkpoint_keys`` attribute, keys that a checkpoint of another configuration of the same model carries
+    but this configuration does not use (DSPNet with BCMA switched off for a test-time ablation ignores the trained
+    ``bcma.cal``); those are dropped with a log message. Missing keys are always an error.
+
+    Raises:
+        DataError: missing or unreadable file, or weights that do not fit the network (e.g. another bundle's or
+            another encoder's checkpoint); the message names the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(
+            p,
+            "checkpoint not found (train the bundle first; to run without weights on purpose set load_pretrain=False)",
+        )
+    state = read_state_dict(p, "checkpoint", map_location=device)
+    own = network.state_dict()
+    ignorable = {
+        (f"{name}." if name else "") + key
+        for name, module in network.named_modules()
+        for key in getattr(module, "unused_checkpoint_keys", ())
+    }
+    dropped = sorted(k for k in state if k in ignorable and k not in own)
+    if dropped:
+        logger.info("%s: ignoring %s (not used by this configuration of the network)", p, ", ".join(dropped))
+        state = {k: v for k, v in state.items() if k not in dropped}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape_bad = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shape_bad:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
+        if shape_bad:
+            k = shape_bad[0]
+            detail.append(f"shape mismatch at {k}: file {tuple(state[k].shape)} vs network {tuple(own[k].shape)}")
+        raise DataError(
+            p,
+            "checkpoint does not fit this network — is it from another bundle or another encoder setting? "
+            + "; ".join(detail),
+        )
+    network.load_state_dict(state)
+    return network

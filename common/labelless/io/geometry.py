@@ -14,7 +14,6 @@ __all__ = [
     "affine_from_sitk",
     "sitk_geometry_from_affine",
     "volume_to_sitk",
-    "volume_from_sitk",
     "affine_2d_to_3d",
     "flip_rows",
     "shift_origin",
@@ -59,14 +58,6 @@ def volume_to_sitk(array: np.ndarray, affine: np.ndarray):
     img.SetOrigin(origin)
     img.SetDirection(direction)
     return img
-
-
-def volume_from_sitk(img) -> tuple[np.ndarray, np.ndarray]:
-    """(Z, H, W) array and RAS affine of a 3D SimpleITK image."""
-    import SimpleITK as sitk  # noqa: N813
-
-    arr = sitk.GetArrayFromImage(img)
-    return arr, affine_from_sitk(img.GetSpacing(), img.GetOrigin(), img.GetDirection())
 
 
 def affine_2d_to_3d(affine: np.ndarray) -> np.ndarray:

@@ -21,13 +21,11 @@ from labelless.utils import path_suffix
 
 from .geometry import affine_2d_to_3d
 from .sitk_reader import SimpleITKReader
+from .suffixes import NIFTI_SUFFIXES, PIL_SUFFIXES, SITK_FILE_SUFFIXES
 from .volume import Volume
 
-__all__ = ["read_volume", "read_image2d", "image_format", "NIFTI_SUFFIXES", "PIL_SUFFIXES", "SITK_FILE_SUFFIXES"]
+__all__ = ["read_volume", "read_image2d", "image_format"]
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
-SITK_FILE_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".dicom", ".ima", ".vtk", "")
 
 _LOADER = None
 

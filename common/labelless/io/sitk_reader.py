@@ -20,12 +20,12 @@ from labelless.errors import DataError
 from labelless.utils import path_suffix
 
 from .geometry import affine_from_sitk
+from .suffixes import SITK_SUFFIXES
 
-__all__ = ["SimpleITKReader", "SITK_SUFFIXES", "read_dicom_series", "dicom_series_files"]
+__all__ = ["SimpleITKReader", "read_dicom_series", "dicom_series_files"]
 
 logger = logging.getLogger(__name__)
 
-SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".nii", ".nii.gz", ".dcm", ".dicom", ".tif", ".tiff", ".vtk")
 
 
 def dicom_series_files(folder: str | os.PathLike, series_id: str | None = None) -> list[Path]:

@@ -17,11 +17,11 @@ from labelless.errors import DataError
 from labelless.utils import atomic_path, path_suffix
 
 from .geometry import volume_to_sitk
+from .suffixes import NIFTI_SUFFIXES, SITK_WRITABLE_SUFFIXES, WRITABLE_SUFFIXES
 from .volume import Volume
 
-__all__ = ["write_volume", "write_image2d", "WRITABLE_SUFFIXES"]
+__all__ = ["write_volume", "write_image2d", "write_jpeg"]
 
-WRITABLE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".png")
 
 
 def _png_dtype(arr: np.ndarray, path: Path) -> np.dtype:
@@ -125,7 +125,7 @@ def write_volume(
         if arr.shape[0] != 1:
             raise DataError(p, f"PNG holds one slice; got {arr.shape[0]} slices")
         return write_image2d(arr[0], p, dtype=dtype)
-    if suffix in (".nii", ".nii.gz"):
+    if suffix in NIFTI_SUFFIXES:
         from monai.data import NibabelWriter
 
         img = NibabelWriter.create_backend_obj(np.ascontiguousarray(arr.transpose(2, 1, 0)), affine=aff)
@@ -134,7 +134,7 @@ def write_volume(
         with atomic_path(p) as tmp:
             img.to_filename(str(tmp))
         return p
-    if suffix in (".nrrd", ".mha"):
+    if suffix in SITK_WRITABLE_SUFFIXES:
         import SimpleITK as sitk  # noqa: N813
 
         if arr.dtype == np.float16:
@@ -144,3 +144,17 @@ def write_volume(
             sitk.WriteImage(img, str(tmp), True)
         return p
     raise DataError(p, f"cannot write {suffix!r} files (supported: {', '.join(WRITABLE_SUFFIXES)})")
+
+
+def write_jpeg(image: np.ndarray, path: str | os.PathLike, quality: int = 95) -> Path:
+    """Write an RGB uint8 ``(H, W, 3)`` array as a JPEG atomically (encoded in memory first, so the bytes are
+    deterministic)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image), mode="RGB").save(buf, format="JPEG", quality=int(quality))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+    return Path(path)

@@ -586,7 +586,7 @@ class DSPNetHead(ALPHead):
     - Switches: without ``use_fspa`` the global prototypes are the plain per-shot MAPs of ALP (and the cross
       attention, which only feeds FSPA, is not computed); without ``use_bcma`` the local prototypes are not mixed
       (and ``Cal`` does not exist; a checkpoint's ``Cal`` is then ignored by
-      :func:`~labelless.fewshot.workflow.load_network_weights`, see ``unused_checkpoint_keys``); without
+      :func:`~labelless.io.checkpoint.load_network_weights`, see ``unused_checkpoint_keys``); without
       ``use_cross_attention`` FSPA uses ``F_su = F_s``. All three off gives exactly ``ALPHead``'s logits.
 
     ``last_info`` adds ``fspa_clusters`` (J per shot, 0 = fallback; ``[]`` without FSPA) and ``fspa_empty_roi``;

@@ -30,6 +30,7 @@ from torch import nn
 from labelless.errors import ConfigError, DataError
 from labelless.networks.encoders import build_encoder
 from labelless.networks.prototypes import LOCAL_THRESHOLD, ALPHead
+from labelless.utils import as_bool
 
 __all__ = ["FewShotOutput", "SupportEncoding", "FewShotSegmentor", "SegmentorFeatures", "build_fewshot_segmentor"]
 
@@ -122,7 +123,7 @@ class FewShotSegmentor(nn.Module):
         self.head = ALPHead() if head is None else head
         self.train_window = int(train_window)
         self.test_window = int(test_window)
-        self.cache_support = bool(cache_support)
+        self.cache_support = as_bool(cache_support, "cache_support")
         self.in_channels: int | None = getattr(encoder, "in_channels", None)
         self._cache: tuple[torch.Tensor, torch.Tensor, tuple[int, ...], SupportEncoding] | None = None
         self._register_load_state_dict_pre_hook(self._drop_cache_hook)

@@ -11,7 +11,7 @@
 - :class:`FSMSNet` (§2.2, §2.3): the segmentation branch (``forward``) and the surrogate denoising head (``denoise``)
   sharing the encoder, with :meth:`FSMSNet.segmentation_parameters` / :meth:`FSMSNet.surrogate_parameters` for the
   two optimisers of the alternating loop (§3.3).
-- Surrogate-task helpers (§3.1): :func:`draw_sigma`, :func:`add_gaussian_noise`, :func:`surrogate_target`.
+- The surrogate-task noise helpers (§3.1) are in :mod:`labelless.transforms.noise`.
 
 Shapes (2D): images float32 RGB in [0, 1], ``[.., 3, H, W]``; masks float32 {0, 1}, ``[.., 1, H, W]``; H and W
 multiples of 4 (224 by default).
@@ -20,7 +20,6 @@ multiples of 4 (224 by default).
 from __future__ import annotations
 
 import os
-import random
 import re
 from collections.abc import Sequence
 
@@ -40,9 +39,6 @@ __all__ = [
     "masked_pool_k_shots",
     "support_masks_to_grid",
     "FSMSNet",
-    "add_gaussian_noise",
-    "surrogate_target",
-    "draw_sigma",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "OUTPUT_STRIDE",
@@ -561,7 +557,7 @@ class FSMSNet(nn.Module):
 
         Returns:
             ``[N, 3, H/4, W/4]`` logits (pre-sigmoid); train with BCE-with-logits against
-            :func:`surrogate_target` of the clean images.
+            :func:`~labelless.transforms.noise.surrogate_target` of the clean images.
 
         Raises:
             DataError: wrong shape or channels, non-finite values.
@@ -578,86 +574,3 @@ class FSMSNet(nn.Module):
         The caller sets the mode (``net.eval()`` for evaluation: BN running statistics).
         """
         return torch.sigmoid(self.forward(support_images, support_masks, query_images))
-
-
-# ------------------------------------------------------------------------------------------ §3.1 surrogate task
-def draw_sigma(
-    rng_or_generator: torch.Generator | np.random.Generator | np.random.RandomState | random.Random | None,
-    low: float = 0.1,
-    high: float = 0.6,
-) -> float:
-    """One noise level ``σ = round(U(low, high), 3)`` (fsms.md §3.1).
-
-    Args:
-        rng_or_generator: a ``torch.Generator``, numpy ``Generator``/``RandomState`` or ``random.Random``; ``None``
-            uses torch's global generator.
-        low: lower bound.
-        high: upper bound (``high ≥ low``).
-
-    Returns:
-        σ as a Python float rounded to 3 decimals.
-
-    Raises:
-        ConfigError: ``low > high``, negative or non-finite bounds, or an unsupported generator type.
-    """
-    low, high = float(low), float(high)
-    if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high < low:
-        raise ConfigError(f"noise sigma range must satisfy 0 <= low <= high, got ({low}, {high})")
-    g = rng_or_generator
-    if g is None or isinstance(g, torch.Generator):
-        u = float(torch.rand((), generator=g, dtype=torch.float64))
-    elif isinstance(g, np.random.Generator | np.random.RandomState):
-        u = float(g.uniform(0.0, 1.0))
-    elif isinstance(g, random.Random):
-        u = g.random()
-    else:
-        raise ConfigError(f"unsupported random generator {type(g).__name__} (torch.Generator, numpy or random.Random)")
-    return round(low + (high - low) * u, 3)
-
-
-def add_gaussian_noise(images: torch.Tensor, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``images + sigma · N(0, 1)`` per pixel and channel, **not clipped** (fsms.md §3.1). The input is not modified.
-
-    The noise is drawn on the generator's device (CPU for a CPU generator, so seeded runs give the same noise on
-    every device) and moved to the images' device.
-
-    Args:
-        images: float images, any shape.
-        sigma: noise standard deviation (≥ 0).
-        generator: a ``torch.Generator``; ``None`` uses the global generator of the images' device.
-
-    Returns:
-        noisy images, same shape, dtype and device.
-
-    Raises:
-        ConfigError: negative or non-finite ``sigma``.
-    """
-    sigma = float(sigma)
-    if not np.isfinite(sigma) or sigma < 0:
-        raise ConfigError(f"noise sigma must be a finite value >= 0, got {sigma!r}")
-    dev = images.device if generator is None else generator.device
-    noise = torch.randn(images.shape, generator=generator, device=dev, dtype=torch.float32)
-    return images + sigma * noise.to(device=images.device, dtype=images.dtype)
-
-
-def surrogate_target(images: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
-    """The clean images resized bilinearly (``align_corners=False``) to the surrogate grid (fsms.md §2.3).
-
-    Args:
-        images: ``[N, C, *S]`` clean images in [0, 1].
-        size: target size (int or one per spatial dim), e.g. 56 for 224 inputs.
-
-    Returns:
-        ``[N, C, *size]`` targets (values stay in [0, 1]).
-
-    Raises:
-        DataError: fewer than 4 dims or non-finite values.
-    """
-    if images.dim() not in (4, 5):
-        raise DataError("surrogate images", f"expected [N, C, H, W] (or [N, C, D, H, W]), got {tuple(images.shape)}")
-    if not torch.isfinite(images).all():
-        raise DataError("surrogate images", "non-finite values (NaN/inf)")
-    spatial_dims = images.dim() - 2
-    return F.interpolate(
-        images, size=_grid_size(size, spatial_dims), mode=_interp_mode(spatial_dims), align_corners=False
-    )

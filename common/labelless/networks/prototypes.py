@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labelless.errors import DataError
+from labelless.utils import as_bool
 
 __all__ = [
     "safe_normalize",
@@ -278,7 +279,7 @@ class ALPHead(nn.Module):
         self.fg_mode_threshold = float(fg_mode_threshold)
         self.fg_mode_window = int(fg_mode_window)
         self.scale = float(scale)
-        self.allow_empty_fg = bool(allow_empty_fg)
+        self.allow_empty_fg = as_bool(allow_empty_fg, "allow_empty_fg")
         self.last_info: dict[str, Any] = {}
         self.reset_counters()
 
@@ -359,7 +360,7 @@ class ALPHead(nn.Module):
             if not bool(torch.isfinite(m).all()) or float(m.min()) < 0.0 or float(m.max()) > 1.0:
                 raise DataError(name, "mask values must be finite and within [0, 1]")
 
-        allow = self.allow_empty_fg if allow_empty_fg is None else bool(allow_empty_fg)
+        allow = self.allow_empty_fg if allow_empty_fg is None else as_bool(allow_empty_fg, "allow_empty_fg")
         empty = [i for i, v in enumerate(fg.flatten(1).amax(dim=1).tolist()) if v <= 0]
         if empty and not allow:
             raise DataError(

@@ -8,7 +8,7 @@
 - :func:`target_pools`: the target domain (skin) — an unlabelled pool for the surrogate task and labelled test pools
   (and a validation pool where one exists): a user's image/mask folder split 40/60, the shared skin pools, or the
   embedded synthetic skin phantoms.
-- :class:`FewShot2DEvaluationRunner`: the reference episode protocol (200 episodes × 5 tasks) for every test pool and
+- :class:`FewShotImageEvaluationRunner`: the reference episode protocol (200 episodes × 5 tasks) for every test pool and
   every K, with per-image Dice; one ``metrics.json``/``.md`` summary plus a folder per (pool, K).
 """
 
@@ -23,10 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from labelless.data.images import ImageFolderPool, split_pool
 from labelless.errors import ConfigError, DataError
-from labelless.fewshot2d.classes import ClassFolderDataset, ImageFolderPool, skin_pools, split_pool
-from labelless.fewshot2d.protocol import evaluate_episodes, network_predictor
-from labelless.utils import write_json_atomic, write_text_atomic
+from labelless.fewshot.image.classes import ClassFolderDataset, skin_pools
+from labelless.fewshot.image.protocol import evaluate_episodes, network_predictor
+from labelless.utils import is_unset, write_json_atomic, write_text_atomic
 
 __all__ = [
     "UnionClassSource",
@@ -35,14 +36,10 @@ __all__ = [
     "image_mask_pool",
     "inference_inputs",
     "evaluate_pools",
-    "FewShot2DEvaluationRunner",
+    "FewShotImageEvaluationRunner",
 ]
 
-logger = logging.getLogger("labelless.fewshot2d")
-
-
-def _unset(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value.strip() in ("", "None", "null"))
+logger = logging.getLogger("labelless.fewshot.image")
 
 
 class UnionClassSource:
@@ -51,7 +48,7 @@ class UnionClassSource:
 
     Args:
         sources: objects with ``classes``, ``ids`` (mapping) and ``load_pair(cls, idx)`` (e.g.
-            :class:`~labelless.fewshot2d.classes.ClassFolderDataset`).
+            :class:`~labelless.fewshot.image.classes.ClassFolderDataset`).
 
     Examples::
 
@@ -118,19 +115,19 @@ def meta_class_source(
         the union of the class sources.
     """
     roots: list[Path] = []
-    if _unset(class_dirs):
-        from labelless.fewshot2d.synthetic import default_fsms_data
+    if is_unset(class_dirs):
+        from labelless.fewshot.image.synthetic import default_fsms_data
 
         roots.append(
             default_fsms_data(n_classes=int(synthetic_classes), n_instances=int(synthetic_instances))["classes"]
         )
     else:
         roots += [Path(p) for p in ([class_dirs] if isinstance(class_dirs, (str, os.PathLike)) else class_dirs)]
-    if not _unset(shared_data_dir):
-        from labelless.fewshot2d.export import export_classes
-        from labelless.phantoms import cache_root
+    if not is_unset(shared_data_dir):
+        from labelless.fewshot.image.export import export_classes
+        from labelless.paths import cache_root
 
-        out = Path(derived_dir) if not _unset(derived_dir) else cache_root() / "fsms" / "exported_classes"
+        out = Path(derived_dir) if not is_unset(derived_dir) else cache_root() / "fsms" / "exported_classes"
         summary = export_classes(
             shared_data_dir, out, sources=tuple(export_sources), max_instances=export_max_instances
         )
@@ -189,9 +186,9 @@ def target_pools(
       CLTNet ISIC ``val`` samples as the validation pool (fsms.md §1.4).
     - else the embedded synthetic skin phantoms, split like a user folder.
     """
-    if not _unset(dataset_dir) or _unset(shared_data_dir):
-        if _unset(dataset_dir):
-            from labelless.fewshot2d.synthetic import default_fsms_data
+    if not is_unset(dataset_dir) or is_unset(shared_data_dir):
+        if is_unset(dataset_dir):
+            from labelless.fewshot.image.synthetic import default_fsms_data
 
             root = default_fsms_data()["skin"]
             logger.info("no dataset_dir given: using the embedded synthetic skin phantoms in %s", root)
@@ -203,7 +200,7 @@ def target_pools(
             raise DataError(root, f"{len(pool.image_ids)} images: too few to split off a test pool")
         return {
             "unlabeled": pool.subset(unl, with_masks=False) if unl else None,
-            "test": {("skin_phantoms" if _unset(dataset_dir) else Path(root).name): pool.subset(test)},
+            "test": {("skin_phantoms" if is_unset(dataset_dir) else Path(root).name): pool.subset(test)},
             "val": None,
         }
     pools = skin_pools(shared_data_dir, size=int(image_size), unlabeled_fraction=float(unlabeled_fraction))
@@ -230,7 +227,7 @@ def inference_inputs(
     Raises:
         ConfigError: only some of the three inputs given.
     """
-    given = [not _unset(v) for v in (support_images, support_masks, queries)]
+    given = [not is_unset(v) for v in (support_images, support_masks, queries)]
     if all(given):
 
         def as_list(v: Any) -> list[str]:
@@ -240,7 +237,7 @@ def inference_inputs(
         return {"support_images": as_list(support_images), "support_masks": as_list(support_masks), "queries": q}
     if any(given):
         raise ConfigError("give support_images, support_masks and queries together (or none of them for the demo)")
-    from labelless.fewshot2d.synthetic import default_fsms_data
+    from labelless.fewshot.image.synthetic import default_fsms_data
 
     pool = image_mask_pool(default_fsms_data()["skin"])
     _, test = split_pool(pool.image_ids)
@@ -265,7 +262,7 @@ def evaluate_pools(
     n_overlays: int = 3,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """The episode protocol (:func:`~labelless.fewshot2d.protocol.evaluate_episodes`) on every pool × every K.
+    """The episode protocol (:func:`~labelless.fewshot.image.protocol.evaluate_episodes`) on every pool × every K.
 
     A (pool, K) with fewer than K + 1 support candidates is skipped with a warning. Reports go to
     ``<output_dir>/<pool>_<K>shot/``.
@@ -304,7 +301,7 @@ def evaluate_pools(
     return rows
 
 
-class FewShot2DEvaluationRunner:
+class FewShotImageEvaluationRunner:
     """The FSMS evaluation (fsms.md §4) as a bundle ``evaluator``: every test pool × every K.
 
     ``run()`` loads the checkpoint (when given), evaluates the episode protocol with seeded episodes (the same for
@@ -365,13 +362,13 @@ class FewShot2DEvaluationRunner:
         self.output_dir = Path(output_dir)
         self.shots = [int(k) for k in ([shots] if isinstance(shots, int) else shots)]
         self.n_episodes, self.n_tasks, self.seed = int(n_episodes), int(n_tasks), int(seed)
-        self.ckpt_path = None if _unset(ckpt_path) else Path(ckpt_path)
+        self.ckpt_path = None if is_unset(ckpt_path) else Path(ckpt_path)
         self.device = torch.device(device)
         self.n_overlays = int(n_overlays)
         self.label = str(label)
 
     def _load(self) -> None:
-        from labelless.fewshot.workflow import load_network_weights
+        from labelless.io.checkpoint import load_network_weights
 
         if self.ckpt_path is not None:
             load_network_weights(self.network, self.ckpt_path, self.device)

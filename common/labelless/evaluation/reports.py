@@ -23,31 +23,25 @@ import csv
 import io
 import math
 import os
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-from scipy import ndimage
 
-from labelless.fewshot.protocol import EvaluationResult, FoldResult, ModeResult, OverlaySample
+from labelless.evaluation.overlays import render_overlay, render_panels, safe_name
+from labelless.evaluation.results import EvaluationResult, FoldResult, ModeResult, OverlaySample
 from labelless.utils import atomic_path, write_json_atomic, write_text_atomic
 
 __all__ = [
-    "write_inference_overlay",
-    "render_panels",
-    "write_episode_png",
     "GT_FREE_NOTE",
     "PROTOCOL_NOTE",
+    "json_safe",
     "mode_results",
     "mode_block",
     "result_to_dict",
     "write_reports",
-    "to_uint8",
-    "render_overlay",
-    "TITLE_HEIGHT",
+    "write_episode_reports",
 ]
 
 PROTOCOL_NOTE = (
@@ -58,19 +52,15 @@ GT_FREE_NOTE = (
     "GT-free mode: all slices scored, chunks estimated from the support; these numbers are NOT comparable with "
     "published tables."
 )
-TITLE_HEIGHT = 16
-_SUPPORT_COLOR = (60, 220, 60)
-_PRED_COLOR = (255, 60, 60)
-_TRUTH_COLOR = (60, 220, 60)
 
 
 # ---------------------------------------------------------------------------------------------------- JSON
-def _clean(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
     """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python, tuples -> lists, keys -> str."""
     if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
+        return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, (np.integer,)):
         return int(x)
     if isinstance(x, (float, np.floating)):
@@ -163,7 +153,7 @@ def result_to_dict(result: EvaluationResult | ModeResult | FoldResult) -> dict[s
     out.update(mode_block(mrs[0]))
     for mr in mrs[1:]:
         out[mr.mode] = mode_block(mr)
-    return _clean(out)
+    return json_safe(out)
 
 
 # ---------------------------------------------------------------------------------------------------- CSV / MD
@@ -228,101 +218,9 @@ def _markdown(mrs: Sequence[ModeResult]) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------------- overlays
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Grey image -> uint8 0..255 (uint8 input unchanged; others min-max scaled; constant images -> 0)."""
-    a = np.asarray(image)
-    if a.dtype == np.uint8:
-        return a
-    a = a.astype(np.float64)
-    finite = np.isfinite(a)
-    if not finite.any():
-        return np.zeros(a.shape, dtype=np.uint8)
-    lo, hi = float(a[finite].min()), float(a[finite].max())
-    if hi <= lo:
-        return np.zeros(a.shape, dtype=np.uint8)
-    out = np.where(finite, (a - lo) / (hi - lo), 0.0)
-    return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
-
-
-def _overlay(grey: np.ndarray, mask: np.ndarray | None, color: tuple[int, int, int], alpha: float = 0.3) -> Image.Image:
-    g = to_uint8(grey)
-    rgb = np.repeat(g[..., None], 3, axis=2).astype(np.float64)
-    if mask is not None:
-        m = np.asarray(mask).astype(bool)
-        if m.any():
-            col = np.asarray(color, dtype=np.float64)
-            rgb[m] = (1 - alpha) * rgb[m] + alpha * col
-            edge = m & ~ndimage.binary_erosion(m)
-            rgb[edge] = col
-    return Image.fromarray(rgb.round().clip(0, 255).astype(np.uint8))
-
-
-def render_overlay(sample: OverlaySample) -> Image.Image:
-    """4-panel figure (support image + mask, query image, prediction overlay, truth overlay) with titles.
-
-    Size: ``(4 W, H + TITLE_HEIGHT)`` for (H, W) slices. A missing support (scoring saved predictions) gives a
-    black first panel.
-    """
-    q = np.asarray(sample.query_image)
-    h, w = q.shape
-    if sample.support_image is not None and np.asarray(sample.support_image).shape == (h, w):
-        sup = _overlay(sample.support_image, sample.support_mask, _SUPPORT_COLOR)
-        sup_title = f"support {sample.support_pid} z{sample.support_z}"
-    else:
-        sup = Image.new("RGB", (w, h))
-        sup_title = "support n/a"
-    dice = "" if sample.dice is None else f" (scan Dice {100 * sample.dice:.1f}%)"
-    panels = [
-        (sup, sup_title),
-        (_overlay(q, None, _PRED_COLOR), f"query {sample.pid} z{sample.z}"),
-        (_overlay(q, sample.prediction, _PRED_COLOR), f"prediction{dice}"),
-        (_overlay(q, sample.truth, _TRUTH_COLOR), f"truth {sample.class_name}"),
-    ]
-    return render_panels(panels)
-
-
-def render_panels(panels: Sequence[tuple[Image.Image, str]]) -> Image.Image:
-    """Paste equally sized panels side by side under one title row each."""
-    w, h = panels[0][0].size
-    fig = Image.new("RGB", (len(panels) * w, h + TITLE_HEIGHT), (0, 0, 0))
-    draw = ImageDraw.Draw(fig)
-    font = ImageFont.load_default()
-    for i, (img, title) in enumerate(panels):
-        fig.paste(img, (i * w, TITLE_HEIGHT))
-        draw.text((i * w + 2, 2), title, fill=(255, 255, 255), font=font)
-    return fig
-
-
-def write_episode_png(episode: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Save a few-shot episode (the items of the episode datasets) as a PNG: each support shot with its mask, then
-    the query with its label, so pseudo-labels and augmentation can be checked by eye.
-
-    Args:
-        episode: dict with ``support_image`` [S, C, H, W], ``support_mask`` [S, 1, H, W], ``query_image`` [C, H, W],
-            ``query_label`` [H, W] (tensors or arrays) and optional ``meta``.
-        path: destination PNG (written atomically).
-    """
-    def arr(x: Any) -> np.ndarray:
-        return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-
-    sup, msk = arr(episode["support_image"]), arr(episode["support_mask"])
-    meta = episode.get("meta") or {}
-    tag = " ".join(f"{k}={v}" for k, v in meta.items() if k in ("pid", "z", "superpixel", "class_id"))
-    panels = [(_overlay(sup[s, 0], msk[s, 0] > 0.5, _SUPPORT_COLOR), f"support {s} {tag}") for s in range(len(sup))]
-    panels.append((_overlay(arr(episode["query_image"])[0], arr(episode["query_label"]) == 1, _TRUTH_COLOR), "query"))
-    with atomic_path(path) as tmp:
-        render_panels(panels).save(tmp, format="PNG")
-    return Path(path)
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))
-
-
 def _overlay_path(root: Path, sample: OverlaySample, sub: str | None) -> Path:
     folder = root / "overlays" if sub is None else root / "overlays" / sub
-    return folder / f"{_safe(sample.class_name)}_{_safe(sample.pid)}_z{sample.z}.png"
+    return folder / f"{safe_name(sample.class_name)}_{safe_name(sample.pid)}_z{sample.z}.png"
 
 
 # ---------------------------------------------------------------------------------------------------- entry point
@@ -332,7 +230,7 @@ def write_reports(
     """Write metrics.json, metrics.csv, metrics.md and the overlay PNGs (all atomically) to ``output_dir``.
 
     Args:
-        result: what :func:`~labelless.fewshot.protocol.evaluate`, ``evaluate_fold`` or ``score_predictions``
+        result: what :func:`~labelless.fewshot.volume.protocol.evaluate`, ``evaluate_fold`` or ``score_predictions``
             returned.
         output_dir: destination folder (created).
         overlays: write the overlay PNGs of the samples kept in the result.
@@ -366,30 +264,57 @@ def write_reports(
     return paths
 
 
-def write_inference_overlay(
-    image: np.ndarray, prediction: np.ndarray, out_dir: str | os.PathLike, stem: str, n: int = 1
-) -> list[Path]:
-    """Overlay PNGs of a predicted volume: the ``n`` slices with the largest predicted area (the middle slice when
-    nothing is predicted), two panels each (query, prediction). Written atomically as ``<stem>_z<z>.png``.
+# ---------------------------------------------------------------------------------------------------- 2D episodes
+_EPISODE_CSV_FIELDS = ["episode", "task", "query_id", "support_ids", "dice", "iou", "tp", "fp", "fn", "episode_dice"]
+
+
+def write_episode_reports(
+    result: dict[str, Any], output_dir: str | os.PathLike, overlays: Sequence[tuple[str, Any]] = ()
+) -> dict[str, Any]:
+    """Write ``metrics.json``, ``metrics.csv`` (one row per query), ``metrics.md`` and overlay PNGs atomically.
 
     Args:
-        image: (Z, H, W) query intensities.
-        prediction: (Z, H, W) binary prediction.
-        out_dir: destination folder.
-        stem: file name stem (usually the query's).
-        n: number of slices.
+        result: what :func:`evaluate_episodes` computed (without ``files``).
+        output_dir: destination folder (created).
+        overlays: ``(name, [(PIL image, title), ...])`` panels, written as ``overlays/<name>.png``.
+
+    Returns:
+        ``{"metrics_json": Path, "metrics_csv": Path, "metrics_md": Path, "overlays": [Path, ...]}``.
     """
-    img, pred = np.asarray(image), np.asarray(prediction).astype(bool)
-    area = pred.reshape(pred.shape[0], -1).sum(axis=1)
-    order = [int(z) for z in np.argsort(-area, kind="stable")[: max(int(n), 0)] if area[z] > 0]
-    if not order and n > 0:
-        order = [pred.shape[0] // 2]
-    paths = []
-    for z in order:
-        fig = render_panels([(_overlay(img[z], None, _PRED_COLOR), f"{stem} z{z}"),
-                             (_overlay(img[z], pred[z], _PRED_COLOR), f"prediction ({int(area[z])} px)")])  # fmt: skip
-        p = Path(out_dir) / f"{_safe(stem)}_z{z}.png"
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(_EPISODE_CSV_FIELDS)
+    for ep in result["episodes"]:
+        for t, r in enumerate(ep["tasks"]):
+            w.writerow([ep["episode"], t, r["query_id"], ";".join(r["support_ids"]), f"{r['dice']:.6f}",
+                        f"{r['iou']:.6f}", r["tp"], r["fp"], r["fn"], f"{ep['dice']:.6f}"])  # fmt: skip
+    md = [
+        "# FSMS episode evaluation", "",
+        f"{result['n_episodes']} episodes × {result['n_tasks']} tasks, {result['n_shots']}-shot, seed "
+        f"{result['seed']}, threshold {result['threshold']}; pool of {result['n_pool_images']} images "
+        f"({result['n_support_images']} with a non-empty mask, the only ones used as supports).", "",
+        "| metric | value (%) |", "|---|---|",
+        f"| episode Dice (mean ± std over episodes) | {100 * result['episode_dice_mean']:.2f} ± "
+        f"{100 * result['episode_dice_std']:.2f} |",
+        f"| per-image Dice (mean over {result['n_queries']} queries) | {100 * result['per_image_dice_mean']:.2f} |",
+        f"| per-image IoU (mean over {result['n_queries']} queries) | {100 * result['per_image_iou_mean']:.2f} |",
+        "", "Episode Dice pools the pixels of the queries of an episode (reference protocol, fsms.md §4.1). "
+        f"{result['n_empty_truth_queries']} queries had an empty ground truth (Dice 1.0 only if nothing was "
+        "predicted). Dice values in metrics.json are fractions in 0..1.", "",
+    ]  # fmt: skip
+    paths: dict[str, Any] = {
+        "metrics_json": write_json_atomic(out / "metrics.json", json_safe({k: v for k, v in result.items()
+                                                                        if k != "files"})),
+        "metrics_csv": write_text_atomic(out / "metrics.csv", buf.getvalue()),
+        "metrics_md": write_text_atomic(out / "metrics.md", "\n".join(md)),
+        "overlays": [],
+    }  # fmt: skip
+    for name, panels in overlays:
+        p = out / "overlays" / f"{safe_name(name)}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(p) as tmp:
-            fig.save(tmp, format="PNG")
-        paths.append(p)
+            render_panels(panels).save(tmp, format="PNG")
+        paths["overlays"].append(p)
     return paths

@@ -1,13 +1,13 @@
 # Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
 """Few-shot 2D inference: segment query images from K labelled support images (the FSMS bundle's ``inference``).
 
-:class:`FewShot2DInferenceRunner` reads the supports (RGB image + mask files) and the queries, resizes them to
+:class:`FewShotImageInferenceRunner` reads the supports (RGB image + mask files) and the queries, resizes them to
 ``image_size`` (bilinear, antialiased; support masks thresholded at 0.5 after the resize, fsms.md §1.5), predicts
 every query with all K supports as shots, resizes the probability back to the query's original size (bilinear) and
 thresholds it, then writes (atomically) for each query ``<stem>_mask.png`` (0/255, original size) and
 ``overlays/<stem>_overlay.png`` (prediction in red on the original image), plus ``inference_summary.json``.
 
-Files are read with the helpers of :mod:`labelless.fewshot2d.classes` (the same rules as for training and test
+Files are read with the helpers of :mod:`labelless.data.images` (the same rules as for training and test
 pools): grey images are replicated to RGB, alpha channels dropped, 8-bit data divided by 255 and 16-bit data by
 65535; a mask whose maximum is ≤ 1 is taken as 0/1, otherwise ``value / 255 > 0.5`` (the reference rule for 0/255
 masks).
@@ -24,21 +24,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from labelless.data.images import list_images, load_mask, load_rgb, resize_image, resize_mask
 from labelless.errors import ConfigError, DataError
-from labelless.fewshot2d.classes import load_mask, load_rgb, resize_image, resize_mask
-from labelless.fewshot2d.protocol import network_predictor, rgb_overlay
+from labelless.evaluation.overlays import rgb_overlay
+from labelless.fewshot.image.protocol import network_predictor
+from labelless.io.suffixes import IMAGE_2D_SUFFIXES
 from labelless.io.writers import write_image2d
-from labelless.utils import atomic_path, sort_ids, write_json_atomic
+from labelless.utils import atomic_path, write_json_atomic
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "support_mask_at",
     "list_query_files",
-    "FewShot2DInferenceRunner",
+    "FewShotImageInferenceRunner",
 ]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
 
 def support_mask_at(mask: torch.Tensor, size: int, source: str | os.PathLike | None = None) -> torch.Tensor:
     """A ``[1, H, W]`` support mask at ``size × size``: bilinear resize then ``> 0.5`` (fsms.md §1.5).
@@ -60,7 +58,7 @@ def support_mask_at(mask: torch.Tensor, size: int, source: str | os.PathLike | N
 
 
 def list_query_files(queries: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """The query files: a folder's image files (``IMAGE_SUFFIXES``, hidden files skipped, natural order) or a list.
+    """The query files: a folder's image files (``IMAGE_2D_SUFFIXES``, hidden files skipped, natural order) or a list.
 
     Raises:
         DataError: a missing folder/file, or no query at all.
@@ -68,11 +66,9 @@ def list_query_files(queries: str | os.PathLike | Sequence[str | os.PathLike]) -
     if isinstance(queries, (str, os.PathLike)):
         q = Path(queries)
         if q.is_dir():
-            names = sort_ids(p.name for p in q.iterdir()
-                             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
-            files = [q / n for n in names]  # fmt: skip
+            files = list(list_images(q).values())
             if not files:
-                raise DataError(q, f"no query images ({', '.join(IMAGE_SUFFIXES)}) in the folder")
+                raise DataError(q, f"no query images ({', '.join(IMAGE_2D_SUFFIXES)}) in the folder")
             return files
         files = [q]
     else:
@@ -85,7 +81,7 @@ def list_query_files(queries: str | os.PathLike | Sequence[str | os.PathLike]) -
     return files
 
 
-class FewShot2DInferenceRunner:
+class FewShotImageInferenceRunner:
     """Segment query images with a few-shot network from K support (image, mask) files.
 
     Args:
@@ -110,7 +106,7 @@ class FewShot2DInferenceRunner:
 
     Examples::
 
-        runner = FewShot2DInferenceRunner(net, ["s1.jpg"], ["s1_mask.png"], "queries/", "out", device="cuda")
+        runner = FewShotImageInferenceRunner(net, ["s1.jpg"], ["s1_mask.png"], "queries/", "out", device="cuda")
         outputs = runner.run()
         outputs[0]["mask"]  # out/<stem>_mask.png
     """

@@ -7,7 +7,7 @@
 - :func:`write_skin_phantoms`: a small dermoscopy-like target domain (skin-tone background with low-frequency
   texture and pores, one pigmented irregular lesion with a darker network and blotches and fuzzy borders, dark
   curved hairs on some images, vignetting): ``images/<id>.jpg`` + ``masks/<id>_segmentation.png``, the layout
-  :class:`~labelless.fewshot2d.classes.ImageFolderPool` reads. It is the embedded default target domain; it is
+  :class:`~labelless.data.images.ImageFolderPool` reads. It is the embedded default target domain; it is
   not a substitute for real dermoscopy.
 - :func:`default_fsms_data`: both, generated once into the labelless cache.
 
@@ -18,7 +18,6 @@ files are written atomically and a ``manifest.json`` written last marks a comple
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import tempfile
@@ -30,12 +29,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from labelless.data.images import mask_on_grid
 from labelless.errors import ConfigError
-from labelless.io.writers import write_image2d
-from labelless.phantoms import cache_root
-from labelless.utils import atomic_path, write_json_atomic
-
-from .classes import mask_on_grid
+from labelless.io.writers import write_image2d, write_jpeg
+from labelless.paths import cache_root
+from labelless.utils import write_json_atomic
 
 __all__ = [
     "SHAPE_FAMILIES",
@@ -390,16 +388,6 @@ def make_skin_phantom(seed: int | Sequence[int], size: int = 224) -> tuple[np.nd
 
 
 # ---------------------------------------------------------------------------------------------- writers
-def _write_jpeg(image: np.ndarray, path: Path, quality: int = 95) -> None:
-    """RGB uint8 (H, W, 3) to a JPEG atomically (encoded in memory first, so the bytes are deterministic)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image, mode="RGB").save(buf, format="JPEG", quality=int(quality))
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
-
-
 def _manifest_complete(root: Path, params: dict[str, Any]) -> bool:
     """Whether ``root`` holds a complete output written with ``params`` (manifest present, same params, all files)."""
     import json
@@ -458,7 +446,7 @@ def write_shape_classes(
                         "background": cls["background"]["kind"], "distractors": len(cls["distractors"])})  # fmt: skip
         for j in range(n_instances):
             image, mask = render_shape_instance(cls, (seed, c, j), size)
-            _write_jpeg(image, root / name / f"{j + 1}.jpg")
+            write_jpeg(image, root / name / f"{j + 1}.jpg")
             write_image2d(mask, root / name / f"{j + 1}.png", dtype=np.uint8)
             files += [f"{name}/{j + 1}.jpg", f"{name}/{j + 1}.png"]
     write_json_atomic(
@@ -496,7 +484,7 @@ def write_skin_phantoms(out_dir: str | os.PathLike, n_images: int = 40, size: in
     for i in range(n_images):
         pid = f"SKIN_{i:04d}"
         image, mask = make_skin_phantom((seed, i), size)
-        _write_jpeg(image, root / "images" / f"{pid}.jpg")
+        write_jpeg(image, root / "images" / f"{pid}.jpg")
         write_image2d(mask, root / "masks" / f"{pid}_segmentation.png", dtype=np.uint8)
         files += [f"images/{pid}.jpg", f"masks/{pid}_segmentation.png"]
     write_json_atomic(root / _MANIFEST, {"version": SYNTHETIC_VERSION, "params": params, "files": files})
@@ -534,7 +522,7 @@ def default_fsms_data(
     """The embedded default data of the FSMS bundle, generated once and cached.
 
     Folders ``<cache>/shapes-v<V>-c<n>-i<n>-s<size>-seed<seed>`` and ``<cache>/skin-v<V>-n<n>-s<size>-seed<seed>``
-    under ``cache_dir`` (default ``<labelless cache>/fsms``, see :func:`labelless.phantoms.cache_root`).
+    under ``cache_dir`` (default ``<labelless cache>/fsms``, see :func:`labelless.data.phantoms.cache_root`).
 
     Args:
         cache_dir: cache folder.

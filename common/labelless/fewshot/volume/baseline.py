@@ -68,7 +68,7 @@ class IntensityFeatures(nn.Module):
 
 
 class IntensityPrototypePredictor:
-    """A :data:`labelless.fewshot.protocol.Predictor` with no learnt weights (ALP head on intensity features).
+    """A :data:`labelless.fewshot.volume.protocol.Predictor` with no learnt weights (ALP head on intensity features).
 
     Args:
         stride: feature stride.

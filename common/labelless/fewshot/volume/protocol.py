@@ -32,7 +32,6 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +40,14 @@ import torch
 
 from labelless.data.layouts import PreparedVolumeDataset
 from labelless.errors import ConfigError, DataError
-from labelless.fewshot.folds import fold_split
+from labelless.evaluation.metrics import confusion_counts, dice_from_counts, spacing_zyx, surface_distances
+from labelless.evaluation.overlays import to_uint8
+from labelless.evaluation.results import EvaluationResult, FoldResult, ModeResult, OverlaySample, ScanScore
+from labelless.fewshot.volume.folds import fold_split
 from labelless.io.readers import read_volume
 from labelless.io.writers import write_volume
-from labelless.metrics import confusion_counts, dice_from_counts, nanmean_with_count, spacing_zyx, surface_distances
 from labelless.transforms.intensity import slices_to_tensor_input, zscore
+from labelless.utils import as_bool
 
 __all__ = [
     "MODES",
@@ -60,11 +62,6 @@ __all__ = [
     "scored_range",
     "segment_volume",
     "score_scan",
-    "ScanScore",
-    "OverlaySample",
-    "FoldResult",
-    "ModeResult",
-    "EvaluationResult",
     "evaluate_fold",
     "evaluate",
     "score_predictions",
@@ -74,6 +71,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MODES = ("protocol", "gt_free")
+#: percentile window of the grey slices kept for overlays
+_WINDOW = (0.5, 99.5)
 
 Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``predictor(support_images [S,3,H,W], support_masks [S,1,H,W] float 0/1, query_images [B,3,H,W])`` returns
@@ -323,177 +322,6 @@ def segment_volume(
     return out
 
 
-# ---------------------------------------------------------------------------------------------------- results
-@dataclass
-class ScanScore:
-    """Scores of one query scan for one class (Dice in 0..1, distances in mm, NaN = undefined)."""
-
-    fold: int | None
-    pid: str
-    class_id: int
-    class_name: str
-    tp: int
-    fp: int
-    fn: int
-    dice: float
-    hd95: float
-    asd: float
-    n_scored_slices: int
-    z_range: tuple[int, int]
-    mode: str = "protocol"
-
-
-@dataclass
-class OverlaySample:
-    """One slice kept for an overlay figure: grey images as uint8, masks as bool (all (H, W))."""
-
-    mode: str
-    fold: int | None
-    class_id: int
-    class_name: str
-    pid: str
-    z: int
-    query_image: np.ndarray
-    prediction: np.ndarray
-    truth: np.ndarray
-    support_pid: str | None = None
-    support_z: int | None = None
-    support_image: np.ndarray | None = None
-    support_mask: np.ndarray | None = None
-    dice: float | None = None
-
-
-@dataclass
-class FoldResult:
-    """Result of one fold in one mode.
-
-    ``skipped`` lists ``(pid, class_id)`` query scans without the class (skipped with a warning in protocol mode,
-    excluded and counted in gt_free mode).
-    """
-
-    fold: int | None
-    mode: str
-    dataset: str
-    n_folds: int
-    classes: list[int]
-    class_names: dict[int, str]
-    test_pids: list[str]
-    support_pid: str | None = None
-    scans: list[ScanScore] = field(default_factory=list)
-    skipped: list[tuple[str, int]] = field(default_factory=list)
-    support_slices: dict[int, list[list[int]]] = field(default_factory=dict)
-    overlays: list[OverlaySample] = field(default_factory=list)
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def scans_of(self, class_id: int) -> list[ScanScore]:
-        return [s for s in self.scans if s.class_id == int(class_id)]
-
-    def class_dice(self) -> dict[int, float]:
-        """Mean Dice over the query scans of each class (NaN for a class with no scored scan)."""
-        return {c: (float(np.mean([s.dice for s in self.scans_of(c)])) if self.scans_of(c) else math.nan)
-                for c in self.classes}  # fmt: skip
-
-    def class_distance(self, metric: str) -> dict[int, tuple[float, int]]:
-        """Per class: mean of ``metric`` (``"hd95"`` or ``"asd"``) over scans with a finite value, and NaN count."""
-        return {c: nanmean_with_count(getattr(s, metric) for s in self.scans_of(c)) for c in self.classes}
-
-    @property
-    def mean_dice(self) -> float:
-        vals = [v for v in self.class_dice().values() if not math.isnan(v)]
-        return float(np.mean(vals)) if vals else math.nan
-
-
-def _fold_label(evaluated: Sequence[int], n_folds: int) -> str:
-    ev = sorted(int(f) for f in evaluated)
-    if not ev:
-        return "no fold"
-    if ev == list(range(n_folds)):
-        return f"{n_folds}-fold"
-    if len(ev) == 1:
-        return f"fold {ev[0]}"
-    return f"folds {', '.join(map(str, ev))} ({len(ev)} of {n_folds})"
-
-
-@dataclass
-class ModeResult:
-    """All evaluated folds of one mode, with the aggregation of §6.4.
-
-    Examples::
-
-        res = evaluate(ds, predictor_for_fold, folds=(0, 1, 2, 3, 4))
-        res.modes["protocol"].per_class()[1]["dice"], res.modes["protocol"].label
-    """
-
-    mode: str
-    dataset: str
-    n_folds: int
-    classes: list[int]
-    class_names: dict[int, str]
-    folds: dict[int, FoldResult] = field(default_factory=dict)
-    folds_missing: list[int] = field(default_factory=list)
-
-    @classmethod
-    def from_fold(cls, fr: FoldResult) -> ModeResult:
-        key = -1 if fr.fold is None else int(fr.fold)
-        return cls(fr.mode, fr.dataset, fr.n_folds, list(fr.classes), dict(fr.class_names), {key: fr}, [])
-
-    @property
-    def folds_evaluated(self) -> list[int]:
-        return sorted(self.folds)
-
-    @property
-    def label(self) -> str:
-        """``"5-fold"`` only when all folds of the dataset were evaluated, else e.g. ``"fold 0"``."""
-        return _fold_label([f for f in self.folds if f >= 0], self.n_folds) if self.folds else "no fold"
-
-    @property
-    def scans(self) -> list[ScanScore]:
-        return [s for f in self.folds_evaluated for s in self.folds[f].scans]
-
-    def per_fold(self) -> dict[int, dict[int, float]]:
-        """fold -> class -> Dice (mean over the fold's query scans)."""
-        return {f: self.folds[f].class_dice() for f in self.folds_evaluated}
-
-    def per_class(self) -> dict[int, dict[str, Any]]:
-        """class -> aggregated numbers: Dice = mean over folds of the fold means; HD95/ASD likewise (NaN scans left
-        out, their number in ``*_n_nan``); ``n_scans`` scored scans; ``n_skipped`` scans without the class."""
-        out: dict[int, dict[str, Any]] = {}
-        for c in self.classes:
-            fold_dice = {f: self.folds[f].class_dice()[c] for f in self.folds_evaluated}
-            valid = [v for v in fold_dice.values() if not math.isnan(v)]
-            entry: dict[str, Any] = {
-                "dice": float(np.mean(valid)) if valid else math.nan,
-                "dice_std_folds": float(np.std(valid)) if valid else math.nan,
-                "dice_per_fold": fold_dice,
-            }
-            for metric in ("hd95", "asd"):
-                per = [self.folds[f].class_distance(metric)[c] for f in self.folds_evaluated]
-                means = [m for m, _ in per if not math.isnan(m)]
-                entry[metric] = float(np.mean(means)) if means else math.nan
-                entry[f"{metric}_n_nan"] = int(sum(n for _, n in per))
-            entry["n_scans"] = sum(len(self.folds[f].scans_of(c)) for f in self.folds_evaluated)
-            entry["n_skipped"] = sum(1 for f in self.folds_evaluated for _, cc in self.folds[f].skipped if cc == c)
-            out[c] = entry
-        return out
-
-    @property
-    def mean_dice(self) -> float:
-        vals = [e["dice"] for e in self.per_class().values() if not math.isnan(e["dice"])]
-        return float(np.mean(vals)) if vals else math.nan
-
-
-@dataclass
-class EvaluationResult:
-    """Results of :func:`evaluate`: one :class:`ModeResult` per mode, protocol mode first."""
-
-    modes: dict[str, ModeResult]
-    folds_missing: list[int] = field(default_factory=list)
-
-    @property
-    def primary(self) -> ModeResult:
-        return next(iter(self.modes.values()))
-
-
 # ---------------------------------------------------------------------------------------------------- scoring
 def score_scan(
     prediction: np.ndarray,
@@ -522,14 +350,6 @@ def score_scan(
         fn=counts.fn, dice=dice_from_counts(counts.tp, counts.fp, counts.fn), hd95=hd, asd=asd,
         n_scored_slices=len(scored), z_range=(scored.start, scored.stop - 1), mode=mode,
     )  # fmt: skip
-
-
-def _grey_uint8(img: np.ndarray) -> np.ndarray:
-    a = np.asarray(img, dtype=np.float32)
-    lo, hi = np.percentile(a, [0.5, 99.5]) if a.size else (0.0, 1.0)
-    if not hi > lo:
-        hi = lo + 1.0
-    return (np.clip((a - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
 
 
 def _class_name(dataset: PreparedVolumeDataset, class_id: int) -> str:
@@ -626,6 +446,8 @@ def evaluate_fold(
     mode = _check_mode(mode)
     n_chunks = _check_positive("n_chunks", n_chunks)
     n_shots = _check_positive("n_shots", n_shots)
+    save_predictions = as_bool(save_predictions, "save_predictions")
+    predict_outside_extent = as_bool(predict_outside_extent, "predict_outside_extent")
     if int(z_margin) < 0 or int(extent_margin) < 0:
         raise ConfigError(f"z_margin and extent_margin must be >= 0, got {z_margin}, {extent_margin}")
     if save_predictions and output_dir is None:
@@ -639,7 +461,7 @@ def evaluate_fold(
         class_names=names, test_pids=list(split.test), support_pid=split.support,
         settings={"n_chunks": n_chunks, "z_margin": int(z_margin), "n_shots": n_shots,
                   "normalization": normalization or dataset.preset.normalization,
-                  "predict_outside_extent": bool(predict_outside_extent), "extent_margin": int(extent_margin)},
+                  "predict_outside_extent": predict_outside_extent, "extent_margin": int(extent_margin)},
     )  # fmt: skip
     pred_dir = Path(output_dir) / "predictions" / mode if save_predictions else None
 
@@ -698,8 +520,8 @@ def evaluate_fold(
                 sz = shots[chunks[z]][0]
                 result.overlays.append(OverlaySample(
                     mode=mode, fold=int(fold), class_id=c, class_name=names[c], pid=pid, z=z,
-                    query_image=_grey_uint8(q[z]), prediction=pred[z].astype(bool), truth=truth[z].copy(),
-                    support_pid=split.support, support_z=sz, support_image=_grey_uint8(sup_img[sz]),
+                    query_image=to_uint8(q[z], _WINDOW), prediction=pred[z].astype(bool), truth=truth[z].copy(),
+                    support_pid=split.support, support_z=sz, support_image=to_uint8(sup_img[sz], _WINDOW),
                     support_mask=sup_mask[sz].copy(), dice=score.dice,
                 ))  # fmt: skip
                 n_kept += 1

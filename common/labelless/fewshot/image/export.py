@@ -42,15 +42,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from labelless.data.images import binarize_mask, find_mask, list_images, mask_on_grid, resize_image, resize_mask
 from labelless.data.layouts import PreparedVolumeDataset
 from labelless.errors import ConfigError, DataError
+from labelless.evaluation.overlays import to_uint8
 from labelless.io.readers import read_image2d, read_volume
-from labelless.utils import sort_ids, write_json_atomic
+from labelless.utils import LRUCache, sort_ids, write_json_atomic
 
-from .classes import MASK_SUFFIXES, binarize_mask, mask_on_grid, resize_image, resize_mask
-from .synthetic import _write_jpeg
-
-__all__ = ["EXPORT_SOURCES", "EXPORT_CLASSES", "export_classes", "scale_to_uint8"]
+__all__ = ["EXPORT_SOURCES", "EXPORT_CLASSES", "export_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,31 +75,8 @@ class _Candidate:
     load: Callable[[], tuple[np.ndarray, np.ndarray]]
 
 
-def scale_to_uint8(image: np.ndarray) -> np.ndarray:
-    """Min–max scale a 2D image to [0, 255] (float); a constant image gives zeros."""
-    img = np.asarray(image, dtype=np.float32)
-    lo, hi = float(img.min()), float(img.max())
-    if hi <= lo:
-        return np.zeros_like(img)
-    return (img - lo) / (hi - lo) * 255.0
-
-
 def _safe_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "item"
-
-
-class _VolumeCache:
-    """Keeps the most recent few loaded volumes (exports visit candidates in random order)."""
-
-    def __init__(self, load: Callable[[str], tuple[np.ndarray, np.ndarray]], maxsize: int = 4) -> None:
-        self._load, self._max, self._d = load, maxsize, {}
-
-    def get(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        if key not in self._d:
-            if len(self._d) >= self._max:
-                self._d.pop(next(iter(self._d)))
-            self._d[key] = self._load(key)
-        return self._d[key]
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -113,7 +89,7 @@ def _chaos_candidates(folder: Path) -> dict[str, list[_Candidate]]:
     def load_scan(pid: str) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(ds.load_image(pid).array), np.asarray(ds.load_label(pid).array)
 
-    cache = _VolumeCache(load_scan)
+    cache = LRUCache(4)
     out: dict[str, list[_Candidate]] = {}
     for name, cid in _CHAOS_LABELS.items():
         cands = []
@@ -121,7 +97,7 @@ def _chaos_candidates(folder: Path) -> dict[str, list[_Candidate]]:
             for z in ds.class_slices(cid, pid):
 
                 def load(pid: str = pid, z: int = z, cid: int = cid) -> tuple[np.ndarray, np.ndarray]:
-                    img, lab = cache.get(pid)
+                    img, lab = cache.get_or_load(pid, lambda p=pid: load_scan(p))
                     return img[z], lab[z] == cid
 
                 cands.append(_Candidate(f"{pid}_z{z:03d}", f"{ds.image_path(pid).name}[z={z}]", load))
@@ -149,14 +125,14 @@ def _brats_candidates(folder: Path) -> dict[str, list[_Candidate]]:
             raise DataError(lab, f"label grid {seg.shape} does not match the FLAIR grid {img.shape} ({f})")
         return np.asarray(img.array), np.rint(np.asarray(seg.array)) > 0
 
-    cache = _VolumeCache(load_case, maxsize=2)
+    cache = LRUCache(2)
     cands = []
     for name, f, _ in cases:
         n_z = _nifti_depth(f)
         for z in range(n_z):
 
             def load(name: str = name, z: int = z) -> tuple[np.ndarray, np.ndarray]:
-                img, wt = cache.get(name)
+                img, wt = cache.get_or_load(name, lambda n=name: load_case(n))
                 return img[z], wt[z]
 
             cands.append(_Candidate(f"{_safe_id(name)}_z{z:03d}", f"{name}/{f.name}[z={z}]", load))
@@ -181,10 +157,10 @@ def _pair_candidates(img_dir: Path, msk_dir: Path, cls: str) -> dict[str, list[_
         raise DataError(img_dir, "image folder does not exist")
     if not msk_dir.is_dir():
         raise DataError(msk_dir, "mask folder does not exist")
-    files = {f.stem: f for f in img_dir.iterdir() if f.is_file() and f.suffix.lower() in (".png", ".jpg", ".jpeg")}
+    files = list_images(img_dir)
     cands, seen = [], set()
     for stem in sort_ids(files):
-        mask = next((msk_dir / f"{stem}{s}" for s in MASK_SUFFIXES if (msk_dir / f"{stem}{s}").is_file()), None)
+        mask = find_mask(msk_dir, stem)
         if mask is None:
             raise DataError(files[stem], f"no mask for this image in {msk_dir}")
 
@@ -234,7 +210,7 @@ def _select(
         m = resize_mask(torch.from_numpy(mask.astype(np.float32))[None], size)
         if not bool(mask_on_grid(m, grid).any()):
             continue
-        grey = resize_image(torch.from_numpy(scale_to_uint8(image) / 255.0)[None], size)[0].numpy()
+        grey = resize_image(torch.from_numpy(to_uint8(image) / 255.0)[None], size)[0].numpy()
         rgb = np.repeat(np.clip(np.rint(grey * 255.0), 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
         kept += 1
         yield cand, rgb, (m[0].numpy() > 0).astype(np.uint8) * 255
@@ -242,13 +218,13 @@ def _select(
 
 def _write_class(out: Path, name: str, items: list[tuple[_Candidate, np.ndarray, np.ndarray]]) -> None:
     """Write one class into a temporary folder and move it into place (replacing an older export)."""
-    from labelless.io.writers import write_image2d
+    from labelless.io.writers import write_image2d, write_jpeg
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
     os.chmod(tmp, 0o755)
     try:
         for cand, rgb, mask in items:
-            _write_jpeg(rgb, tmp / f"{cand.pid}.jpg")
+            write_jpeg(rgb, tmp / f"{cand.pid}.jpg")
             write_image2d(mask, tmp / f"{cand.pid}.png", dtype=np.uint8)
         dest = out / name
         old = None

@@ -17,12 +17,11 @@ never share a folder). Read the results back with
 Scans are processed by a process pool (all cores by default, one scan per task) with a tqdm progress bar; each
 scan's result depends only on its image, so the output is deterministic whatever the number of workers.
 
-Command line: ``python -m labelless.superpixels DATASET_DIR [--out_dir DIR] [--preset chaos] ...``.
+Command line: ``python -m labelless.fewshot.volume.superpixels DATASET_DIR [--out_dir DIR] [--preset chaos] ...``.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import multiprocessing
@@ -40,7 +39,7 @@ from labelless.data.presets import DatasetPreset, get_preset
 from labelless.errors import ConfigError, DataError
 from labelless.io.readers import read_volume
 from labelless.io.writers import write_volume
-from labelless.phantoms import cache_root
+from labelless.paths import cache_root
 from labelless.transforms.superpixel import (
     SUPERPIXEL_METHODS,
     body_mask,
@@ -61,8 +60,6 @@ __all__ = [
     "default_derived_dir",
     "process_scan",
     "precompute_superpixels",
-    "add_arguments",
-    "main",
 ]
 
 SUPERPIX_NAME = "superpix_{pid}.nii.gz"
@@ -273,39 +270,3 @@ def precompute_superpixels(
     finally:
         bar.close()
     return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``superpixels`` command's arguments to ``parser`` (for the ``labelless`` CLI)."""
-    parser.add_argument("dataset_dir", help="prepared data set folder (image_<pid>.nii.gz ...); never written")
-    parser.add_argument("--out_dir", default=None, help="output folder (default: a cache folder, see docs)")
-    parser.add_argument("--preset", default="chaos", help="dataset preset (body-mask threshold): chaos, synapse, cmr")
-    parser.add_argument("--method", default="felzenszwalb", choices=SUPERPIXEL_METHODS)
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
-    parser.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
-    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--sigma", type=float, default=1.0)
-    parser.add_argument("--min_size", type=int, default=400)
-    parser.add_argument("--n_segments", type=int, default=None)
-    parser.add_argument("--compactness", type=float, default=10.0)
-    parser.add_argument("--body_threshold", type=float, default=None)
-    parser.add_argument("--save_raw", action="store_true", help="also write the unmasked superpixel maps")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; prints the output folder."""
-    parser = add_arguments(argparse.ArgumentParser(prog="labelless superpixels", description=__doc__.splitlines()[0]))
-    a = parser.parse_args(argv)
-    out = precompute_superpixels(
-        a.dataset_dir, a.out_dir, preset=a.preset, method=a.method, workers=a.workers, overwrite=a.overwrite,
-        progress=not a.no_progress, scale=a.scale, sigma=a.sigma, min_size=a.min_size, n_segments=a.n_segments,
-        compactness=a.compactness, body_threshold=a.body_threshold, save_raw=a.save_raw,
-    )  # fmt: skip
-    print(out)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

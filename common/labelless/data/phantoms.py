@@ -38,6 +38,7 @@ from labelless.data.presets import get_preset
 from labelless.errors import ConfigError
 from labelless.io.volume import Volume
 from labelless.io.writers import write_volume
+from labelless.paths import cache_root
 from labelless.utils import write_json_atomic
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
     "phantom_affine",
     "make_phantom",
     "write_phantom_dataset",
-    "cache_root",
     "default_dataset_dir",
 ]
 
@@ -438,12 +438,6 @@ def write_phantom_dataset(
         labels[str(pid)] = preset.label_map.apply(label)
     write_json_atomic(out / "classmap_1.json", compute_classmap(labels, preset.label_map, threshold=1))
     return out
-
-
-def cache_root() -> Path:
-    """Root of the labelless cache: ``$LABELLESS_CACHE`` when set, else ``~/.cache/labelless``."""
-    env = os.environ.get("LABELLESS_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "labelless"
 
 
 def default_dataset_dir(kind: str = "abdomen", modality: str = "mr", n_volumes: int = 8, seed: int = 0) -> Path:

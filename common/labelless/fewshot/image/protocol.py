@@ -15,8 +15,8 @@ Decisions (fsms.md §1.4, §4.1, §5):
 - Supports are drawn only from images with a non-empty mask; the query is drawn from all other images of the pool
   (it may have an empty mask).
 - **Empty / empty**: when the pooled prediction and ground truth of an episode are both empty, episode Dice is 1.0
-  (nothing to find, nothing predicted), as everywhere in :mod:`labelless.metrics`; per-image Dice and IoU follow the
-  same rule. With supports always non-empty this needs every query of the episode to be empty.
+  (nothing to find, nothing predicted), as everywhere in :mod:`labelless.evaluation.metrics`; per-image Dice and IoU
+  follow the same rule. With supports always non-empty this needs every query of the episode to be empty.
 - Per-image Dice (``2TP / (2TP + FP + FN)``) and IoU (``TP / (TP + FP + FN)``) are computed per query and averaged
   over all queries of all episodes (an image drawn twice counts twice).
 
@@ -27,33 +27,27 @@ with the ``FSMSNet`` forward signature (logits) into one.
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 import os
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from labelless.errors import ConfigError, DataError
-from labelless.fewshot2d.episodes import ImagePool, as_image_tensor, as_mask_tensor
-from labelless.metrics import dice_from_counts
-from labelless.utils import as_bool, atomic_path, write_json_atomic, write_text_atomic
+from labelless.evaluation.metrics import binary_mask, confusion_counts, dice_from_counts, iou_from_counts
+from labelless.evaluation.overlays import rgb_overlay
+from labelless.evaluation.reports import write_episode_reports
+from labelless.fewshot.image.episodes import ImagePool, as_image_tensor, as_mask_tensor
+from labelless.utils import LRUCache, as_bool
 
 __all__ = [
     "Predictor",
     "TestEpisode",
     "draw_test_episodes",
     "episode_dice",
-    "iou_from_counts",
     "network_predictor",
-    "rgb_overlay",
     "evaluate_episodes",
-    "write_episode_reports",
 ]
 
 Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]
@@ -62,8 +56,6 @@ Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]
 TestEpisode = list[tuple[tuple[int, ...], int]]
 """One test episode: ``(support pool indices, query pool index)`` per task."""
 
-_PRED_COLOR = (255, 60, 60)
-_TRUTH_COLOR = (40, 230, 40)
 
 
 def _count(value: Any, name: str, minimum: int) -> int:
@@ -126,26 +118,6 @@ def draw_test_episodes(
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
-def _bool_mask(x: Any, name: str) -> np.ndarray:
-    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    if a.ndim == 3 and a.shape[0] == 1:
-        a = a[0]
-    if a.ndim != 2:
-        raise DataError(name, f"expected an [H, W] (or [1, H, W]) mask, got shape {tuple(np.shape(x))}")
-    if a.dtype != bool:
-        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-            raise DataError(name, "mask contains NaN or infinite values")
-        if a.size and not np.all((a == 0) | (a == 1)):
-            raise DataError(name, "mask must be binary (bool or 0/1)")
-        a = a.astype(bool)
-    return a
-
-
-def _counts(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
-    tp = int(np.count_nonzero(pred & truth))
-    return tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(truth)) - tp
-
-
 def episode_dice(preds: Sequence[Any], truths: Sequence[Any]) -> float:
     """Pooled Dice (F1) of the queries of one episode: ``2 ΣTP / (2 ΣTP + ΣFP + ΣFN)`` over all their pixels.
 
@@ -167,21 +139,14 @@ def episode_dice(preds: Sequence[Any], truths: Sequence[Any]) -> float:
         raise DataError(None, f"{len(preds)} predictions for {len(truths)} ground-truth masks")
     tp = fp = fn = 0
     for i, (p, t) in enumerate(zip(preds, truths)):
-        pb, tb = _bool_mask(p, f"prediction {i}"), _bool_mask(t, f"ground truth {i}")
+        pb, tb = binary_mask(p, f"prediction {i}", squeeze=True), binary_mask(t, f"ground truth {i}", squeeze=True)
         if pb.shape != tb.shape:
             raise DataError(f"query {i}", f"prediction shape {pb.shape} differs from ground truth {tb.shape}")
-        a, b, c = _counts(pb, tb)
-        tp, fp, fn = tp + a, fp + b, fn + c
+        c = confusion_counts(pb, tb)
+        tp, fp, fn = tp + c.tp, fp + c.fp, fn + c.fn
     return dice_from_counts(tp, fp, fn)
 
 
-def iou_from_counts(tp: int, fp: int, fn: int) -> float:
-    """``TP / (TP + FP + FN)`` in 0..1; 1.0 when both masks are empty."""
-    den = tp + fp + fn
-    return 1.0 if den == 0 else float(tp) / float(den)
-
-
-# ---------------------------------------------------------------------------------------------------- predictors
 def network_predictor(
     network: torch.nn.Module,
     device: str | torch.device | None = None,
@@ -233,82 +198,17 @@ def _check_probabilities(out: Any, shape: tuple[int, ...]) -> torch.Tensor:
     return p
 
 
-# ---------------------------------------------------------------------------------------------------- overlays
-def _rgb_uint8(image: Any) -> np.ndarray:
-    a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
-        a = np.moveaxis(a, 0, -1)
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3 or a.shape[-1] not in (1, 3):
-        raise DataError("overlay", f"expected an RGB or grey image, got shape {a.shape}")
-    if a.shape[-1] == 1:
-        a = np.repeat(a, 3, axis=-1)
-    if a.dtype == np.uint8:
-        return a
-    a = np.nan_to_num(a.astype(np.float64))
-    if a.max() > 1.0:
-        a = a / 255.0
-    return (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
-
-
-def rgb_overlay(image: Any, truth: Any | None = None, prediction: Any | None = None, alpha: float = 0.35) -> Any:
-    """An RGB overlay: the prediction as a translucent red area with a red contour, the ground truth as a green
-    contour.
-
-    Args:
-        image: ``[3, H, W]`` or ``(H, W, 3)`` RGB (floats in [0, 1] or uint8), or ``(H, W)`` grey.
-        truth: optional ``[H, W]`` (or ``[1, H, W]``) binary ground truth.
-        prediction: optional binary prediction, same size.
-        alpha: opacity of the prediction fill.
-
-    Returns:
-        a ``PIL.Image.Image`` (RGB) of the image size.
-    """
-    from PIL import Image
-    from scipy import ndimage
-
-    rgb = _rgb_uint8(image).astype(np.float64)
-    for mask, color, fill in ((prediction, _PRED_COLOR, True), (truth, _TRUTH_COLOR, False)):
-        if mask is None:
-            continue
-        m = _bool_mask(mask, "overlay mask")
-        if m.shape != rgb.shape[:2]:
-            raise DataError("overlay", f"mask shape {m.shape} differs from image shape {rgb.shape[:2]}")
-        if not m.any():
-            continue
-        col = np.asarray(color, dtype=np.float64)
-        if fill:
-            rgb[m] = (1 - alpha) * rgb[m] + alpha * col
-        rgb[m & ~ndimage.binary_erosion(m, iterations=1 + min(m.shape) // 256)] = col
-    return Image.fromarray(rgb.round().clip(0, 255).astype(np.uint8))
-
-
 # ---------------------------------------------------------------------------------------------------- evaluation
-class _PoolCache:
-    """LRU cache of (image, mask) tensors of a pool, loaded and checked once."""
-
-    def __init__(self, pool: ImagePool, size: int) -> None:
-        self.pool = pool
-        self.size = size
-        self._items: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-
-    def get(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if i in self._items:
-            self._items.move_to_end(i)
-            return self._items[i]
-        name = f"test image {self.pool.image_ids[i]!r}"
-        image, mask = self.pool.load(self.pool.image_ids[i])
-        if mask is None:
-            raise DataError(name, "the test pool returned no mask; the episode protocol needs ground truth")
-        img, msk = as_image_tensor(image, name), as_mask_tensor(mask, f"{name} (mask)")
-        if img.shape[1:] != msk.shape[1:]:
-            raise DataError(name, f"image size {tuple(img.shape[1:])} differs from mask size {tuple(msk.shape[1:])}")
-        if self.size > 0:
-            self._items[i] = (img, msk)
-            if len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return img, msk
+def _load_test_item(pool: ImagePool, pid: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image, mask) of a test-pool image, checked."""
+    name = f"test image {pid!r}"
+    image, mask = pool.load(pid)
+    if mask is None:
+        raise DataError(name, "the test pool returned no mask; the episode protocol needs ground truth")
+    img, msk = as_image_tensor(image, name), as_mask_tensor(mask, f"{name} (mask)")
+    if img.shape[1:] != msk.shape[1:]:
+        raise DataError(name, f"image size {tuple(img.shape[1:])} differs from mask size {tuple(msk.shape[1:])}")
+    return img, msk
 
 
 def evaluate_episodes(
@@ -330,7 +230,7 @@ def evaluate_episodes(
     Args:
         predict: the predictor (module docstring); called under ``torch.no_grad`` with CPU float32 tensors of up to
             ``batch_tasks`` tasks of the same image size.
-        pool: the test pool (:class:`~labelless.fewshot2d.episodes.ImagePool` with ``has_masks``); images of one
+        pool: the test pool (:class:`~labelless.fewshot.image.episodes.ImagePool` with ``has_masks``); images of one
             task must have the same size (a pool resized to 224 satisfies it). Supports are drawn from the pool's
             ``support_ids`` when it has that attribute (masks non-empty at the support grid), else from the images
             whose loaded mask is non-empty (this reads every image once before the episodes).
@@ -375,13 +275,17 @@ def evaluate_episodes(
     if not 0.0 < float(threshold) < 1.0:
         raise ConfigError(f"threshold must be in (0, 1), got {threshold!r}")
     ids = [str(i) for i in pool.image_ids]
-    cache = _PoolCache(pool, _count(cache_size, "cache_size", 0))
+    lru = LRUCache(_count(cache_size, "cache_size", 0))
+
+    def item(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return lru.get_or_load(i, lambda: _load_test_item(pool, ids[i]))
+
     sup_ids = getattr(pool, "support_ids", None)
     if sup_ids is not None:  # the pool knows which masks are non-empty at the support grid
         chosen = {str(i) for i in sup_ids}
         has_fg = [i in chosen for i in ids]
     else:
-        has_fg = [bool(cache.get(i)[1].any()) for i in range(len(ids))]
+        has_fg = [bool(item(i)[1].any()) for i in range(len(ids))]
     episodes = draw_test_episodes(has_fg, n_episodes, n_tasks, n_shots, seed)
 
     per_episode: list[dict[str, Any]] = []
@@ -389,7 +293,7 @@ def evaluate_episodes(
     for e, tasks in enumerate(tqdm(episodes, desc="episodes", unit="episode", disable=not as_bool(progress))):
         loaded = []
         for sup, q in tasks:
-            items = [cache.get(i) for i in (*sup, q)]
+            items = [item(i) for i in (*sup, q)]
             sizes = {tuple(img.shape[1:]) for img, _ in items}
             if len(sizes) > 1:
                 detail = ", ".join(f"{ids[i]} {list(img.shape[1:])}" for i, (img, _) in zip((*sup, q), items))
@@ -418,7 +322,8 @@ def evaluate_episodes(
         for t, (sup, q) in enumerate(tasks):
             pred = (probs[t] > float(threshold)).numpy()
             truth = loaded[t][-1][1][0].numpy() > 0.5
-            tp, fp, fn = _counts(pred, truth)
+            c = confusion_counts(pred, truth)
+            tp, fp, fn = c.tp, c.fp, c.fn
             preds.append(pred)
             truths.append(truth)
             rec_tasks.append({"support_ids": [ids[i] for i in sup], "query_id": ids[q],
@@ -458,73 +363,3 @@ def evaluate_episodes(
         result["files"] = {k: [str(p) for p in v] if isinstance(v, list) else str(v)
                            for k, v in write_episode_reports(result, output_dir, overlays).items()}  # fmt: skip
     return result
-
-
-# ---------------------------------------------------------------------------------------------------- reports
-_CSV_FIELDS = ["episode", "task", "query_id", "support_ids", "dice", "iou", "tp", "fp", "fn", "episode_dice"]
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-def write_episode_reports(
-    result: dict[str, Any], output_dir: str | os.PathLike, overlays: Sequence[tuple[str, Any]] = ()
-) -> dict[str, Any]:
-    """Write ``metrics.json``, ``metrics.csv`` (one row per query), ``metrics.md`` and overlay PNGs atomically.
-
-    Args:
-        result: what :func:`evaluate_episodes` computed (without ``files``).
-        output_dir: destination folder (created).
-        overlays: ``(name, [(PIL image, title), ...])`` panels, written as ``overlays/<name>.png``.
-
-    Returns:
-        ``{"metrics_json": Path, "metrics_csv": Path, "metrics_md": Path, "overlays": [Path, ...]}``.
-    """
-    from labelless.reports import render_panels
-
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(_CSV_FIELDS)
-    for ep in result["episodes"]:
-        for t, r in enumerate(ep["tasks"]):
-            w.writerow([ep["episode"], t, r["query_id"], ";".join(r["support_ids"]), f"{r['dice']:.6f}",
-                        f"{r['iou']:.6f}", r["tp"], r["fp"], r["fn"], f"{ep['dice']:.6f}"])  # fmt: skip
-    md = [
-        "# FSMS episode evaluation", "",
-        f"{result['n_episodes']} episodes × {result['n_tasks']} tasks, {result['n_shots']}-shot, seed "
-        f"{result['seed']}, threshold {result['threshold']}; pool of {result['n_pool_images']} images "
-        f"({result['n_support_images']} with a non-empty mask, the only ones used as supports).", "",
-        "| metric | value (%) |", "|---|---|",
-        f"| episode Dice (mean ± std over episodes) | {100 * result['episode_dice_mean']:.2f} ± "
-        f"{100 * result['episode_dice_std']:.2f} |",
-        f"| per-image Dice (mean over {result['n_queries']} queries) | {100 * result['per_image_dice_mean']:.2f} |",
-        f"| per-image IoU (mean over {result['n_queries']} queries) | {100 * result['per_image_iou_mean']:.2f} |",
-        "", "Episode Dice pools the pixels of the queries of an episode (reference protocol, fsms.md §4.1). "
-        f"{result['n_empty_truth_queries']} queries had an empty ground truth (Dice 1.0 only if nothing was "
-        "predicted). Dice values in metrics.json are fractions in 0..1.", "",
-    ]  # fmt: skip
-    paths: dict[str, Any] = {
-        "metrics_json": write_json_atomic(out / "metrics.json", _clean({k: v for k, v in result.items()
-                                                                        if k != "files"})),
-        "metrics_csv": write_text_atomic(out / "metrics.csv", buf.getvalue()),
-        "metrics_md": write_text_atomic(out / "metrics.md", "\n".join(md)),
-        "overlays": [],
-    }  # fmt: skip
-    for name, panels in overlays:
-        p = out / "overlays" / f"{''.join(c if c.isalnum() or c in '._-' else '_' for c in name)}.png"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(p) as tmp:
-            render_panels(panels).save(tmp, format="PNG")
-        paths["overlays"].append(p)
-    return paths

@@ -1,16 +1,17 @@
 # Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
 """Meta-training episodes of the FSMS bundle (fsms.md §3.2, §3.3): 1-way K-shot tasks plus unlabelled images.
 
-An **episode item** (what :class:`MetaTrainEpisodes` returns for index ``i``) is the dict
+An **episode item** (what :class:`MetaTrainEpisodes` returns for index ``i``) is the dict (key names:
+:class:`~labelless.data.keys.EpisodeKeys`)
 
 ================= ===================== ===============================================================
 key               shape                 content
 ================= ===================== ===============================================================
-support_images    ``[T, K, 3, H, W]``   float32 RGB in [0, 1], K support images of each of the T tasks
-support_masks     ``[T, K, 1, H, W]``   float32 {0, 1}, never empty
-query_images      ``[T, 3, H, W]``      float32 RGB in [0, 1], one query per task
-query_masks       ``[T, 1, H, W]``      float32 {0, 1}
-unlabeled         ``[U, 3, H, W]``      float32 RGB in [0, 1] target-domain images (``[0, 3, H, W]`` when none)
+support_image     ``[T, K, 3, H, W]``   float32 RGB in [0, 1], K support images of each of the T tasks
+support_label     ``[T, K, 1, H, W]``   float32 {0, 1}, never empty
+query_image       ``[T, 3, H, W]``      float32 RGB in [0, 1], one query per task
+query_label       ``[T, 1, H, W]``      float32 {0, 1}
+unlabeled_image   ``[U, 3, H, W]``      float32 RGB in [0, 1] target-domain images (``[0, 3, H, W]`` when none)
 classes           ``list[str]``         the class of each task (length T)
 ================= ===================== ===============================================================
 
@@ -25,7 +26,8 @@ access, the DataLoader workers or any global RNG). ``n = index + epoch * n_episo
 :meth:`MetaTrainEpisodes.set_epoch` (0 by default, i.e. ``n = index``), so each epoch can see new episodes.
 
 The data sources are described by two structural interfaces (:class:`ClassPairSource`, :class:`ImagePool`),
-implemented by :mod:`labelless.fewshot2d.classes` (``ClassFolderDataset``, ``ImageFolderPool``); any object with the
+implemented by :class:`~labelless.fewshot.image.classes.ClassFolderDataset` and
+:class:`~labelless.data.images.ImageFolderPool`; any object with the
 same attributes works (tests use small in-memory fakes).
 """
 
@@ -38,6 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from labelless.data.keys import EpisodeKeys
 from labelless.errors import ConfigError, DataError
 from labelless.utils import as_bool
 
@@ -72,7 +75,7 @@ class ImagePool(Protocol):
         has_masks: whether ``load`` returns masks.
 
     An optional attribute ``support_ids`` (the ids whose mask is non-empty at the support grid, as
-    ``ImageFolderPool`` has) is used by :func:`~labelless.fewshot2d.protocol.evaluate_episodes` to choose supports.
+    ``ImageFolderPool`` has) is used by :func:`~labelless.fewshot.image.protocol.evaluate_episodes` to choose supports.
     """
 
     image_ids: list[str]
@@ -168,8 +171,8 @@ class MetaTrainEpisodes(Dataset):
         pool = ImageFolderPool("isic_unlabelled", size=224)
         ds = MetaTrainEpisodes(source, n_episodes=1000, n_tasks=5, n_shots=1, unlabeled_pool=pool, n_unlabeled=5)
         item = ds[0]
-        item["support_images"].shape  # torch.Size([5, 1, 3, 224, 224])
-        item["unlabeled"].shape       # torch.Size([5, 3, 224, 224])
+        item["support_image"].shape    # torch.Size([5, 1, 3, 224, 224])
+        item["unlabeled_image"].shape  # torch.Size([5, 3, 224, 224])
     """
 
     def __init__(
@@ -306,10 +309,10 @@ class MetaTrainEpisodes(Dataset):
             raise DataError(f"episode {index}", f"images of different sizes cannot form one episode: {detail}")
         h, w = sizes[0][1]
         return {
-            "support_images": torch.stack([torch.stack(t) for t in s_img]),
-            "support_masks": torch.stack([torch.stack(t) for t in s_msk]),
-            "query_images": torch.stack(q_img),
-            "query_masks": torch.stack(q_msk),
-            "unlabeled": torch.stack(unl) if unl else torch.zeros((0, 3, h, w), dtype=torch.float32),
-            "classes": list(d["classes"]),
+            EpisodeKeys.SUPPORT_IMAGE: torch.stack([torch.stack(t) for t in s_img]),
+            EpisodeKeys.SUPPORT_LABEL: torch.stack([torch.stack(t) for t in s_msk]),
+            EpisodeKeys.QUERY_IMAGE: torch.stack(q_img),
+            EpisodeKeys.QUERY_LABEL: torch.stack(q_msk),
+            EpisodeKeys.UNLABELED_IMAGE: torch.stack(unl) if unl else torch.zeros((0, 3, h, w), dtype=torch.float32),
+            EpisodeKeys.CLASSES: list(d["classes"]),
         }

@@ -5,22 +5,22 @@
   exclusions, filtered once).
 - :class:`SelfSupervisedEpisodeDataset`: SSL-ALPNet's superpixel episodes (support and query are independently
   augmented copies of one slice and one binarised superpixel).
-- :class:`LabelledEpisodeDataset`: episodes of a labelled class (supervised episodes, validation).
 
-Item format (both datasets), for ``S = n_shots`` support images of size ``H × W``:
+Item format (both datasets), for ``S = n_shots`` support images of size ``H × W`` (key names:
+:class:`~labelless.data.keys.EpisodeKeys`):
 
 ============== ================= ======= =====================================================================
 key            shape (one item)  dtype   content
 ============== ================= ======= =====================================================================
 support_image  ``[S, 3, H, W]``  float32 normalised slice repeated over 3 channels (no ImageNet statistics)
-support_mask   ``[S, 1, H, W]``  float32 foreground mask, 0/1 (the background mask is ``1 − support_mask``)
+support_label  ``[S, 1, H, W]``  float32 foreground mask, 0/1 (the background mask is ``1 − support_label``)
 query_image    ``[3, H, W]``     float32 normalised query slice, 3 channels
 query_label    ``[H, W]``        int64   query label in {0, 1}
 meta           dict              Python  see each class (plain ``str``/``int`` values)
 ============== ================= ======= =====================================================================
 
 A DataLoader with batch size ``B`` (the protocol uses 1) therefore yields ``support_image [B, S, 3, H, W]``,
-``support_mask [B, S, 1, H, W]``, ``query_image [B, 3, H, W]`` and ``query_label [B, H, W]``.
+``support_label [B, S, 1, H, W]``, ``query_image [B, 3, H, W]`` and ``query_label [B, H, W]``.
 
 Randomness: the datasets are MONAI ``Randomizable``; the index passed to ``__getitem__`` is ignored and every draw
 comes from ``self.R``. ``set_random_state`` also seeds the augmentation (from a number drawn from ``self.R``).
@@ -41,6 +41,7 @@ from monai.transforms import Randomizable
 from monai.utils import MAX_SEED, convert_to_numpy
 from torch.utils.data import Dataset
 
+from labelless.data.keys import EpisodeKeys
 from labelless.data.layouts import PreparedVolumeDataset
 from labelless.data.presets import DatasetPreset
 from labelless.errors import ConfigError, DataError
@@ -55,7 +56,6 @@ __all__ = [
     "is_degenerate_mask",
     "feature_grid_size",
     "SelfSupervisedEpisodeDataset",
-    "LabelledEpisodeDataset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -258,12 +258,14 @@ class _EpisodeBase(Dataset, Randomizable):
     ) -> dict[str, Any]:
         s_img = np.stack([s[0] for s in support])[:, None]  # [S, 1, H, W]
         s_msk = np.stack([s[1] for s in support])[:, None].astype(np.float32)
+        s_img = np.repeat(s_img, self.n_channels, axis=1)  # [S, n_channels, H, W]
+        q_img = np.repeat(query[0][None], self.n_channels, axis=0)
         return {
-            "support_image": torch.from_numpy(np.ascontiguousarray(np.repeat(s_img, self.n_channels, axis=1))),
-            "support_mask": torch.from_numpy(np.ascontiguousarray(s_msk)),
-            "query_image": torch.from_numpy(np.ascontiguousarray(np.repeat(query[0][None], self.n_channels, axis=0))),
-            "query_label": torch.from_numpy(query[1].astype(np.int64)),
-            "meta": meta,
+            EpisodeKeys.SUPPORT_IMAGE: torch.from_numpy(np.ascontiguousarray(s_img)),
+            EpisodeKeys.SUPPORT_LABEL: torch.from_numpy(np.ascontiguousarray(s_msk)),
+            EpisodeKeys.QUERY_IMAGE: torch.from_numpy(np.ascontiguousarray(q_img)),
+            EpisodeKeys.QUERY_LABEL: torch.from_numpy(query[1].astype(np.int64)),
+            EpisodeKeys.META: meta,
         }
 
 
@@ -426,123 +428,3 @@ class SelfSupervisedEpisodeDataset(_EpisodeBase):
             f"no usable pseudo-label after {self.max_tries} tries (pool of {len(self.pool)} slices); last rejection: "
             f"scan {pid}, slice {z}, superpixel {j}: {reason}. Check the superpixel maps (tiny or empty superpixels).",
         )
-
-
-class LabelledEpisodeDataset(_EpisodeBase):
-    """Episodes of labelled classes (supervised episodes, validation).
-
-    One item: draw a class ``c`` uniformly from the classes present in ``pids``, a query slice uniformly among all
-    slices of ``pids`` containing ``c`` (class-slice index, T = 1), and ``n_shots`` support slices containing ``c``,
-    from other scans when any contains ``c`` (else other slices of the query scan, else the query slice itself).
-    Masks are ``label == c`` (other organs are background). With a ``transform`` the slices are augmented as in
-    :class:`SelfSupervisedEpisodeDataset`. Support masks that vanish at the feature grid are re-augmented / redrawn
-    (the query label may be small: it is only the target).
-
-    Args:
-        dataset: the prepared dataset (images, labels, class-slice index).
-        pids: labelled scans to draw from.
-        class_ids: classes to draw; classes absent from ``pids`` are dropped with a warning.
-        n_shots: support slices per episode.
-        n_episodes: dataset length (the index is ignored).
-        transform: as in :class:`SelfSupervisedEpisodeDataset` (``None`` for validation).
-        norm_mean, norm_std: fold statistics for ``fold_zscore`` presets (pass the training fold's); computed over
-            ``pids`` when ``None``. Ignored for per-volume z-scoring.
-        feature_stride, max_tries, max_aug_tries, n_channels, seed: as in :class:`SelfSupervisedEpisodeDataset`.
-
-    ``meta`` = ``{"class_id": int, "pid": str, "z": int, "support_pids": list[str], "support_z": list[int]}``
-    (``pid``/``z`` are the query's).
-
-    Examples::
-
-        val = LabelledEpisodeDataset(PreparedVolumeDataset(root, "chaos"), pids=["8", "10"], class_ids=[2, 3])
-        item = val[0]   # item["support_image"]: [1, 3, 256, 256]
-    """
-
-    _name = "LabelledEpisodeDataset"
-
-    def __init__(
-        self,
-        dataset: PreparedVolumeDataset,
-        pids: Sequence[str | int],
-        class_ids: Sequence[int],
-        n_shots: int = 1,
-        n_episodes: int = 100,
-        transform: Callable | None = None,
-        norm_mean: float | None = None,
-        norm_std: float | None = None,
-        feature_stride: int = 8,
-        max_tries: int = 100,
-        max_aug_tries: int = 10,
-        n_channels: int = 3,
-        seed: int | None = None,
-    ) -> None:
-        pids = _check_pids(dataset, pids, "labelled")
-        known = set(dataset.label_map.class_ids) - {0}
-        bad = [int(c) for c in class_ids if int(c) not in known]
-        if bad or not class_ids:
-            raise ConfigError(f"class_ids must be non-empty foreground ids of {sorted(known)}, got {list(class_ids)}")
-        raw = {pid: dataset.load_image(pid).array for pid in pids}
-        if dataset.preset.normalization == "fold_zscore" and norm_mean is None:
-            logger.warning("LabelledEpisodeDataset: no fold statistics given; computing them over scans %s", pids)
-        self.images, self.norm_mean, self.norm_std = normalize_scans(
-            dataset.preset, raw, norm_mean, norm_std, sources={pid: dataset.image_path(pid) for pid in pids}
-        )
-        self.labels = {pid: dataset.load_label(pid).array for pid in pids}
-        self.slices: dict[int, list[tuple[str, int]]] = {}
-        for c in dict.fromkeys(int(c) for c in class_ids):
-            sl = [(pid, z) for pid in pids for z in dataset.class_slices(c, pid)]
-            for pid, z in sl:
-                if not 0 <= z < self.labels[pid].shape[0] or not (self.labels[pid][z] == c).any():
-                    raise DataError(
-                        dataset.root / "classmap_1.json",
-                        f"class-slice index lists slice {z} of scan {pid} for class {c}, but the label has no such "
-                        "pixel there (stale index?)",
-                    )
-            if sl:
-                self.slices[c] = sl
-            else:
-                logger.warning("LabelledEpisodeDataset: class %d is absent from scans %s; dropped", c, pids)
-        if not self.slices:
-            raise DataError(dataset.root, f"none of the classes {list(class_ids)} occurs in scans {pids}")
-        self.class_ids = list(self.slices)
-        self._draw: tuple[int, tuple[str, int], list[tuple[str, int]]] | None = None
-        super().__init__(n_shots, n_episodes, transform, feature_stride, max_tries, max_aug_tries, n_channels, seed)
-
-    def randomize(self, data: Any | None = None) -> None:
-        """Draw a class, a query slice and the support slices."""
-        c = self.class_ids[int(self.R.randint(len(self.class_ids)))]
-        sl = self.slices[c]
-        q = sl[int(self.R.randint(len(sl)))]
-        cands = [s for s in sl if s[0] != q[0]] or [s for s in sl if s != q] or [q]
-        support = [cands[int(self.R.randint(len(cands)))] for _ in range(self.n_shots)]
-        self._draw = (c, q, support)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        reason = ""
-        for _ in range(self.max_tries):
-            self.randomize()
-            c, (qpid, qz), support = self._draw  # type: ignore[misc]
-            copies = []
-            for pid, z in support:
-                mask = (self.labels[pid][z] == c).astype(np.uint8)
-                if is_degenerate_mask(mask, self.feature_stride):
-                    reason = f"support slice {z} of scan {pid} vanishes at the feature grid"
-                    break
-                cp = self._augmented_copy(self.images[pid][z], mask, check=True)
-                if cp is None:
-                    reason = f"augmented support slice {z} of scan {pid} vanished {self.max_aug_tries} times"
-                    break
-                copies.append(cp)
-            if len(copies) == self.n_shots:
-                qmask = (self.labels[qpid][qz] == c).astype(np.uint8)
-                query = self._augmented_copy(self.images[qpid][qz], qmask, check=False)
-                meta = {
-                    "class_id": int(c),
-                    "pid": qpid,
-                    "z": int(qz),
-                    "support_pids": [p for p, _ in support],
-                    "support_z": [int(z) for _, z in support],
-                }
-                return self._pack(copies, query, meta)  # type: ignore[arg-type]
-            self.n_redraws += 1
-        raise DataError(self._name, f"no usable labelled episode after {self.max_tries} tries; last: {reason}")

@@ -30,6 +30,8 @@ import torch
 from labelless.errors import DataError
 
 __all__ = [
+    "binary_mask",
+    "iou_from_counts",
     "ConfusionCounts",
     "confusion_counts",
     "dice_from_counts",
@@ -67,10 +69,23 @@ class ConfusionCounts:
         return dice_from_counts(self.tp, self.fp, self.fn)
 
 
-def _as_bool_numpy(x: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    a = np.asarray(x)
+def binary_mask(x: np.ndarray | torch.Tensor, name: str, squeeze: bool = False) -> np.ndarray:
+    """A binary mask (bool or 0/1, numpy or tensor) as a bool array.
+
+    Args:
+        x: the mask.
+        name: what it is, for error messages.
+        squeeze: accept ``[1, H, W]`` and return ``(H, W)``; any other shape than 2D is then an error.
+
+    Raises:
+        DataError: NaN/inf, values other than 0/1, or (with ``squeeze``) a shape that is not ``[H, W]``/``[1, H, W]``.
+    """
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if squeeze:
+        if a.ndim == 3 and a.shape[0] == 1:
+            a = a[0]
+        if a.ndim != 2:
+            raise DataError(name, f"expected an [H, W] (or [1, H, W]) mask, got shape {tuple(np.shape(x))}")
     if a.dtype == bool:
         return a
     if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
@@ -87,8 +102,8 @@ def confusion_counts(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch
     Raises:
         DataError: shapes differ or a mask is not binary.
     """
-    p = _as_bool_numpy(pred, "prediction")
-    t = _as_bool_numpy(target, "ground truth")
+    p = binary_mask(pred, "prediction")
+    t = binary_mask(target, "ground truth")
     if p.shape != t.shape:
         raise DataError(None, f"prediction shape {p.shape} differs from ground-truth shape {t.shape}")
     tp = int(np.count_nonzero(p & t))
@@ -103,6 +118,12 @@ def dice_from_counts(tp: int, fp: int, fn: int) -> float:
     return 1.0 if den == 0 else float(2 * tp) / float(den)
 
 
+def iou_from_counts(tp: int, fp: int, fn: int) -> float:
+    """``TP / (TP + FP + FN)``; 1.0 when both masks are empty."""
+    den = tp + fp + fn
+    return 1.0 if den == 0 else float(tp) / float(den)
+
+
 def dice_score(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> float:
     """Dice of two binary masks from their summed counts (a 3D volume gives the 3D Dice)."""
     c = confusion_counts(pred, target)
@@ -114,8 +135,8 @@ def dice_per_image(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.T
 
     An image whose prediction and ground truth are both empty scores 1.0 (see the module notes).
     """
-    p = _as_bool_numpy(pred, "prediction")
-    t = _as_bool_numpy(target, "ground truth")
+    p = binary_mask(pred, "prediction")
+    t = binary_mask(target, "ground truth")
     if p.shape != t.shape:
         raise DataError(None, f"prediction shape {p.shape} differs from ground-truth shape {t.shape}")
     if p.ndim < 2:
@@ -174,8 +195,8 @@ def surface_distances(
     """
     from scipy.spatial import KDTree
 
-    p = _as_bool_numpy(pred, "prediction")
-    t = _as_bool_numpy(target, "ground truth")
+    p = binary_mask(pred, "prediction")
+    t = binary_mask(target, "ground truth")
     if p.shape != t.shape:
         raise DataError(None, f"prediction shape {p.shape} differs from ground-truth shape {t.shape}")
     if spacing is None:

@@ -1,0 +1,56 @@
+# Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
+"""Key names of the few-shot episode dicts, defined once (MONAI-style ``image`` / ``label`` naming).
+
+Every episode producer (:class:`~labelless.fewshot.volume.episodes.SelfSupervisedEpisodeDataset`,
+:class:`~labelless.fewshot.image.episodes.MetaTrainEpisodes`) and consumer
+(:func:`~labelless.engines.episodic.prepare_episode_batch`, :func:`~labelless.engines.surrogate.prepare_fsms_batch`,
+:func:`~labelless.evaluation.overlays.write_episode_png`) uses these names:
+
+=================== ====================================================================================
+key                 content
+=================== ====================================================================================
+``support_image``   the support images of the episode
+``support_label``   their binary foreground masks (one per support image)
+``query_image``     the query image(s)
+``query_label``     the query label(s) (the training target)
+``unlabeled_image`` unlabelled target-domain images (FSMS surrogate task)
+``meta``            provenance of the episode (plain ``str``/``int`` values), where the producer adds it
+``classes``         the class of each task (FSMS episodes)
+=================== ====================================================================================
+
+Network ``forward`` arguments (``support_images=``, ``support_masks=``, ...) and user-facing config ids are not
+episode keys and keep their own names.
+
+Examples::
+
+    from labelless.data.keys import EpisodeKeys
+
+    item = dataset[0]
+    support, masks = item[EpisodeKeys.SUPPORT_IMAGE], item[EpisodeKeys.SUPPORT_LABEL]
+"""
+
+from __future__ import annotations
+
+__all__ = ["EpisodeKeys"]
+
+
+class EpisodeKeys:
+    """Key names of an episode dict (class attributes are the strings).
+
+    Attributes:
+        SUPPORT_IMAGE: support images.
+        SUPPORT_LABEL: support foreground masks.
+        QUERY_IMAGE: query image(s).
+        QUERY_LABEL: query label(s).
+        UNLABELED_IMAGE: unlabelled target-domain images.
+        META: episode provenance.
+        CLASSES: class of each task.
+    """
+
+    SUPPORT_IMAGE = "support_image"
+    SUPPORT_LABEL = "support_label"
+    QUERY_IMAGE = "query_image"
+    QUERY_LABEL = "query_label"
+    UNLABELED_IMAGE = "unlabeled_image"
+    META = "meta"
+    CLASSES = "classes"

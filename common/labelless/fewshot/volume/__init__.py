@@ -1,0 +1,100 @@
+# Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
+"""Few-shot machinery shared by SSL-ALPNet, DSPNet and PSMNet: folds, episodes, the evaluation protocol."""
+
+from __future__ import annotations
+
+from .baseline import IntensityFeatures, IntensityPrototypePredictor
+from .episodes import (
+    SelfSupervisedEpisodeDataset,
+    build_slice_pool,
+    feature_grid_size,
+    is_degenerate_mask,
+    normalize_scans,
+)
+from .folds import FoldSplit, fold_boundaries, fold_split
+from .inference import FewShotVolumeInferenceRunner, list_query_files
+from .protocol import (
+    MODES,
+    Predictor,
+    chunk_of_slice,
+    evaluate,
+    evaluate_fold,
+    prediction_filename,
+    protocol_chunks,
+    score_predictions,
+    score_scan,
+    scored_range,
+    segment_volume,
+    support_relative_chunks,
+    support_relative_extent,
+    support_relative_slices,
+    support_shot_slices,
+    support_slices,
+)
+from .superpixels import (
+    BODYMASK_NAME,
+    MANIFEST_NAME,
+    RAW_NAME,
+    SUPERPIX_NAME,
+    default_derived_dir,
+    precompute_superpixels,
+    process_scan,
+    superpixel_params,
+)
+from .workflow import (
+    FewShotVolumeEvaluationRunner,
+    checkpoint_name,
+    effective_preset,
+    fold_norm_stats,
+    inference_inputs,
+    resolve_dataset,
+    resolve_derived_dir,
+    training_episodes,
+)
+
+__all__ = [
+    "IntensityFeatures",
+    "IntensityPrototypePredictor",
+    "build_slice_pool",
+    "normalize_scans",
+    "is_degenerate_mask",
+    "feature_grid_size",
+    "SelfSupervisedEpisodeDataset",
+    "FoldSplit",
+    "fold_boundaries",
+    "fold_split",
+    "list_query_files",
+    "FewShotVolumeInferenceRunner",
+    "MODES",
+    "Predictor",
+    "support_slices",
+    "support_shot_slices",
+    "chunk_of_slice",
+    "protocol_chunks",
+    "support_relative_extent",
+    "support_relative_chunks",
+    "support_relative_slices",
+    "scored_range",
+    "segment_volume",
+    "score_scan",
+    "evaluate_fold",
+    "evaluate",
+    "score_predictions",
+    "prediction_filename",
+    "SUPERPIX_NAME",
+    "BODYMASK_NAME",
+    "RAW_NAME",
+    "MANIFEST_NAME",
+    "superpixel_params",
+    "default_derived_dir",
+    "process_scan",
+    "precompute_superpixels",
+    "effective_preset",
+    "resolve_dataset",
+    "resolve_derived_dir",
+    "training_episodes",
+    "checkpoint_name",
+    "FewShotVolumeEvaluationRunner",
+    "inference_inputs",
+    "fold_norm_stats",
+]
