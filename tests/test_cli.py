@@ -32,7 +32,7 @@ def test_help_lists_every_command():
     res = _run("--help")
     assert res.returncode == 0, res.stderr
     for cmd in ("phantoms", "prepare", "superpixels", "episodes", "evaluate", "demo", "verify_metadata", "fsms_classes",
-                "fsms_synthetic"):
+                "fsms_synthetic", "weak_domains", "weak_domains_images", "weak_domains_csv"):
         assert cmd in res.stdout + res.stderr
     res = _run("superpixels", "--help")
     text = res.stdout + res.stderr

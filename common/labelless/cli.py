@@ -146,7 +146,8 @@ class PrepareCommands:
 class LabellessCLI:
     """labelless: few-shot, weakly and semi-supervised medical image segmentation on MONAI.
 
-    Commands: phantoms, prepare {chaos,synapse,cmr}, superpixels, episodes, evaluate, demo, verify_metadata.
+    Commands: phantoms, prepare {chaos,synapse,cmr}, superpixels, episodes, evaluate, demo, fsms_classes,
+    fsms_synthetic, weak_domains, weak_domains_images, weak_domains_csv, verify_metadata.
     Set LABELLESS_VERBOSE=1 for debug logging.
     """
 
@@ -406,6 +407,93 @@ class LabellessCLI:
                                       size=int(size), seed=int(seed))  # fmt: skip
         skin = write_skin_phantoms(out / "skin", n_images=int(n_skin), size=int(size), seed=int(seed))
         return f"shape classes: {classes}\nskin phantoms: {skin}"
+
+    def weak_domains(
+        self,
+        volumes_dir: str,
+        out_dir: str,
+        n_test: int = 1,
+        n_val: int = 0,
+        seed: int = 0,
+        min_body_fraction: float = 0.3,
+        min_lesion_px: int = 100,
+        size: int = 256,
+        orientation: str = "reference",
+    ) -> str:
+        """Build lesion (A) / normal (B) slice folders from labelled volumes, for weakly supervised training.
+
+        The volumes' labels decide the image-level domain of each axial slice; masks are written for the held-out
+        cases only (evaluation). Layouts read: BraTS case folders (*Flair*.nii.gz, *brainmask*, *OTMultiClass*) or a
+        prepared layout (image_<id>.nii.gz + label_<id>.nii.gz, > 0 = lesion).
+
+        Args:
+            volumes_dir: folder of labelled volumes (never written).
+            out_dir: new output folder (trainA/, trainB/, testA/images + labels, testB/, manifest.json).
+            n_test: cases held out for testing (split by case, seeded).
+            n_val: cases held out for validation (val/images + labels, valB/).
+            seed: seed of the case split.
+            min_body_fraction: keep slices whose brain/body area is at least this fraction of the largest one.
+            min_lesion_px: a slice is "lesion" (A) from this many lesion pixels; B slices have none.
+            size: output image side (square RGB PNGs).
+            orientation: "reference" (the CLTNet sample folders' orientation) or "display".
+        """
+        from labelless.weak.domains import write_volume_domains
+
+        m = write_volume_domains(volumes_dir, out_dir, n_test=int(n_test), n_val=int(n_val), seed=int(seed),
+                                 min_body_fraction=float(min_body_fraction), min_lesion_px=int(min_lesion_px),
+                                 size=int(size), orientation=str(orientation))  # fmt: skip
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(m["counts"].items()))
+        return f"{counts}; split {m['split']}; written to {out_dir}"
+
+    def weak_domains_images(
+        self,
+        images_dir: str,
+        out_dir: str,
+        masks_dir: str | None = None,
+        test_fraction: float = 0.4,
+        side_fraction: float = 0.3,
+        min_mean: float = 0.2,
+        max_std: float = 0.05,
+        size: int = 256,
+    ) -> str:
+        """Build lesion (A) / normal (B) folders from a folder of lesion images (e.g. dermoscopy), without pixel labels:
+        B = lesion-free corner patches of the training images.
+
+        Args:
+            images_dir: lesion images (never written).
+            out_dir: new output folder (trainA/, trainB/, testA/images [+ labels], manifest.json).
+            masks_dir: masks of the images; read for the test images only (evaluation).
+            test_fraction: last fraction of the sorted ids held out for testing.
+            side_fraction: corner patch side as a fraction of min(H, W).
+            min_mean: reject darker patches (vignetting).
+            max_std: reject patches whose colour standard deviation is higher (structure, possibly lesion).
+            size: output image side.
+        """
+        from labelless.weak.domains import write_image_domains
+
+        m = write_image_domains(images_dir, out_dir, masks_dir=masks_dir, test_fraction=float(test_fraction),
+                                side_fraction=float(side_fraction), min_mean=float(min_mean), max_std=float(max_std),
+                                size=int(size))  # fmt: skip
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(m["counts"].items()))
+        return f"{counts}; written to {out_dir}"
+
+    def weak_domains_csv(self, csv_file: str, out_dir: str, size: int | None = None) -> str:
+        """Build lesion (A) / normal (B) folders from a CSV of image-level tags.
+
+        Columns: image (path, relative to the CSV or absolute), label (lesion/1/A/disease/... or
+        normal/0/B/healthy/...),
+        optional split (train, test, val) and optional mask (test/val lesion images only).
+
+        Args:
+            csv_file: the tag CSV.
+            out_dir: new output folder.
+            size: resize images to size × size (default: keep their size).
+        """
+        from labelless.weak.domains import write_tagged_domains
+
+        m = write_tagged_domains(csv_file, out_dir, size=None if size is None else int(size))
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(m["counts"].items()))
+        return f"{counts}; written to {out_dir}"
 
     def verify_metadata(self, meta_file: str) -> str:
         """Validate a bundle's configs/metadata.json against the vendored MONAI schema (works offline).

@@ -1,0 +1,604 @@
+# Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
+"""Domains A (lesion) and B (normal) for weakly supervised segmentation from image-level labels (cltnet.md §1).
+
+The only training supervision is the domain of an image. Pixel labels, where a source has them, are written for the
+test / validation images only and are never read for training.
+
+- :func:`volume_domain_slices`: axial slices of one labelled volume → domain A (lesion area ≥ ``min_lesion_px``) and
+  domain B (no lesion pixel), inside a body/brain mask covering ≥ ``min_body_fraction`` of the largest one (§1.2).
+- :func:`write_volume_domains`: many volumes (BraTS case folders, or a prepared layout ``image_<id>`` /
+  ``label_<id>``), split **by case** (seeded) into train (A/B slices, no masks) and test (A slices with masks + B).
+- :func:`lesion_free_patches`: corner crops of lesion images, without any pixel label (§1.2 "ISIC → B patches").
+- :func:`write_image_domains`: lesion images (e.g. ISIC) → train A, B patches of the train images, test A with masks.
+- :func:`write_tagged_domains`: a CSV of image-level tags (``image,label[,split][,mask]``) → the same folders.
+- :class:`WeakDomainFolders`: the reference folder layout (``trainA/``, ``trainB/``, ``testA/images`` +
+  ``testA/labels``, ``val/images`` + ``val/labels``, ``testB/``), folder names configurable, PNG/JPG and NIfTI slices.
+
+Written layout (the reference's, read back by :class:`WeakDomainFolders`)::
+
+    <out>/trainA/<id>.png              lesion images (no masks)
+    <out>/trainB/<id>.png              normal images
+    <out>/testA/images/<id>.png        lesion images of held-out cases
+    <out>/testA/labels/<id>_segmentation.png   their 0/255 masks (evaluation only)
+    <out>/testB/<id>.png               normal images of held-out cases
+    <out>/manifest.json                what was written, from which case/slice, with which options
+
+Outputs are written into a fresh folder (refused when it exists and is not empty, or lies inside an input folder);
+each file atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from labelless.data.images import find_image_mask_pairs, list_images, load_mask, read_rgb
+from labelless.errors import ConfigError, DataError
+from labelless.io.readers import read_volume
+from labelless.io.suffixes import IMAGE_2D_SUFFIXES, NIFTI_SUFFIXES, strip_suffix
+from labelless.io.writers import write_image2d
+from labelless.utils import as_bool, sort_ids, write_json_atomic
+
+__all__ = [
+    "WEAK_IMAGE_SUFFIXES",
+    "DomainSlice",
+    "volume_domain_slices",
+    "find_volume_cases",
+    "split_cases",
+    "write_volume_domains",
+    "lesion_free_patches",
+    "write_image_domains",
+    "write_tagged_domains",
+    "WeakDomainFolders",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Images of weak-domain folders: 2D images and 2D NIfTI slices.
+WEAK_IMAGE_SUFFIXES = IMAGE_2D_SUFFIXES + NIFTI_SUFFIXES
+_LESION_TAGS = {"a", "1", "lesion", "disease", "abnormal", "tumour", "tumor", "positive", "yes", "true"}
+_NORMAL_TAGS = {"b", "0", "normal", "healthy", "negative", "no", "false"}
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+def _fresh_output(out_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -> Path:
+    """Check ``out_dir`` before any work: not inside (or equal to) an input folder, empty or absent."""
+    out = Path(out_dir).resolve()
+    for item in inputs:
+        src = Path(item).resolve()
+        src_dir = src if src.is_dir() else src.parent
+        if out == src_dir or src_dir in out.parents:
+            raise ConfigError(f"output folder {out} lies inside the input folder {src_dir}; choose another one")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"output folder {out} exists and is not empty; give a new folder")
+    return out
+
+
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """Write into a hidden sibling folder and rename it onto ``out`` only when everything was written: a failed run
+    leaves no half-written output."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()  # empty (checked by _fresh_output)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _to_uint8_rgb(image01: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, 3) floats in [0, 1] → (H, W, 3) uint8."""
+    a = np.clip(np.asarray(image01, dtype=np.float64), 0.0, 1.0)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=-1)
+    return np.round(a * 255.0).astype(np.uint8)
+
+
+def _resize(array: np.ndarray, size: int, mode: str) -> np.ndarray:
+    """Resize (H, W) or (H, W, C) to ``size × size``: ``bilinear`` (images) or ``nearest`` (labels)."""
+    a = np.asarray(array, dtype=np.float32)
+    chw = torch.from_numpy(a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0).copy())[None]
+    if tuple(chw.shape[-2:]) == (size, size):
+        return a
+    kw = {"align_corners": False} if mode == "bilinear" else {}
+    out = F.interpolate(chw, size=(size, size), mode=mode, **kw)[0].numpy()
+    return out[0] if a.ndim == 2 else np.moveaxis(out, 0, -1)
+
+
+# ---------------------------------------------------------------------------------------------- volumes
+@dataclass
+class DomainSlice:
+    """One axial slice assigned to a domain: ``image`` (size, size, 3) uint8, ``mask`` (size, size) bool."""
+
+    case: str
+    z: int
+    domain: str
+    image: np.ndarray
+    mask: np.ndarray
+    lesion_px: int
+    body_fraction: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.case}_z{self.z:03d}"
+
+
+def volume_domain_slices(
+    image: np.ndarray,
+    lesion: np.ndarray,
+    body: np.ndarray | None = None,
+    case: str = "case",
+    min_body_fraction: float = 0.3,
+    min_lesion_px: int = 100,
+    size: int = 256,
+    source: str | os.PathLike | None = None,
+    orientation: str = "reference",
+) -> list[DomainSlice]:
+    """The domain-A and domain-B axial slices of one volume (cltnet.md §1.2).
+
+    1. Slices whose body (brain) area is ≥ ``min_body_fraction`` of the volume's largest body slice.
+    2. A: lesion area ≥ ``min_lesion_px`` (at the stored resolution); B: no lesion pixel; slices in between are not
+       used.
+    3. Intensity: inside the body, clipped to the volume's [0.5, 99.5] percentiles of body voxels and scaled to
+       [0, 1]; outside the body 0. Resized to ``size`` (bilinear; masks nearest) and replicated to RGB.
+
+    Args:
+        image: (Z, H, W) intensities (e.g. BraTS FLAIR).
+        lesion: (Z, H, W) lesion labels; any value > 0 is lesion (BraTS whole tumour).
+        body: (Z, H, W) body/brain mask; ``None``: the voxels that differ from the image's minimum.
+        case: case id (slice names ``<case>_z<zzz>``).
+        min_body_fraction, min_lesion_px, size: the rules above.
+        source: the file, for error messages.
+        orientation: ``"reference"`` (default): rows are the file's first voxel axis, as in the NIfTI array order the
+            reference's PNGs (and the CLTNet sample folders) were written in; ``"display"``: rows are the second voxel
+            axis (the :class:`~labelless.io.Volume` ``[z, y, x]`` view).
+
+    Returns:
+        the kept slices in z order, each with its domain ``"A"`` or ``"B"``.
+
+    Raises:
+        DataError: shapes differ, NaN intensities inside the body, or no body voxel.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    les = np.asarray(lesion) > 0
+    if img.ndim != 3 or les.shape != img.shape:
+        raise DataError(source, f"image {img.shape} and lesion labels {les.shape} must be (Z, H, W) of one shape")
+    bod = (img != np.nanmin(img)) if body is None else np.asarray(body) > 0
+    if bod.shape != img.shape:
+        raise DataError(source, f"body mask {bod.shape} differs from the image {img.shape}")
+    if not bod.any():
+        raise DataError(source, "the body (brain) mask is empty")
+    inside = img[bod]
+    if not np.all(np.isfinite(inside)):
+        raise DataError(source, "NaN or infinite intensities inside the body mask")
+    if not 0.0 <= float(min_body_fraction) <= 1.0 or int(min_lesion_px) < 1 or int(size) < 8:
+        raise ConfigError(
+            f"need 0 <= min_body_fraction <= 1, min_lesion_px >= 1, size >= 8; got {min_body_fraction}, "
+            f"{min_lesion_px}, {size}"
+        )
+    if orientation not in ("reference", "display"):
+        raise ConfigError(f"orientation must be 'reference' or 'display', got {orientation!r}")
+    lo, hi = (float(v) for v in np.percentile(inside, [0.5, 99.5]))
+    scale = hi - lo if hi > lo else 1.0
+    area = bod.reshape(bod.shape[0], -1).sum(axis=1)
+    les_area = les.reshape(les.shape[0], -1).sum(axis=1)
+    keep = area >= float(min_body_fraction) * float(area.max())
+    out = []
+    for z in np.flatnonzero(keep):
+        n_les = int(les_area[z])
+        domain = "A" if n_les >= int(min_lesion_px) else ("B" if n_les == 0 else None)
+        if domain is None:
+            continue
+        sl = np.where(bod[z], np.clip((img[z] - lo) / scale, 0.0, 1.0), 0.0)
+        lz = les[z].astype(np.float32)
+        if orientation == "reference":
+            sl, lz = sl.T, lz.T
+        rgb = _to_uint8_rgb(_resize(sl, int(size), "bilinear"))
+        msk = _resize(lz, int(size), "nearest") > 0.5
+        out.append(DomainSlice(str(case), int(z), domain, rgb, msk, n_les, float(area[z] / area.max())))
+    return out
+
+
+def _first(folder: Path, patterns: Sequence[str]) -> Path | None:
+    for pat in patterns:
+        hits = sorted(folder.glob(pat))
+        if hits:
+            return hits[0]
+    return None
+
+
+def find_volume_cases(root: str | os.PathLike) -> dict[str, dict[str, Path | None]]:
+    """The labelled volumes of ``root``: BraTS-layout case folders or a prepared layout.
+
+    - BraTS layout: one folder per case holding ``*Flair*.nii*`` (or ``*flair*``), ``*brainmask*.nii*`` (optional)
+      and ``*OTMultiClass*.nii*`` / ``*seg*.nii*`` (lesion labels, > 0 = lesion).
+    - Prepared layout: ``image_<id>.nii.gz`` + ``label_<id>.nii.gz`` (> 0 = lesion; body = voxels above the minimum).
+
+    Returns:
+        case id -> ``{"image", "label", "body"}`` paths (``body`` may be ``None``), ids in natural order.
+
+    Raises:
+        DataError: ``root`` missing, or no case found (the message lists the two layouts).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "volume folder does not exist")
+    cases: dict[str, dict[str, Path | None]] = {}
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        image = _first(sub, ["*[Ff]lair*.nii.gz", "*[Ff]lair*.nii", "*FLAIR*.nii.gz"])
+        label = _first(sub, ["*OTMultiClass*.nii*", "*[Ss]eg*.nii*", "*[Ll]abel*.nii*"])
+        if image is not None and label is not None:
+            cases[sub.name] = {"image": image, "label": label, "body": _first(sub, ["*brainmask*.nii*"])}
+    for img in sorted(root.glob("image_*.nii*")):
+        pid = strip_suffix(img)[len("image_"):]
+        label = _first(root, [f"label_{pid}.nii.gz", f"label_{pid}.nii"])
+        if label is not None:
+            cases[pid] = {"image": img, "label": label, "body": None}
+    if not cases:
+        raise DataError(
+            root,
+            "no labelled volumes: expected case folders with *Flair*.nii.gz + *OTMultiClass*/*seg*.nii.gz (BraTS "
+            "layout) or image_<id>.nii.gz + label_<id>.nii.gz (prepared layout)",
+        )
+    return {k: cases[k] for k in sort_ids(cases)}
+
+
+def split_cases(ids: Sequence[str], n_test: int = 1, n_val: int = 0, seed: int = 0) -> dict[str, list[str]]:
+    """A seeded split **by case**: ``{"train": [...], "val": [...], "test": [...]}`` (each sorted).
+
+    Raises:
+        ConfigError: negative counts, or no case left for training.
+    """
+    ids = sort_ids(ids)
+    n_test, n_val = int(n_test), int(n_val)
+    if n_test < 0 or n_val < 0 or n_test + n_val >= len(ids):
+        raise ConfigError(f"{len(ids)} case(s) cannot give {n_test} test + {n_val} val case(s) and keep one to train")
+    order = [ids[i] for i in np.random.default_rng(int(seed)).permutation(len(ids))]
+    test, val = sort_ids(order[:n_test]), sort_ids(order[n_test : n_test + n_val])
+    return {"train": [i for i in ids if i not in test and i not in val], "val": val, "test": test}
+
+
+def _write_png(image: np.ndarray, out: Path, rel: str) -> str:
+    """Write ``image`` as ``out/rel`` (PNG, atomically); returns ``rel`` (manifests hold paths relative to the
+    output folder)."""
+    write_image2d(image, out / rel, dtype=np.uint8)
+    return rel
+
+
+def write_volume_domains(
+    volumes_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    n_test: int = 1,
+    n_val: int = 0,
+    seed: int = 0,
+    min_body_fraction: float = 0.3,
+    min_lesion_px: int = 100,
+    size: int = 256,
+    orientation: str = "reference",
+) -> dict[str, Any]:
+    """Build the weak-domain folders from labelled volumes (BraTS case folders or a prepared layout).
+
+    Training cases give ``trainA`` / ``trainB`` slices without masks; test (and val) cases give ``testA`` (``val``)
+    images with ``_segmentation`` masks and ``testB`` (``valB``) normal slices. The split is by case, never by slice.
+    ``min_body_fraction``, ``min_lesion_px``, ``size`` and ``orientation`` are those of :func:`volume_domain_slices`.
+
+    Returns:
+        the manifest (also written as ``<out_dir>/manifest.json``): counts per folder, the split, the options and one
+        record per written slice.
+
+    Raises:
+        ConfigError: the output folder exists and is not empty, lies inside ``volumes_dir``, or a bad split.
+        DataError: unreadable or inconsistent volumes (naming the file).
+    """
+    cases = find_volume_cases(volumes_dir)
+    final = _fresh_output(out_dir, [volumes_dir])
+    with _staged(final) as out:
+        split = split_cases(list(cases), n_test, n_val, seed)
+        records: list[dict[str, Any]] = []
+        counts: dict[str, int] = {}
+        for part, ids in split.items():
+            for cid in ids:
+                paths = cases[cid]
+                img = read_volume(paths["image"])
+                lab = read_volume(paths["label"], is_label=True)
+                if lab.shape != img.shape:
+                    raise DataError(paths["label"], f"label shape {lab.shape} differs from the image {img.shape}")
+                body = None
+                if paths["body"] is not None:
+                    body = read_volume(paths["body"], is_label=True).array
+                    if body.shape != img.shape:
+                        raise DataError(paths["body"], f"brain mask {body.shape} differs from the image {img.shape}")
+                slices = volume_domain_slices(img.array, lab.array, body, cid, min_body_fraction, min_lesion_px, size,
+                                              source=paths["image"], orientation=orientation)  # fmt: skip
+                for s in slices:
+                    if part == "train":
+                        folder = "trainA" if s.domain == "A" else "trainB"
+                        rec = {"image": _write_png(s.image, out, f"{folder}/{s.name}.png")}
+                    elif s.domain == "A":
+                        folder = "testA" if part == "test" else "val"
+                        rec = {"image": _write_png(s.image, out, f"{folder}/images/{s.name}.png"),
+                               "label": _write_png(s.mask.astype(np.uint8) * 255, out,
+                                                   f"{folder}/labels/{s.name}_segmentation.png")}  # fmt: skip
+                    else:
+                        folder = "testB" if part == "test" else "valB"
+                        rec = {"image": _write_png(s.image, out, f"{folder}/{s.name}.png")}
+                    counts[folder] = counts.get(folder, 0) + 1
+                    records.append({**rec, "folder": folder, "case": cid, "z": s.z, "domain": s.domain,
+                                    "lesion_px": s.lesion_px, "body_fraction": round(s.body_fraction, 4)})  # fmt: skip
+                logger.info("%s (%s): %d A, %d B slices", cid, part, sum(s.domain == "A" for s in slices),
+                            sum(s.domain == "B" for s in slices))  # fmt: skip
+        if not counts.get("trainA") or not counts.get("trainB"):
+            n_a, n_b = counts.get("trainA", 0), counts.get("trainB", 0)
+            raise DataError(volumes_dir, f"the training cases gave {n_a} lesion and {n_b} normal slices; both domains "
+                                         "need images")  # fmt: skip
+        manifest = {"source": str(Path(volumes_dir).resolve()), "split": split, "counts": counts,
+                    "options": {"n_test": n_test, "n_val": n_val, "seed": seed, "min_body_fraction": min_body_fraction,
+                                "min_lesion_px": min_lesion_px, "size": size, "orientation": orientation},
+                    "slices": records}  # fmt: skip
+        write_json_atomic(out / "manifest.json", manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------- 2D images
+def lesion_free_patches(
+    rgb: np.ndarray, side_fraction: float = 0.3, min_mean: float = 0.2, max_std: float = 0.05, size: int = 256
+) -> list[tuple[str, np.ndarray]]:
+    """Candidate lesion-free patches of a lesion image, made without pixel labels (cltnet.md §1.2).
+
+    The four corner crops of side ``side_fraction · min(H, W)``; a crop is rejected when its mean intensity is below
+    ``min_mean`` (vignetting) or the standard deviation of its colours is above ``max_std`` (structure: possibly
+    lesion). The default ``max_std`` 0.05 was chosen on the CLTNet ISIC validation samples (32 corners of 8 lesion
+    images, masks read for this calibration only): corners with a colour std ≤ 0.05 held at most 5 % lesion pixels,
+    those above it up to 39 %. Corners can still contain lesion; the docs warn about it.
+
+    Args:
+        rgb: (H, W, 3) floats in [0, 1].
+        side_fraction, min_mean, max_std: the rules above.
+        size: output side.
+
+    Returns:
+        ``(corner, (size, size, 3) uint8)`` for the kept corners (``tl``, ``tr``, ``bl``, ``br``).
+    """
+    a = np.asarray(rgb, dtype=np.float32)
+    if a.ndim != 3 or a.shape[-1] != 3:
+        raise DataError(None, f"expected an (H, W, 3) RGB image, got shape {a.shape}")
+    if not 0.0 < float(side_fraction) <= 0.5:
+        raise ConfigError(f"side_fraction must be in (0, 0.5], got {side_fraction!r}")
+    h, w = a.shape[:2]
+    s = max(int(round(float(side_fraction) * min(h, w))), 1)
+    corners = {"tl": a[:s, :s], "tr": a[:s, w - s :], "bl": a[h - s :, :s], "br": a[h - s :, w - s :]}
+    out = []
+    for name, crop in corners.items():
+        if float(crop.mean()) < float(min_mean) or float(crop.reshape(-1, 3).std(axis=0).mean()) > float(max_std):
+            continue
+        out.append((name, _to_uint8_rgb(_resize(crop, int(size), "bilinear"))))
+    return out
+
+
+def _image_ids_split(ids: Sequence[str], test_fraction: float) -> tuple[list[str], list[str]]:
+    if not 0.0 <= float(test_fraction) < 1.0:
+        raise ConfigError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
+    ordered = sort_ids(ids)
+    n_train = len(ordered) - int(round(float(test_fraction) * len(ordered)))
+    return ordered[:n_train], ordered[n_train:]
+
+
+def write_image_domains(
+    images_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    masks_dir: str | os.PathLike | None = None,
+    test_fraction: float = 0.4,
+    side_fraction: float = 0.3,
+    min_mean: float = 0.2,
+    max_std: float = 0.05,
+    size: int = 256,
+) -> dict[str, Any]:
+    """Lesion images (e.g. ISIC) → ``trainA`` (the first ``1 − test_fraction`` of the sorted ids, images only),
+    ``trainB`` (lesion-free corner patches of the **train** images, :func:`lesion_free_patches`) and ``testA``
+    (the other images, with their masks from ``masks_dir`` when given).
+
+    The masks of training images are never read. Images are written as ``size × size`` RGB PNGs.
+
+    Raises:
+        ConfigError: output folder not fresh or inside an input; bad fractions.
+        DataError: no images, unreadable files, a test image without mask, no patch kept.
+    """
+    images = list_images(images_dir)
+    if not images:
+        raise DataError(images_dir, f"no images ({', '.join(IMAGE_2D_SUFFIXES)}) in the folder")
+    final = _fresh_output(out_dir, [images_dir] + ([masks_dir] if masks_dir is not None else []))
+    with _staged(final) as out:
+        train, test = _image_ids_split(list(images), test_fraction)
+        labelled = {}
+        if masks_dir is not None and test:
+            pairs = find_image_mask_pairs(images_dir, masks_dir)
+            labelled = {p["name"]: Path(p["label"]) for p in pairs.pairs}
+        records, counts = [], {"trainA": 0, "trainB": 0, "testA": 0}
+        for pid in train:
+            rgb = read_rgb(images[pid])
+            records.append({"folder": "trainA", "image": _write_png(_to_uint8_rgb(_resize(rgb, size, "bilinear")), out,
+                                                                    f"trainA/{pid}.png")})  # fmt: skip
+            counts["trainA"] += 1
+            for corner, patch in lesion_free_patches(rgb, side_fraction, min_mean, max_std, size):
+                records.append({"folder": "trainB", "image": _write_png(patch, out, f"trainB/{pid}_{corner}.png"),
+                                "source": str(images[pid])})  # fmt: skip
+                counts["trainB"] += 1
+        for pid in test:
+            rgb = read_rgb(images[pid])
+            rec = {"folder": "testA", "image": _write_png(_to_uint8_rgb(_resize(rgb, size, "bilinear")), out,
+                                                          f"testA/images/{pid}.png")}  # fmt: skip
+            if labelled:
+                mask = load_mask(labelled[pid], size=None)[0].numpy()
+                if mask.shape != rgb.shape[:2]:
+                    raise DataError(labelled[pid], f"mask size {mask.shape} differs from the image {rgb.shape[:2]}")
+                m = _resize(mask, size, "nearest") > 0.5
+                rec["label"] = _write_png(m.astype(np.uint8) * 255, out, f"testA/labels/{pid}_segmentation.png")
+            records.append(rec)
+            counts["testA"] += 1
+        if not counts["trainB"]:
+            raise DataError(images_dir, "no corner patch passed the lesion-free rules (min_mean / max_std); relax them")
+        manifest = {"source": str(Path(images_dir).resolve()), "counts": counts, "train_ids": train, "test_ids": test,
+                    "options": {"test_fraction": test_fraction, "side_fraction": side_fraction, "min_mean": min_mean,
+                                "max_std": max_std, "size": size}, "images": records}  # fmt: skip
+        write_json_atomic(out / "manifest.json", manifest)
+    return manifest
+
+
+def _domain_of(tag: str, where: str) -> str:
+    t = str(tag).strip().lower()
+    if t in _LESION_TAGS:
+        return "A"
+    if t in _NORMAL_TAGS:
+        return "B"
+    raise DataError(where, f"image-level label {tag!r} is neither lesion ({sorted(_LESION_TAGS)}) nor normal "
+                           f"({sorted(_NORMAL_TAGS)})")  # fmt: skip
+
+
+def write_tagged_domains(csv_path: str | os.PathLike, out_dir: str | os.PathLike, size: int | None = None) -> dict:
+    """Build the weak-domain folders from a CSV of image-level tags.
+
+    Columns: ``image`` (path, relative to the CSV's folder or absolute), ``label`` (lesion: ``lesion``, ``1``,
+    ``A``, ``disease``, ``abnormal``, ``tumour``, ...; normal: ``normal``, ``0``, ``B``, ``healthy``, ...), optional
+    ``split`` (``train`` default, ``test``, ``val``) and optional ``mask`` (test/val lesion images only, for
+    evaluation). Images are converted to RGB PNGs (``size``: resized to ``size × size``; ``None`` keeps the size).
+
+    Raises:
+        DataError: missing columns, a row naming a missing or unreadable file (row and file named), unknown tags,
+            a mask on a training row, no lesion or no normal training image.
+        ConfigError: output folder not fresh or inside the CSV's folder.
+    """
+    src = Path(csv_path)
+    if not src.is_file():
+        raise DataError(src, "tag CSV does not exist")
+    with src.open(newline="", encoding="utf-8-sig") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"image", "label"} <= set(rows[0]):
+        raise DataError(src, "expected a header with the columns image,label (optional: split, mask)")
+    base = src.parent
+    plan = []
+    for i, row in enumerate(rows, start=2):
+        where = f"{src}, line {i}"
+        img = Path(row["image"].strip())
+        img = img if img.is_absolute() else base / img
+        if not img.is_file():
+            raise DataError(img, f"image named in {where} does not exist")
+        split = (row.get("split") or "train").strip().lower()
+        if split not in ("train", "test", "val"):
+            raise DataError(where, f"split must be train, test or val, got {split!r}")
+        domain = _domain_of(row["label"], where)
+        mask = (row.get("mask") or "").strip()
+        mpath = None
+        if mask:
+            if split == "train":
+                raise DataError(where, "a training image must not carry a mask (weak supervision only)")
+            mpath = Path(mask) if Path(mask).is_absolute() else base / mask
+            if not mpath.is_file():
+                raise DataError(mpath, f"mask named in {where} does not exist")
+        plan.append((img, split, domain, mpath))
+    n_a = sum(1 for _, s, d, _ in plan if s == "train" and d == "A")
+    n_b = sum(1 for _, s, d, _ in plan if s == "train" and d == "B")
+    if not n_a or not n_b:
+        raise DataError(src, f"the training rows hold {n_a} lesion and {n_b} normal image(s); both domains need images")
+    final = _fresh_output(out_dir, [base])
+    with _staged(final) as out:
+        records, counts, names = [], {}, set()
+        for img, split, domain, mpath in plan:
+            folder = {"train": f"train{domain}", "test": f"test{domain}", "val": "val" if domain == "A" else "valB"}
+            folder = folder[split]
+            name = strip_suffix(img)
+            while (folder, name) in names:
+                name += "_"
+            names.add((folder, name))
+            rgb = read_rgb(img)
+            pic = _to_uint8_rgb(rgb if size is None else _resize(rgb, int(size), "bilinear"))
+            sub = f"{folder}/images" if folder in ("testA", "val") else folder
+            rec = {"folder": folder, "image": _write_png(pic, out, f"{sub}/{name}.png"), "source": str(img)}
+            if mpath is not None and folder in ("testA", "val"):
+                m = load_mask(mpath, size=None)[0].numpy()
+                if m.shape != rgb.shape[:2]:
+                    raise DataError(mpath, f"mask size {m.shape} differs from the image size {rgb.shape[:2]} ({img})")
+                m = m if size is None else _resize(m, int(size), "nearest")
+                rec["label"] = _write_png((m > 0.5).astype(np.uint8) * 255, out,
+                                          f"{folder}/labels/{name}_segmentation.png")  # fmt: skip
+            records.append(rec)
+            counts[folder] = counts.get(folder, 0) + 1
+        manifest = {"source": str(src.resolve()), "counts": counts, "options": {"size": size}, "images": records}
+        write_json_atomic(out / "manifest.json", manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------- reading
+@dataclass
+class WeakDomainFolders:
+    """The weak-domain folder layout of a user's data (the reference's, names configurable).
+
+    Args:
+        root: the dataset folder.
+        train_a, train_b: folders of lesion / normal training images (no masks needed; PNG/JPG or 2D NIfTI).
+        test: folder of labelled test images, with ``images``/``labels`` sub-folders (the CLTNet BraTS sample folder
+            calls it ``test``, the ISIC one ``testA``: both are tried when the given name is missing).
+        val: folder of labelled validation images (``images``/``labels``), optional.
+        images, labels: sub-folder names inside ``test`` / ``val``.
+        require_train: raise when a training folder is missing or empty (evaluation-only use sets it false).
+
+    Attributes:
+        train_a, train_b: image files; test, val: ``[{"name", "image", "label"}]`` pairs (masks matched as
+        ``<id>``, ``<id>_segmentation``, ``<id>_mask``).
+
+    Raises:
+        DataError: a missing or empty training folder (named), test/val images without masks.
+    """
+
+    root: str | os.PathLike
+    train_a_dir: str = "trainA"
+    train_b_dir: str = "trainB"
+    test_dir: str = "testA"
+    val_dir: str = "val"
+    images: str = "images"
+    labels: str = "labels"
+    require_train: bool | str = True
+    train_a: list[Path] = field(init=False, default_factory=list)
+    train_b: list[Path] = field(init=False, default_factory=list)
+    test: list[dict] = field(init=False, default_factory=list)
+    val: list[dict] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        root = Path(self.root)
+        if not root.is_dir():
+            raise DataError(root, "weak-domain dataset folder does not exist")
+        need = as_bool(self.require_train, "require_train")
+        for attr, name in (("train_a", self.train_a_dir), ("train_b", self.train_b_dir)):
+            folder = root / name
+            files = list(list_images(folder, WEAK_IMAGE_SUFFIXES).values()) if folder.is_dir() else []
+            if need and not files:
+                what = "does not exist" if not folder.is_dir() else "holds no images"
+                raise DataError(folder, f"training folder {what} ({', '.join(WEAK_IMAGE_SUFFIXES)} expected)")
+            setattr(self, attr, files)
+        for attr, name in (("test", self.test_dir), ("val", self.val_dir)):
+            folder = root / name
+            if not folder.is_dir() and name in ("testA", "test"):
+                folder = root / ("test" if name == "testA" else "testA")
+            if (folder / self.images).is_dir():
+                pairs = find_image_mask_pairs(folder / self.images, folder / self.labels,
+                                              image_suffixes=WEAK_IMAGE_SUFFIXES)  # fmt: skip
+                setattr(self, attr, pairs.pairs)
+
+    def __repr__(self) -> str:
+        return (f"WeakDomainFolders({str(self.root)!r}: trainA {len(self.train_a)}, trainB {len(self.train_b)}, "
+                f"test {len(self.test)}, val {len(self.val)})")  # fmt: skip

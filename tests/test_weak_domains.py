@@ -1,0 +1,240 @@
+# Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
+"""Weak-supervision domains A (lesion) / B (normal): volume slices, lesion-free patches, tag CSVs, folder reading."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import shared_data_dir
+from labelless.errors import ConfigError, DataError
+from labelless.weak.domains import (
+    WeakDomainFolders,
+    lesion_free_patches,
+    split_cases,
+    volume_domain_slices,
+    write_image_domains,
+    write_tagged_domains,
+    write_volume_domains,
+)
+
+
+def _synthetic_volume(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Z=10, 32, 32): body on every slice (small on z 0-1), lesion ≥ 100 px on z 4-5, 5 px on z 6."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(0, 1, (10, 32, 32)).astype(np.float32)
+    body = np.zeros(img.shape, bool)
+    body[:, 4:28, 4:28] = True
+    body[:2] = False
+    body[:2, 14:18, 14:18] = True  # 16 px < 0.3 × 576
+    lesion = np.zeros(img.shape, np.int16)
+    lesion[4:6, 8:20, 8:20] = 2  # 144 px
+    lesion[6, 10:15, 10] = 1  # 5 px: neither A nor B
+    img[~body] = -5.0
+    return img, lesion, body
+
+
+def test_volume_slices_counts_and_no_lesion_in_b():
+    img, lesion, body = _synthetic_volume()
+    slices = volume_domain_slices(img, lesion, body, case="c1", size=64, orientation="display")
+    assert [s.z for s in slices if s.domain == "A"] == [4, 5]
+    assert [s.z for s in slices if s.domain == "B"] == [2, 3, 7, 8, 9]
+    for s in slices:
+        assert s.image.shape == (64, 64, 3) and s.image.dtype == np.uint8 and s.mask.shape == (64, 64)
+        assert np.array_equal(s.image[..., 0], s.image[..., 2])  # grey replicated to RGB
+        if s.domain == "B":
+            assert s.lesion_px == 0 and not s.mask.any()
+            assert not lesion[s.z].any()
+        else:
+            assert s.mask.sum() == pytest.approx(144 * 4, rel=0.1)  # 32 -> 64: 4 px per px
+    # outside the body: black; the lesion slice's mask lies where the lesion was (nearest resize)
+    a = slices[[s.z for s in slices].index(4)]
+    assert a.image[:4, :4].max() == 0 and a.mask[20:36, 20:36].all()
+    # reference orientation = the file's first voxel axis as rows = the transposed display view
+    ref = volume_domain_slices(img, lesion, body, case="c1", size=64)
+    assert all(np.array_equal(r.image[..., 0], d.image[..., 0].T) for r, d in zip(ref, slices))
+
+
+def test_volume_slices_errors():
+    img, lesion, body = _synthetic_volume()
+    with pytest.raises(DataError, match="vol.nii.gz: image .* and lesion labels"):
+        volume_domain_slices(img, lesion[:5], body, source="vol.nii.gz")
+    with pytest.raises(DataError, match="empty"):
+        volume_domain_slices(img, lesion, np.zeros_like(body))
+    bad = img.copy()
+    bad[5, 10, 10] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        volume_domain_slices(bad, lesion, body)
+    with pytest.raises(ConfigError, match="orientation"):
+        volume_domain_slices(img, lesion, body, orientation="sideways")
+
+
+def _to_nib(a: np.ndarray) -> np.ndarray:
+    """(Z, H, W) -> the NIfTI (x, y, z) array order."""
+    return np.ascontiguousarray(a.transpose(2, 1, 0))
+
+
+def _brats_like(root: Path, n: int = 3) -> Path:
+    for i in range(n):
+        img, lesion, body = _synthetic_volume(seed=i)
+        case = root / f"case{i + 1}"
+        case.mkdir(parents=True)
+        aff = np.diag([-1.0, -1.0, 1.0, 1.0])
+        nib.save(nib.Nifti1Image(_to_nib(img), aff), str(case / "Flair_subtrMeanDivStd.nii.gz"))
+        nib.save(nib.Nifti1Image(_to_nib(body.astype(np.uint8)), aff), str(case / "brainmask.nii.gz"))
+        nib.save(nib.Nifti1Image(_to_nib(lesion), aff), str(case / "OTMultiClass.nii.gz"))
+    return root
+
+
+def test_write_volume_domains_splits_by_case(tmp_path):
+    src = _brats_like(tmp_path / "brats")
+    before = sorted((p.name, p.stat().st_size) for p in src.rglob("*"))
+    m = write_volume_domains(src, tmp_path / "out", n_test=1, size=32)
+    assert sorted((p.name, p.stat().st_size) for p in src.rglob("*")) == before  # inputs untouched
+    assert len(m["split"]["train"]) == 2 and len(m["split"]["test"]) == 1
+    assert m["counts"] == {"trainA": 4, "trainB": 10, "testA": 2, "testB": 5}
+    test_case = m["split"]["test"][0]
+    by_folder = {}
+    for rec in m["slices"]:
+        by_folder.setdefault(rec["folder"], set()).add(rec["case"])
+    assert by_folder["testA"] == by_folder["testB"] == {test_case}
+    assert test_case not in by_folder["trainA"] | by_folder["trainB"]
+    out = tmp_path / "out"
+    assert not (out / "trainA" / "labels").exists() and not list(out.glob("train*/*segmentation*"))
+    assert len(list((out / "testA" / "labels").glob("*_segmentation.png"))) == 2
+    assert json.loads((out / "manifest.json").read_text())["counts"] == m["counts"]
+    folders = WeakDomainFolders(out)
+    assert len(folders.train_a) == 4 and len(folders.train_b) == 10 and len(folders.test) == 2
+    # the output folder must be new, and never inside the input
+    with pytest.raises(ConfigError, match="not empty"):
+        write_volume_domains(src, out)
+    with pytest.raises(ConfigError, match="inside the input folder"):
+        write_volume_domains(src, src / "derived")
+    assert split_cases(["1", "2", "3", "4"], n_test=1, seed=3) == split_cases(["4", "3", "2", "1"], n_test=1, seed=3)
+    with pytest.raises(ConfigError, match="keep one to train"):
+        split_cases(["1", "2"], n_test=1, n_val=1)
+
+
+def test_lesion_free_patch_rules():
+    rgb = np.full((100, 120, 3), 0.7, np.float32)
+    assert [c for c, _ in lesion_free_patches(rgb, size=16)] == ["tl", "tr", "bl", "br"]
+    rgb[:30, :30] = 0.05  # vignetting in the top-left corner
+    rgb[70:, 90:] = np.random.default_rng(0).uniform(0, 1, (30, 30, 3))  # structure in the bottom-right corner
+    kept = lesion_free_patches(rgb, size=16)
+    assert [c for c, _ in kept] == ["tr", "bl"] and kept[0][1].shape == (16, 16, 3)
+
+
+def _png(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def test_write_image_domains_reads_test_masks_only(tmp_path):
+    skin = np.full((40, 50, 3), 180, np.uint8)
+    for i in range(5):
+        _png(tmp_path / "images" / f"ISIC_{i}.png", skin)
+    (tmp_path / "masks").mkdir()
+    for i in range(3):  # the training images' "masks" are unreadable: they must never be opened
+        (tmp_path / "masks" / f"ISIC_{i}_segmentation.png").write_bytes(b"not a png")
+    m = np.zeros((40, 50), np.uint8)
+    m[10:30, 10:40] = 255
+    for i in (3, 4):
+        _png(tmp_path / "masks" / f"ISIC_{i}_segmentation.png", m)
+    man = write_image_domains(tmp_path / "images", tmp_path / "out", masks_dir=tmp_path / "masks", test_fraction=0.4,
+                              size=32)  # fmt: skip
+    assert man["train_ids"] == ["ISIC_0", "ISIC_1", "ISIC_2"] and man["test_ids"] == ["ISIC_3", "ISIC_4"]
+    assert man["counts"] == {"trainA": 3, "trainB": 12, "testA": 2}
+    label = np.asarray(Image.open(tmp_path / "out" / "testA" / "labels" / "ISIC_3_segmentation.png"))
+    assert label.shape == (32, 32) and set(np.unique(label)) == {0, 255}
+
+
+def _tags(tmp_path: Path, rows: list[str]) -> Path:
+    p = tmp_path / "tags.csv"
+    p.write_text("image,label,split,mask\n" + "\n".join(rows) + "\n")
+    return p
+
+
+def test_tag_csv_builds_domains_and_converts_grey_and_rgba(tmp_path):
+    _png(tmp_path / "a1.png", np.full((20, 24), 90, np.uint8))  # greyscale: replicated to RGB
+    _png(tmp_path / "a2.png", np.full((20, 24, 4), 200, np.uint8))  # RGBA: alpha dropped
+    _png(tmp_path / "n1.jpg", np.full((20, 24, 3), 120, np.uint8))
+    _png(tmp_path / "t1.png", np.full((20, 24, 3), 60, np.uint8))
+    mask = np.zeros((20, 24), np.uint8)
+    mask[5:10, 5:10] = 255
+    _png(tmp_path / "t1_mask.png", mask)
+    csv = _tags(tmp_path, ["a1.png,lesion,,", "a2.png,1,train,", "n1.jpg,normal,,", "t1.png,disease,test,t1_mask.png"])
+    m = write_tagged_domains(csv, tmp_path.parent / f"{tmp_path.name}_out")
+    assert m["counts"] == {"trainA": 2, "trainB": 1, "testA": 1}
+    out = WeakDomainFolders(tmp_path.parent / f"{tmp_path.name}_out")
+    assert len(out.train_a) == 2 and len(out.train_b) == 1 and out.test[0]["label"].endswith("t1_segmentation.png")
+    assert np.asarray(Image.open(out.train_a[0])).shape == (20, 24, 3)
+
+
+@pytest.mark.parametrize(
+    "rows, needle",
+    [
+        (["missing.png,lesion,,", "n1.png,normal,,"], r"missing\.png: image named in .*tags\.csv, line 2 does not"),
+        (["a1.png,maybe,,", "n1.png,normal,,"], r"tags\.csv, line 2: image-level label 'maybe'"),
+        (["a1.png,lesion,train,m.png", "n1.png,normal,,"], "must not carry a mask"),
+        (["a1.png,lesion,,"], "0 normal image"),
+        (["a1.png,lesion,test,small.png", "a1.png,lesion,,", "n1.png,normal,,"], r"small\.png: mask size \(4, 4\)"),
+    ],
+)
+def test_tag_csv_errors_name_the_file(tmp_path, rows, needle):
+    _png(tmp_path / "a1.png", np.full((20, 24, 3), 90, np.uint8))
+    _png(tmp_path / "n1.png", np.full((20, 24, 3), 90, np.uint8))
+    _png(tmp_path / "m.png", np.zeros((20, 24), np.uint8))
+    _png(tmp_path / "small.png", np.zeros((4, 4), np.uint8))
+    out = tmp_path.parent / f"{tmp_path.name}_out"
+    with pytest.raises(DataError, match=needle):
+        write_tagged_domains(_tags(tmp_path, rows), out)
+    # nothing half-written: no output folder, no staging folder left beside it
+    assert not out.exists() and not list(tmp_path.parent.glob(f".{out.name}.*"))
+
+
+def test_folders_errors(tmp_path):
+    (tmp_path / "trainA").mkdir()
+    (tmp_path / "trainB").mkdir()
+    _png(tmp_path / "trainB" / "b.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DataError, match=r"trainA: training folder holds no images"):
+        WeakDomainFolders(tmp_path)
+    with pytest.raises(DataError, match=r"lesions: training folder does not exist"):
+        WeakDomainFolders(tmp_path, train_a_dir="lesions")
+    _png(tmp_path / "trainA" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    _png(tmp_path / "testA" / "images" / "t.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DataError, match=r"testA/labels: mask folder does not exist"):
+        WeakDomainFolders(tmp_path)
+    (tmp_path / "testA" / "labels").mkdir()
+    with pytest.raises(DataError, match=r"1 image\(s\) have no mask .*t\.png"):
+        WeakDomainFolders(tmp_path)
+
+
+def test_cli_tag_csv_error_is_one_line(tmp_path):
+    _png(tmp_path / "n1.png", np.full((8, 8, 3), 90, np.uint8))
+    csv = _tags(tmp_path, ["gone.png,lesion,,", "n1.png,normal,,"])
+    res = subprocess.run([sys.executable, "-m", "labelless", "weak_domains_csv", str(csv), str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().count("\n") == 0 and "gone.png" in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_shared_sample_folders_and_brats_volumes(tmp_path):
+    """The CLTNet sample folders read as test/val sets (BraTS names its test folder ``test``), and the 4 BraTS cases
+    give A/B slices split by case with no tumour pixel in any B slice."""
+    brats = WeakDomainFolders(shared_data_dir("weak_samples/BraTS/brats_1"), require_train=False)
+    isic = WeakDomainFolders(shared_data_dir("weak_samples/ISIC/isic_1"), require_train=False)
+    assert (len(brats.test), len(brats.val), len(isic.test), len(isic.val)) == (8, 8, 8, 8)
+    m = write_volume_domains(shared_data_dir("brats2015"), tmp_path / "brats_domains", n_test=1, seed=0)
+    assert m["counts"]["trainA"] > 100 and m["counts"]["trainB"] > 50 and m["counts"]["testA"] > 20
+    assert all(r["lesion_px"] == 0 for r in m["slices"] if r["domain"] == "B")
+    assert all(r["lesion_px"] >= 100 for r in m["slices"] if r["domain"] == "A")
+    assert not set(m["split"]["test"]) & set(m["split"]["train"])
