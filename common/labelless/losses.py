@@ -13,14 +13,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labelless.errors import DataError
+from labelless.errors import ConfigError, DataError
 from labelless.networks.prototypes import LOCAL_THRESHOLD, ALPHead
 
 __all__ = [
@@ -30,6 +31,9 @@ __all__ = [
     "support_target",
     "ALPNetLoss",
     "QUERY_CLASS_WEIGHTS",
+    "lsgan_loss",
+    "CLTNET_WEIGHTS",
+    "CycleTranslationLoss",
 ]
 
 QUERY_CLASS_WEIGHTS = (0.05, 1.0)
@@ -331,3 +335,102 @@ class ALPNetLoss(nn.Module):
         parts["query_loss"] = query_loss.detach()
         parts["par_loss"] = par.detach()
         return total, parts
+
+
+# ---------------------------------------------------------------------------------------------- adversarial (CLTNet)
+def lsgan_loss(prediction: torch.Tensor, real: bool) -> torch.Tensor:
+    """Least-squares GAN loss: mean squared error of ``prediction`` against 1 (``real``) or 0."""
+    target = torch.ones_like(prediction) if real else torch.zeros_like(prediction)
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def _l1_sum(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    return sum(F.l1_loss(o.float(), t.float()) for o, t in pairs)
+
+
+def _bce_sum(logits: Sequence[torch.Tensor], value: float) -> torch.Tensor:
+    return sum(F.binary_cross_entropy_with_logits(x.float(), torch.full_like(x.float(), value)) for x in logits)
+
+
+#: Loss weights of cltnet.md §4 per dataset preset (w_adv, w_cyc, w_id, w_cam, w_rec).
+CLTNET_WEIGHTS = {
+    "brats": {"adv": 1.0, "cycle": 10.0, "ident": 10.0, "cam": 1000.0, "recon": 10.0},
+    "isic": {"adv": 1.0, "cycle": 5.0, "ident": 50.0, "cam": 1400.0, "recon": 10.0},
+}
+
+
+class CycleTranslationLoss:
+    """The losses of CAM-guided, mask-gated cycle translation (cltnet.md §4): LSGAN adversarial terms on patch and
+    CAM logits of the discriminators, cycle, identity, generator-CAM (BCE with logits) and reconstruction terms.
+
+    A discriminator output is a pair ``(patch_logits, cam_logit)``; a generator output has ``y``, ``cam_logit``,
+    ``y_comp`` and ``x_rec`` (:class:`~labelless.networks.cltnet.CLTGeneratorOutput`).
+
+    Args:
+        weights: a preset name (``"brats"``, ``"isic"``) or ``{"adv", "cycle", "ident", "cam", "recon"}`` weights.
+
+    Examples::
+
+        loss = CycleTranslationLoss("brats")
+        d_loss = loss.discriminator(real_outputs=[dis(x) for dis in dis_a], fake_outputs=[dis(fake.detach()) ...])
+    """
+
+    def __init__(self, weights: str | Mapping[str, float] = "brats") -> None:
+        if isinstance(weights, str):
+            if weights not in CLTNET_WEIGHTS:
+                raise ConfigError(f"unknown loss weight preset {weights!r}; use one of {sorted(CLTNET_WEIGHTS)}")
+            weights = CLTNET_WEIGHTS[weights]
+        missing = {"adv", "cycle", "ident", "cam", "recon"} - set(weights)
+        if missing:
+            raise ConfigError(f"loss weights miss {sorted(missing)}")
+        self.weights = {k: float(weights[k]) for k in ("adv", "cycle", "ident", "cam", "recon")}
+        if any(not math.isfinite(v) or v < 0 for v in self.weights.values()):
+            raise ConfigError(f"loss weights must be finite and >= 0, got {self.weights}")
+
+    @staticmethod
+    def _adv(outputs: Sequence[tuple[torch.Tensor, torch.Tensor]], real: bool) -> torch.Tensor:
+        return sum(lsgan_loss(patch, real) + lsgan_loss(cam, real) for patch, cam in outputs)
+
+    def discriminator(
+        self,
+        real_outputs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        fake_outputs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        """``w_adv · Σ_D [mse(D(x), 1) + mse(D(fake), 0) + mse(η_D(x), 1) + mse(η_D(fake), 0)]`` over the
+        discriminators of both domains (real and fake outputs in the same order)."""
+        return self.weights["adv"] * (self._adv(real_outputs, True) + self._adv(fake_outputs, False))
+
+    def generator(
+        self,
+        fake_outputs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        composite_outputs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        cycle: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        identity: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        cam_real: Sequence[torch.Tensor],
+        cam_fake: Sequence[torch.Tensor],
+        reconstruction: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The generator loss ``w_adv (adv + adv_c) + w_cyc·cycle + w_id·ident + w_cam·cam + w_rec·recon``.
+
+        Args:
+            fake_outputs: discriminator outputs on the translated images (both domains).
+            composite_outputs: discriminator outputs on the mask-gated composites (joint discrimination).
+            cycle, identity, reconstruction: ``(output, target)`` image pairs compared with the mean absolute error.
+            cam_real: generator CAM logits that must say "source domain" (η_{G_AB}(x_A), η_{G_BA}(x_B)) → 1.
+            cam_fake: generator CAM logits that must say "not the source domain" (η_{G_AB}(x_B), η_{G_BA}(x_A)) → 0.
+
+        Returns:
+            (total loss, the detached terms ``adv``, ``adv_c``, ``cycle``, ``ident``, ``cam``, ``recon``).
+        """
+        terms = {
+            "adv": self._adv(fake_outputs, True),
+            "adv_c": self._adv(composite_outputs, True),
+            "cycle": _l1_sum(cycle),
+            "ident": _l1_sum(identity),
+            "cam": _bce_sum(cam_real, 1.0) + _bce_sum(cam_fake, 0.0),
+            "recon": _l1_sum(reconstruction),
+        }
+        w = self.weights
+        total = (w["adv"] * (terms["adv"] + terms["adv_c"]) + w["cycle"] * terms["cycle"] + w["ident"] * terms["ident"]
+                 + w["cam"] * terms["cam"] + w["recon"] * terms["recon"])  # fmt: skip
+        return total, {k: v.detach() for k, v in terms.items()}

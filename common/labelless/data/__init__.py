@@ -22,7 +22,7 @@ from .images import (
     resize_mask,
     split_pool,
 )
-from .keys import EpisodeKeys
+from .keys import DomainKeys, EpisodeKeys
 from .labelmap import LabelMap
 from .layouts import IMAGE_RE, PreparedVolumeDataset, compute_classmap
 from .phantoms import (
@@ -55,6 +55,7 @@ __all__ = [
     "ImageFolderPool",
     "split_pool",
     "EpisodeKeys",
+    "DomainKeys",
     "LabelMap",
     "PreparedVolumeDataset",
     "compute_classmap",

@@ -31,7 +31,7 @@ Examples::
 
 from __future__ import annotations
 
-__all__ = ["EpisodeKeys"]
+__all__ = ["EpisodeKeys", "DomainKeys"]
 
 
 class EpisodeKeys:
@@ -54,3 +54,19 @@ class EpisodeKeys:
     UNLABELED_IMAGE = "unlabeled_image"
     META = "meta"
     CLASSES = "classes"
+
+
+class DomainKeys:
+    """Key names of an unpaired two-domain batch (weak supervision: domain A = lesion, B = normal images).
+
+    Attributes:
+        IMAGE_A: images of domain A.
+        IMAGE_B: images of domain B.
+        LABEL: the ground-truth mask of an evaluation image (never of a training image).
+        NAME: the image id.
+    """
+
+    IMAGE_A = "image_a"
+    IMAGE_B = "image_b"
+    LABEL = "label"
+    NAME = "name"

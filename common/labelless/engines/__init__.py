@@ -4,6 +4,7 @@ training with a denoising surrogate task of FSMS), on the common base :class:`~l
 
 from __future__ import annotations
 
+from .adversarial import DOMAIN_KEYS, CycleTranslationTrainer, prepare_domain_batch
 from .base import EpisodicProgressBar, StepTrainer, StopAtIteration
 from .episodic import (
     EPISODE_KEYS,
@@ -19,6 +20,9 @@ from .surrogate import (
 )
 
 __all__ = [
+    "CycleTranslationTrainer",
+    "prepare_domain_batch",
+    "DOMAIN_KEYS",
     "StepTrainer",
     "StopAtIteration",
     "EpisodicProgressBar",

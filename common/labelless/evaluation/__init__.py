@@ -14,6 +14,7 @@ from .metrics import (
     hd95,
     iou_from_counts,
     nanmean_with_count,
+    segmentation_scores,
     spacing_zyx,
     surface_distances,
 )
@@ -40,6 +41,7 @@ from .reports import (
     mode_results,
     result_to_dict,
     write_episode_reports,
+    write_image_reports,
     write_reports,
 )
 from .results import (
@@ -52,6 +54,7 @@ from .results import (
 )
 
 __all__ = [
+    "segmentation_scores",
     "binary_mask",
     "iou_from_counts",
     "ConfusionCounts",
@@ -85,6 +88,7 @@ __all__ = [
     "result_to_dict",
     "write_reports",
     "write_episode_reports",
+    "write_image_reports",
     "ScanScore",
     "OverlaySample",
     "FoldResult",

@@ -30,6 +30,7 @@ import torch
 from labelless.errors import DataError
 
 __all__ = [
+    "segmentation_scores",
     "binary_mask",
     "iou_from_counts",
     "ConfusionCounts",
@@ -122,6 +123,25 @@ def iou_from_counts(tp: int, fp: int, fn: int) -> float:
     """``TP / (TP + FP + FN)``; 1.0 when both masks are empty."""
     den = tp + fp + fn
     return 1.0 if den == 0 else float(tp) / float(den)
+
+
+def segmentation_scores(
+    pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, eps: float = 1e-7
+) -> dict[str, float]:
+    """Per-image scores of a binary segmentation (cltnet.md §7): Jaccard ``JA = TP / (TP + FN + FP)``, Dice
+    ``DI = 2TP / (2TP + FN + FP)``, accuracy ``AC = (TP + TN) / N``, sensitivity ``SE = TP / (TP + FN)`` and
+    specificity ``SP = TN / (TN + FP)``, each with ``eps`` added to the denominator.
+
+    Returns:
+        ``{"ja", "di", "ac", "se", "sp", "tp", "fp", "fn", "tn"}``.
+    """
+    c = confusion_counts(pred, target)
+    tp, fp, fn, tn = c.tp, c.fp, c.fn, c.tn
+    return {
+        "ja": tp / (tp + fn + fp + eps), "di": 2 * tp / (2 * tp + fn + fp + eps),
+        "ac": (tp + tn) / (tp + tn + fp + fn + eps), "se": tp / (tp + fn + eps), "sp": tn / (tn + fp + eps),
+        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+    }  # fmt: skip
 
 
 def dice_score(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> float:

@@ -42,6 +42,7 @@ __all__ = [
     "result_to_dict",
     "write_reports",
     "write_episode_reports",
+    "write_image_reports",
 ]
 
 PROTOCOL_NOTE = (
@@ -316,5 +317,58 @@ def write_episode_reports(
         p.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(p) as tmp:
             render_panels(panels).save(tmp, format="PNG")
+        paths["overlays"].append(p)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------- per-image
+_IMAGE_METRICS = ("di", "ja", "ac", "se", "sp")
+
+
+def write_image_reports(
+    result: dict[str, Any], output_dir: str | os.PathLike, overlays: Sequence[tuple[str, Any]] = (), title: str = ""
+) -> dict[str, Any]:
+    """Write a per-image segmentation evaluation: ``metrics.json`` (``mean_dice``, ``mean_ja``, ... and
+    ``per_image``), ``metrics.csv`` (one row per image), ``metrics.md`` and overlay PNGs, all atomically.
+
+    Args:
+        result: ``{"per_image": [{"name", "di", "ja", "ac", "se", "sp", "tp", "fp", "fn", "tn"}, ...],
+            "mean_<metric>": ..., ...}`` (other keys are copied to metrics.json and listed in metrics.md).
+        output_dir: destination folder (created).
+        overlays: ``(name, PIL image)`` pairs, written as ``overlays/<name>.png``.
+        title: heading of metrics.md.
+
+    Returns:
+        ``{"metrics_json", "metrics_csv", "metrics_md", "overlays": [...]}`` paths.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    fields = ["name", *_IMAGE_METRICS, "tp", "fp", "fn", "tn"]
+    w.writerow(fields)
+    for r in result.get("per_image", []):
+        w.writerow([r["name"], *(f"{r[k]:.6f}" for k in _IMAGE_METRICS), r["tp"], r["fp"], r["fn"], r["tn"]])
+    n = len(result.get("per_image", []))
+    md = [f"# {title or 'Segmentation evaluation'}", "", f"{n} images; values are means over images (%).", "",
+          "| metric | value (%) |", "|---|---|"]  # fmt: skip
+    names = {"di": "Dice (DI)", "ja": "Jaccard (JA)", "ac": "accuracy (AC)", "se": "sensitivity (SE)",
+             "sp": "specificity (SP)"}  # fmt: skip
+    key = {"di": "mean_dice", "ja": "mean_ja", "ac": "mean_ac", "se": "mean_se", "sp": "mean_sp"}
+    md += [f"| {names[k]} | {100 * result[key[k]]:.2f} |" for k in _IMAGE_METRICS if result.get(key[k]) is not None]
+    extra = {k: v for k, v in result.items() if k != "per_image" and not k.startswith("mean_")}
+    if extra:
+        md += ["", *(f"- {k}: {v}" for k, v in extra.items())]
+    paths: dict[str, Any] = {
+        "metrics_json": write_json_atomic(out / "metrics.json", json_safe(result)),
+        "metrics_csv": write_text_atomic(out / "metrics.csv", buf.getvalue()),
+        "metrics_md": write_text_atomic(out / "metrics.md", "\n".join(md) + "\n"),
+        "overlays": [],
+    }
+    for name, image in overlays:
+        p = out / "overlays" / f"{safe_name(name)}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(p) as tmp:
+            image.save(tmp, format="PNG")
         paths["overlays"].append(p)
     return paths

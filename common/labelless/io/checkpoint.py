@@ -57,8 +57,14 @@ def read_state_dict(
     return obj
 
 
-def load_network_weights(network: nn.Module, path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+def load_network_weights(
+    network: nn.Module, path: str | os.PathLike, device: str | torch.device = "cpu", prefix: str | None = None
+) -> nn.Module:
     """Load a checkpoint into ``network`` with clear errors.
+
+    With ``prefix`` (e.g. ``"gen_ab."``), a checkpoint of a larger model that holds ``network`` as a sub-module is
+    accepted: when keys start with ``prefix``, only those are used, with the prefix removed; a checkpoint of
+    ``network`` alone loads as usual.
 
     Accepts a plain state dict (the shipped ``model.pt``) or a training checkpoint with the key ``model``. Loaded
     with ``weights_only=True``. Loading is strict, with one documented exception: a sub-module may list, in its
@@ -77,6 +83,8 @@ def load_network_weights(network: nn.Module, path: str | os.PathLike, device: st
             "checkpoint not found (train the bundle first; to run without weights on purpose set load_pretrain=False)",
         )
     state = read_state_dict(p, "checkpoint", map_location=device)
+    if prefix and any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     own = network.state_dict()
     ignorable = {
         (f"{name}." if name else "") + key

@@ -1,9 +1,19 @@
 # Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
 """Networks shared by the few-shot bundles: encoders, prototype layers the method heads (DSPNet, PSMNet) and
-the FSMS 2D network."""
+the FSMS 2D network; the CLTNet generators and discriminators of the weakly supervised bundle."""
 
 from __future__ import annotations
 
+from .cltnet import (
+    LIN,
+    AdaLIN,
+    CAMDiscriminator,
+    CLTGenerator,
+    CLTGeneratorOutput,
+    CLTNet,
+    build_cltnet,
+    clip_rho_,
+)
 from .dspnet import (
     BCMA,
     BCMA_PRESETS,
@@ -69,6 +79,14 @@ from .psmnet import (
 )
 
 __all__ = [
+    "LIN",
+    "AdaLIN",
+    "clip_rho_",
+    "CLTGeneratorOutput",
+    "CLTGenerator",
+    "CAMDiscriminator",
+    "CLTNet",
+    "build_cltnet",
     "BCMA_PRESETS",
     "DATASET_GROUPS",
     "bcma_hyperparameters",

@@ -14,6 +14,15 @@ from .augment import (
 )
 from .intensity import fold_statistics, slices_to_tensor_input, zscore
 from .noise import add_gaussian_noise, draw_sigma, surrogate_target
+from .postprocess import (
+    POSTPROCESS_MODES,
+    SoftMaskPostprocess,
+    binarize_soft_mask,
+    crf_mask,
+    watershed_mask,
+    zero_black_background,
+    zero_corners,
+)
 from .superpixel import (
     SUPERPIXEL_METHODS,
     BodyMask,
@@ -35,6 +44,13 @@ from .superpixel import (
     slic_slices,
     slic_volume,
 )
+from .translation import (
+    RandTranslationAugment,
+    RandTranslationAugmentd,
+    TranslationInput,
+    TranslationInputd,
+    default_load_size,
+)
 
 __all__ = [
     "RandFewShotAugment",
@@ -50,6 +66,13 @@ __all__ = [
     "draw_sigma",
     "add_gaussian_noise",
     "surrogate_target",
+    "POSTPROCESS_MODES",
+    "zero_black_background",
+    "zero_corners",
+    "watershed_mask",
+    "crf_mask",
+    "binarize_soft_mask",
+    "SoftMaskPostprocess",
     "SUPERPIXEL_METHODS",
     "felzenszwalb_slices",
     "slic_slices",
@@ -69,4 +92,9 @@ __all__ = [
     "BodyMaskd",
     "BodyMaskD",
     "BodyMaskDict",
+    "default_load_size",
+    "TranslationInput",
+    "TranslationInputd",
+    "RandTranslationAugment",
+    "RandTranslationAugmentd",
 ]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from .data import LabelledDomainImages, UnpairedDomainDataset
 from .domains import (
     WEAK_IMAGE_SUFFIXES,
     DomainSlice,
@@ -15,8 +16,29 @@ from .domains import (
     write_tagged_domains,
     write_volume_domains,
 )
+from .inference import OUTPUT_SUFFIXES, WeakSegmentationInferenceRunner, list_weak_inputs
+from .synthetic import (
+    SYNTHETIC_WEAK_VERSION,
+    default_weak_data,
+    make_weak_image,
+    write_weak_phantoms,
+)
+from .workflow import (
+    EVAL_SPLITS,
+    WeakSegmentationEvaluationRunner,
+    WeakValidationHandler,
+    evaluate_images,
+    export_generator,
+    inference_images,
+    load_weak_weights,
+    resolve_domains,
+    soft_mask,
+    training_dataset,
+)
 
 __all__ = [
+    "UnpairedDomainDataset",
+    "LabelledDomainImages",
     "WEAK_IMAGE_SUFFIXES",
     "DomainSlice",
     "volume_domain_slices",
@@ -27,4 +49,21 @@ __all__ = [
     "write_image_domains",
     "write_tagged_domains",
     "WeakDomainFolders",
+    "OUTPUT_SUFFIXES",
+    "list_weak_inputs",
+    "WeakSegmentationInferenceRunner",
+    "SYNTHETIC_WEAK_VERSION",
+    "make_weak_image",
+    "write_weak_phantoms",
+    "default_weak_data",
+    "EVAL_SPLITS",
+    "resolve_domains",
+    "training_dataset",
+    "soft_mask",
+    "inference_images",
+    "export_generator",
+    "load_weak_weights",
+    "evaluate_images",
+    "WeakValidationHandler",
+    "WeakSegmentationEvaluationRunner",
 ]

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Trains the CLTNet bundle (CPU profile of train.json: 128 px, ngf/ndf 16) on the BraTS FLAIR domains built from the
+# shared cases (labelless weak_domains: 3 training cases, case pat0003 held out), selecting the model on the CLTNet
+# BraTS sample validation folder only.  Output: runs/cltnet/<name>/ (models/, eval/ with val overlays, train.log).
+#   benchmarks/train_cltnet.sh brats [n_steps] [overrides...]
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+NAME="${1:?usage: $0 brats [n_steps] [overrides...]}"
+N_STEPS="${2:-2500}"
+shift $(( $# >= 2 ? 2 : 1 ))
+DATA="${LABELLESS_DATA:-$ROOT/../shared/data}"
+RUN="${LABELLESS_RUNS:-$ROOT/runs}/cltnet"
+B="$ROOT/bundles/cltnet_weakly_supervised_segmentation"
+case "$NAME" in
+    brats)
+        DOMAINS="$RUN/brats_domains"
+        [ -f "$DOMAINS/manifest.json" ] || labelless weak_domains "$DATA/brats2015" "$DOMAINS" --n_test 1
+        VAL="$DATA/weak_samples/BraTS/brats_1/val"
+        WEIGHTS=brats ;;
+    *) echo "usage: $0 brats [n_steps]" >&2; exit 2 ;;
+esac
+OUT="$RUN/$NAME"
+mkdir -p "$OUT"
+python -m monai.bundle run --config_file "$B/configs/train.json" --bundle_root "$B" \
+    --dataset_dir "$DOMAINS" --val_dir "$VAL" --loss_weights "$WEIGHTS" --n_steps "$N_STEPS" \
+    --epoch_length 250 --save_interval 250 --val_interval 250 --keep_checkpoints 20 \
+    --ckpt_dir "$OUT/models" --output_dir "$OUT/eval" "$@" 2>&1 | tee "$OUT/train.log"

@@ -1,0 +1,324 @@
+# Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
+"""What the weak-supervision (CLTNet) bundle configs call: dataset resolution, the training dataset, the per-image
+evaluation (cltnet.md §6–7), the validation handler that selects the model on the validation split (§8), and
+:class:`WeakSegmentationEvaluationRunner`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from ignite.engine import Engine, Events
+
+from labelless.data.images import load_mask, load_rgb
+from labelless.errors import ConfigError, DataError
+from labelless.evaluation.metrics import segmentation_scores
+from labelless.evaluation.overlays import rgb_overlay
+from labelless.evaluation.reports import write_image_reports
+from labelless.io.checkpoint import load_network_weights
+from labelless.networks.cltnet import CLTGenerator
+from labelless.transforms.postprocess import SoftMaskPostprocess
+from labelless.transforms.translation import TranslationInput
+from labelless.utils import atomic_path, is_unset, write_json_atomic
+from labelless.weak.data import UnpairedDomainDataset
+from labelless.weak.domains import WeakDomainFolders
+
+__all__ = [
+    "EVAL_SPLITS",
+    "resolve_domains",
+    "training_dataset",
+    "soft_mask",
+    "inference_images",
+    "export_generator",
+    "load_weak_weights",
+    "evaluate_images",
+    "WeakValidationHandler",
+    "WeakSegmentationEvaluationRunner",
+]
+
+logger = logging.getLogger("labelless.weak")
+
+EVAL_SPLITS = ("test", "val", "all")
+
+
+def resolve_domains(
+    dataset_dir: str | os.PathLike | None = None,
+    train_a: str = "trainA",
+    train_b: str = "trainB",
+    test: str = "testA",
+    val: str = "val",
+    require_train: bool | str = True,
+) -> WeakDomainFolders:
+    """The weak-domain folders of ``dataset_dir``, or (not given) the embedded synthetic lesion/normal set."""
+    if is_unset(dataset_dir):
+        from labelless.weak.synthetic import default_weak_data
+
+        dataset_dir = default_weak_data()
+        logger.info("no dataset_dir given: using the embedded synthetic lesion/normal images in %s", dataset_dir)
+    return WeakDomainFolders(dataset_dir, train_a, train_b, test, val, require_train=require_train)
+
+
+def training_dataset(
+    folders: WeakDomainFolders, image_size: int = 256, seed: int = 0, length: int | None = None, contrast: float = 0.1
+) -> UnpairedDomainDataset:
+    """Unpaired A/B training items of the folders' ``trainA`` / ``trainB`` images (their masks: none)."""
+    n = None if is_unset(length) else int(length)
+    return UnpairedDomainDataset(folders.train_a, folders.train_b, image_size=int(image_size), seed=int(seed),
+                                 length=n, contrast=float(contrast))  # fmt: skip
+
+
+def inference_images(images: str | os.PathLike | Sequence[str | os.PathLike] | None = None) -> Any:
+    """The images of inference.json: the given folder/files, or (none given) the embedded synthetic test images."""
+    if not is_unset(images):
+        return images
+    folders = resolve_domains(None)
+    logger.info("no images given: demo on the embedded synthetic lesion images %s", Path(folders.root) / "testA")
+    return [p["image"] for p in folders.test]
+
+
+def export_generator(ckpt_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """Write the A→B generator of a CLTNet checkpoint (``gen_ab.*`` of a state dict or of a training checkpoint's
+    ``model``) as a plain state dict: the file inference.json loads (``models/model.pt``), written atomically.
+
+    Raises:
+        DataError: unreadable file, or no ``gen_ab`` weights in it.
+    """
+    from labelless.io.checkpoint import read_state_dict
+
+    state = read_state_dict(ckpt_path, "checkpoint")
+    gen = {k[len("gen_ab.") :]: v.detach().cpu() for k, v in state.items() if k.startswith("gen_ab.")}
+    if not gen:
+        raise DataError(ckpt_path, "no gen_ab.* weights: not a CLTNet checkpoint")
+    with atomic_path(out_path) as tmp:
+        torch.save(gen, tmp)
+    return Path(out_path)
+
+
+def _segmenter(network: torch.nn.Module) -> torch.nn.Module:
+    """The A→B generator: ``network.gen_ab`` of a CLTNet, or the network itself when it is a generator (the shipped
+    ``model.pt`` holds the A→B generator only)."""
+    net = _plain(network)
+    if hasattr(net, "gen_ab"):
+        return net.gen_ab
+    if isinstance(net, CLTGenerator):
+        return net
+    raise ConfigError(f"the network must be a CLTNet or a CLTGenerator, got {type(net).__name__}")
+
+
+@torch.no_grad()
+def soft_mask(network: torch.nn.Module, image: torch.Tensor, image_size: int, device: torch.device) -> torch.Tensor:
+    """The lesion probability map M of ``image`` (``[3, H, W]`` in [0, 1]) at its own size ``[H, W]``: the A→B
+    generator's mask at ``image_size``, resized back bilinearly."""
+    x = TranslationInput(image_size)(image)[None].to(device)
+    m = _segmenter(network)(x).mask.float()
+    m = F.interpolate(m, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
+    return m[0, 0].clamp(0.0, 1.0).cpu()
+
+
+def evaluate_images(
+    network: torch.nn.Module,
+    pairs: Sequence[dict],
+    image_size: int = 256,
+    postprocess: SoftMaskPostprocess | None = None,
+    device: str | torch.device = "cpu",
+    n_overlays: int = 4,
+) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """Per-image scores (cltnet.md §7) of the lesion images ``pairs`` (``{"name", "image", "label"}``) at each
+    image's own size; images with an empty ground truth are excluded with a warning.
+
+    Returns:
+        (result with ``mean_dice``, ``mean_ja``, ``mean_ac``, ``mean_se``, ``mean_sp``, ``per_image``,
+        ``n_images``, ``excluded_empty_truth``; overlays ``(name, PIL image)`` of the first ``n_overlays`` images).
+    """
+    post = postprocess or SoftMaskPostprocess()
+    dev = torch.device(device)
+    network.eval()
+    per_image, overlays, excluded = [], [], []
+    for p in pairs:
+        if not p.get("label"):
+            raise DataError(p.get("image"), "evaluation image without a mask")
+        image = load_rgb(p["image"], size=None)
+        truth = load_mask(p["label"], size=None)[0].numpy() > 0.5
+        if truth.shape != tuple(image.shape[-2:]):
+            raise DataError(p["label"], f"mask size {truth.shape} differs from the image size "
+                                        f"{tuple(image.shape[-2:])} ({p['image']})")  # fmt: skip
+        if not truth.any():
+            excluded.append(p["name"])
+            continue
+        soft = soft_mask(network, image, image_size, dev)
+        _, pred = post(soft.numpy(), image * 2.0 - 1.0)
+        per_image.append({"name": p["name"], **segmentation_scores(pred, truth)})
+        if len(overlays) < int(n_overlays):
+            overlays.append((p["name"], rgb_overlay(image, truth=truth, prediction=pred)))
+    if excluded:
+        warnings.warn(f"{len(excluded)} evaluation image(s) with an empty ground truth excluded: {excluded[:5]}",
+                      stacklevel=2)  # fmt: skip
+    result: dict[str, Any] = {
+        f"mean_{k}": (float(np.mean([r[m] for r in per_image])) if per_image else math.nan)
+        for k, m in (("dice", "di"), ("ja", "ja"), ("ac", "ac"), ("se", "se"), ("sp", "sp"))
+    }
+    result.update({"n_images": len(per_image), "excluded_empty_truth": excluded, "postprocess": post.mode,
+                   "zero_black_background": post.zero_black_background, "zero_corners": post.zero_corners,
+                   "image_size": int(image_size), "per_image": per_image})  # fmt: skip
+    return result, overlays
+
+
+def load_weak_weights(network: torch.nn.Module, path: str | os.PathLike, device: str | torch.device = "cpu") -> None:
+    """Load weights into a CLTNet, or into a bare A→B generator from a generator-only file (the shipped
+    ``model.pt``) or from a full CLTNet checkpoint (its ``gen_ab.`` keys)."""
+    net = _plain(network)
+    load_network_weights(net, path, device, prefix=None if hasattr(net, "gen_ab") else "gen_ab.")
+
+
+class WeakValidationHandler:
+    """Evaluate the validation images every ``interval`` iterations during training (threshold post-processing by
+    default), write overlay PNGs of M, put ``val_mean_ja`` / ``val_mean_dice`` into ``engine.state.metrics`` and keep
+    the best model on the validation split only (cltnet.md §8): ``<ckpt_dir>/best_model.pt`` (state dict, atomic)
+    and ``best_model.json`` (iteration, scores). Nothing is ever deleted.
+
+    Args:
+        pairs: validation lesion images with masks.
+        network: the CLTNet being trained.
+        ckpt_dir: where the best model is written.
+        output_dir: overlays go to ``<output_dir>/val_overlays/iter_<n>/``.
+        interval: iterations between evaluations (``0`` disables).
+        image_size: network input side.
+        n_overlays: overlays per evaluation.
+        postprocess: post-processing of the masks (default: threshold 0.5 with background zeroing).
+        device: device of the network.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[dict],
+        network: torch.nn.Module,
+        ckpt_dir: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        interval: int = 500,
+        image_size: int = 256,
+        n_overlays: int = 4,
+        postprocess: SoftMaskPostprocess | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.pairs, self.network = list(pairs), network
+        self.ckpt_dir, self.output_dir = Path(ckpt_dir), Path(output_dir)
+        self.interval, self.image_size, self.n_overlays = int(interval), int(image_size), int(n_overlays)
+        self.postprocess = postprocess
+        self.device = device
+        self.best = -math.inf
+        self.history: list[dict[str, float]] = []
+
+    def attach(self, engine: Engine) -> None:
+        if self.interval > 0 and self.pairs:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
+        elif self.interval > 0:
+            logger.warning("no validation images: model selection on the validation split is off")
+
+    def __call__(self, engine: Engine) -> None:
+        it = int(engine.state.iteration)
+        was_training = self.network.training
+        result, overlays = evaluate_images(self.network, self.pairs, self.image_size, self.postprocess, self.device,
+                                           self.n_overlays)  # fmt: skip
+        if was_training:
+            self.network.train()
+        ja, di = result["mean_ja"], result["mean_dice"]
+        engine.state.metrics.update({"val_mean_ja": ja, "val_mean_dice": di})
+        self.history.append({"iteration": it, "val_mean_ja": ja, "val_mean_dice": di})
+        for name, image in overlays:
+            path = self.output_dir / "val_overlays" / f"iter_{it:06d}" / f"{name}.png"
+            with atomic_path(path) as tmp:
+                image.save(tmp, format="PNG")
+        improved = not math.isnan(ja) and ja > self.best
+        logger.info("iteration %d: val mean JA %.4f, DI %.4f%s", it, ja, di, " (best so far)" if improved else "")
+        if improved:
+            self.best = ja
+            state = {k: v.detach().cpu() for k, v in _plain(self.network).state_dict().items()}
+            with atomic_path(self.ckpt_dir / "best_model.pt") as tmp:
+                torch.save(state, tmp)
+            info = {"iteration": it, "val_mean_ja": ja, "val_mean_dice": di, "history": self.history}
+            write_json_atomic(self.ckpt_dir / "best_model.json", info)
+        else:
+            write_json_atomic(self.ckpt_dir / "validation_history.json", {"history": self.history})
+
+
+def _plain(network: torch.nn.Module) -> torch.nn.Module:
+    return network.module if hasattr(network, "module") and not hasattr(network, "gen_ab") else network
+
+
+class WeakSegmentationEvaluationRunner:
+    """Per-image evaluation of a weak-supervision model (``validate#evaluator`` of evaluate.json).
+
+    Args:
+        network: the CLTNet (placed on ``device``).
+        folders: the dataset (:func:`resolve_domains`).
+        output_dir: report folder (metrics.json/.csv/.md, overlays/); must not lie inside the dataset.
+        ckpt_path: the weights to evaluate (a plain state dict or a training checkpoint with ``model``).
+        eval_split: ``test`` (default), ``val`` (model selection) or ``all`` (test + val images: a separate test set).
+        postprocess, zero_black_background, zero_corners, crf_alpha: :class:`SoftMaskPostprocess` options.
+        image_size: network input side.
+        n_overlays: overlay PNGs written.
+        device: torch device.
+
+    Raises:
+        ConfigError: unknown split or post-processing, output inside the dataset, no image in the split.
+        DataError: missing checkpoint or unreadable images (named).
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        folders: WeakDomainFolders,
+        output_dir: str | os.PathLike,
+        ckpt_path: str | os.PathLike | None = None,
+        eval_split: str = "test",
+        postprocess: str = "threshold",
+        zero_black_background: bool | str = True,
+        zero_corners: bool | str = False,
+        crf_alpha: float = 1.0,
+        image_size: int = 256,
+        n_overlays: int = 8,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if eval_split not in EVAL_SPLITS:
+            raise ConfigError(f"eval_split must be one of {EVAL_SPLITS}, got {eval_split!r}")
+        self.network, self.folders = network, folders
+        self.output_dir = Path(output_dir)
+        root = Path(folders.root).resolve()
+        if self.output_dir.resolve() == root or root in self.output_dir.resolve().parents:
+            raise ConfigError(f"output_dir {self.output_dir} lies inside the dataset {root}; choose another folder")
+        self.ckpt_path = None if is_unset(ckpt_path) else Path(ckpt_path)
+        self.eval_split = eval_split
+        self.post = SoftMaskPostprocess(postprocess, zero_black_background, zero_corners, crf_alpha)
+        self.image_size, self.n_overlays = int(image_size), int(n_overlays)
+        self.device = torch.device(device)
+        self.pairs = {"test": folders.test, "val": folders.val, "all": folders.test + folders.val}[eval_split]
+        if not self.pairs:
+            raise ConfigError(f"the {eval_split!r} split of {folders.root} holds no labelled image")
+
+    def run(self) -> dict[str, Any]:
+        """Evaluate, write the reports, return the summary (without ``per_image``)."""
+        if self.ckpt_path is not None:
+            load_weak_weights(self.network, self.ckpt_path, self.device)
+        else:
+            logger.warning("no ckpt_path: evaluating the network's current (possibly random) weights")
+        self.network.to(self.device)
+        result, overlays = evaluate_images(self.network, self.pairs, self.image_size, self.post, self.device,
+                                           self.n_overlays)  # fmt: skip
+        result = {"split": self.eval_split, "checkpoint": None if self.ckpt_path is None else str(self.ckpt_path),
+                  "dataset": str(self.folders.root), **result}  # fmt: skip
+        paths = write_image_reports(result, self.output_dir, overlays, title=f"Weakly supervised segmentation, "
+                                    f"{self.eval_split} split ({self.post.mode})")  # fmt: skip
+        logger.info("%s split: mean DI %.4f, JA %.4f over %d images; reports in %s", self.eval_split,
+                    result["mean_dice"], result["mean_ja"], result["n_images"],
+                    paths["metrics_json"].parent)  # fmt: skip
+        return {k: v for k, v in result.items() if k != "per_image"}
+

@@ -1,0 +1,146 @@
+# Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
+"""CLTNet bundle: train / evaluate / inference through MONAI's ConfigWorkflow from another working directory (CPU
+smoke runs with a tiny network), torchrun with 2 CPU processes, metadata, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from _bundles import BUNDLES, bundle_workflow, root_cause
+from labelless.errors import ConfigError, DataError
+from labelless.resources import META_SCHEMA
+from labelless.weak.synthetic import write_weak_phantoms
+from labelless.weak.workflow import export_generator
+
+BUNDLE = "cltnet_weakly_supervised_segmentation"
+CONFIGS = BUNDLES / BUNDLE / "configs"
+TINY = {"image_size": 96, "ngf": 8, "ndf": 8}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_weak_phantoms(tmp_path_factory.mktemp("weak") / "set", n_train=6, n_test=3, n_val=3, size=64, seed=2)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data) -> Path:
+    """A tiny CLTNet trained 4 iterations through train.json from another working directory."""
+    out = tmp_path_factory.mktemp("train")
+    cwd = os.getcwd()
+    os.chdir(out)
+    try:
+        wf = bundle_workflow(BUNDLE, ["train.json"], "train", dataset_dir=str(data), ckpt_dir=str(out / "models"),
+                             output_dir=str(out / "eval"), n_steps=4, epoch_length=2, save_interval=2,
+                             val_interval=2, **TINY)  # fmt: skip
+        wf.initialize()
+        assert wf.check_properties() == []
+        wf.run()
+        wf.finalize()
+    finally:
+        os.chdir(cwd)
+    return out
+
+
+def test_train_writes_checkpoints_selection_and_overlays(trained):
+    models = trained / "models"
+    ckpt = torch.load(models / "cltnet_final.pt", map_location="cpu", weights_only=True)
+    assert {"model", "g_optimizer", "d_optimizer", "trainer"} <= set(ckpt) and ckpt["trainer"]["iteration"] == 4
+    best = json.loads((models / "best_model.json").read_text())
+    assert best["iteration"] in (2, 4) and 0.0 <= best["val_mean_ja"] <= 1.0
+    assert (models / "best_model.pt").is_file()
+    assert list((trained / "eval" / "val_overlays").glob("iter_*/*.png"))
+
+
+@pytest.mark.parametrize("split,post", [("test", "threshold"), ("val", "watershed"), ("all", "threshold")])
+def test_evaluate_splits_and_postprocessing(trained, data, tmp_path, split, post):
+    out = tmp_path / "eval"
+    wf = bundle_workflow(BUNDLE, ["train.json", "evaluate.json"], "train", dataset_dir=str(data),
+                         output_dir=str(out), eval_ckpt_path=str(trained / "models" / "best_model.pt"),
+                         eval_split=split, postprocess=post, **TINY)  # fmt: skip
+    wf.initialize()
+    wf.run()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == split and metrics["postprocess"] == post
+    assert metrics["n_images"] == {"test": 3, "val": 3, "all": 6}[split]
+    assert 0.0 <= metrics["mean_dice"] <= 1.0 and 0.0 <= metrics["mean_ja"] <= metrics["mean_dice"] + 1e-9
+    assert len(metrics["per_image"]) == metrics["n_images"] and (out / "metrics.csv").is_file()
+    assert list((out / "overlays").glob("*.png"))
+
+
+def test_inference_png_and_nifti_at_input_size(trained, data, tmp_path):
+    gen = export_generator(trained / "models" / "cltnet_final.pt", tmp_path / "model.pt")
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    img = np.asarray(Image.open(next((data / "testA" / "images").glob("*.png"))))
+    Image.fromarray(img[:60, :52]).save(queries / "odd.png")  # another size than the network input
+    nib.save(nib.Nifti1Image(img[..., 0].T.astype(np.float32) / 255.0, np.diag([0.8, 0.8, 1.0, 1.0])),
+             str(queries / "slice.nii.gz"))  # fmt: skip
+    out = tmp_path / "pred"
+    wf = bundle_workflow(BUNDLE, ["inference.json"], "infer", ckpt_path=str(gen), images=str(queries),
+                         output_dir=str(out), **TINY)  # fmt: skip
+    wf.initialize()
+    assert wf.check_properties() == []
+    wf.run()
+    mask = np.asarray(Image.open(out / "odd_mask.png"))
+    assert mask.shape == (60, 52) and set(np.unique(mask).tolist()) <= {0, 255}
+    assert np.asarray(Image.open(out / "odd_prob.png")).shape == (60, 52)
+    pred = nib.load(str(out / "slice_mask.nii.gz"))
+    assert pred.shape[:2] == (64, 64) and np.allclose(pred.affine, np.diag([0.8, 0.8, 1.0, 1.0]))
+    assert (out / "odd_overlay.png").is_file() and json.loads((out / "inference_summary.json").read_text())["images"]
+    # the output folder must not lie inside the input folder
+    with pytest.raises(Exception) as err:
+        bad = bundle_workflow(BUNDLE, ["inference.json"], "infer", ckpt_path=str(gen), images=str(queries),
+                              output_dir=str(queries / "out"), **TINY)  # fmt: skip
+        bad.initialize()
+        bad.run()
+    assert isinstance(root_cause(err.value), ConfigError) and "inside the input folder" in str(root_cause(err.value))
+
+
+def test_empty_domain_folder_is_a_clear_error(tmp_path, data):
+    empty = tmp_path / "d"
+    (empty / "trainA").mkdir(parents=True)
+    (empty / "trainB").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(empty / "trainB" / "b.png")
+    wf = bundle_workflow(BUNDLE, ["train.json"], "train", dataset_dir=str(empty), ckpt_dir=str(tmp_path / "m"),
+                         output_dir=str(tmp_path / "e"), n_steps=1, epoch_length=1, **TINY)  # fmt: skip
+    with pytest.raises(Exception) as err:
+        wf.initialize()
+        wf.run()
+    cause = root_cause(err.value)
+    assert isinstance(cause, DataError) and "trainA: training folder holds no images" in str(cause)
+    assert not (tmp_path / "m").exists() or not list((tmp_path / "m").iterdir())
+
+
+def test_metadata_verifies_offline():
+    res = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"),
+         "--filepath", str(META_SCHEMA)], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_multi_gpu_config_runs_under_torchrun_on_cpu(data, tmp_path):
+    """multi_gpu_train.json with gloo on CPU: 2 processes, gradients averaged, rank-0 checkpoint."""
+    cfg = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+         "-m", "monai.bundle", "run", "--config_file", cfg, "--bundle_root", str(BUNDLES / BUNDLE),
+         "--dataset_dir", str(data), "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
+         "--n_steps", "2", "--epoch_length", "2", "--val_interval", "2", "--image_size", "96", "--ngf", "8",
+         "--ndf", "8"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "models" / "cltnet_final.pt", map_location="cpu", weights_only=True)
+    assert ckpt["trainer"]["iteration"] == 2 and not any(k.startswith("module.") for k in ckpt["model"])

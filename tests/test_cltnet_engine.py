@@ -1,0 +1,156 @@
+# Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
+"""CLTNet losses, trainer, data and post-processing: a CPU smoke run and the spec §10 checks outside the networks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from torch.utils.data import DataLoader
+
+from labelless.engines.adversarial import CycleTranslationTrainer, prepare_domain_batch
+from labelless.errors import ConfigError, DataError
+from labelless.evaluation.metrics import segmentation_scores
+from labelless.losses import CycleTranslationLoss, lsgan_loss
+from labelless.networks.cltnet import LIN, AdaLIN, build_cltnet
+from labelless.transforms.postprocess import SoftMaskPostprocess, watershed_mask, zero_black_background, zero_corners
+from labelless.transforms.translation import RandTranslationAugment
+from labelless.weak.data import UnpairedDomainDataset
+from labelless.weak.synthetic import write_weak_phantoms
+from labelless.weak.workflow import WeakSegmentationEvaluationRunner, WeakValidationHandler, resolve_domains
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    return write_weak_phantoms(tmp_path_factory.mktemp("weak") / "set", n_train=6, n_test=3, n_val=3, size=64)
+
+
+def _trainer(net, loader, n_steps=3, **kw):
+    g_opt = torch.optim.Adam(net.generator_parameters(), lr=1e-4, betas=(0.5, 0.999), weight_decay=2e-5)
+    d_opt = torch.optim.Adam(net.discriminator_parameters(), lr=1e-4, betas=(0.5, 0.999), weight_decay=2e-5)
+    return CycleTranslationTrainer(device="cpu", max_epochs=n_steps, epoch_length=1, n_steps=n_steps,
+                                   train_data_loader=loader, network=net, optimizer=g_opt, d_optimizer=d_opt,
+                                   loss_function=CycleTranslationLoss("brats"), **kw)  # fmt: skip
+
+
+def test_smoke_run_trains_keeps_rho_and_selects_on_validation(phantoms, tmp_path):
+    torch.manual_seed(0)
+    folders = resolve_domains(phantoms)
+    ds = UnpairedDomainDataset(folders.train_a, folders.train_b, image_size=96, seed=0)
+    net = build_cltnet(ngf=8, ndf=8)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    trainer = _trainer(net, DataLoader(ds, batch_size=1))
+    handler = WeakValidationHandler(folders.val, net, tmp_path / "ckpt", tmp_path / "out", interval=3, image_size=96,
+                                    n_overlays=2)  # fmt: skip
+    handler.attach(trainer)
+    trainer.run()
+    out = trainer.state.output
+    assert trainer.state.iteration == 3
+    assert {"loss", "d_loss", "adv", "adv_c", "cycle", "ident", "cam", "recon", "mask_mean"} <= set(out)
+    assert all(torch.isfinite(torch.as_tensor(out[k])) for k in ("loss", "d_loss", "cycle"))
+    changed = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("gen_ab") for k in changed) and any(k.startswith("dis_ga") for k in changed)
+    rhos = [m.rho for m in net.modules() if isinstance(m, (LIN, AdaLIN))]
+    assert rhos and all(float(r.min()) >= 0.0 and float(r.max()) <= 1.0 for r in rhos)
+    # validation: metric in the engine state, best model on the validation split, overlays of M
+    assert 0.0 <= trainer.state.metrics["val_mean_ja"] <= 1.0
+    assert (tmp_path / "ckpt" / "best_model.pt").is_file() and (tmp_path / "ckpt" / "best_model.json").is_file()
+    assert len(list((tmp_path / "out" / "val_overlays" / "iter_000003").glob("*.png"))) == 2
+    # the evaluation runner loads the selected model and writes the reports
+    res = WeakSegmentationEvaluationRunner(build_cltnet(ngf=8, ndf=8), folders, tmp_path / "eval",
+                                           ckpt_path=tmp_path / "ckpt" / "best_model.pt", image_size=96,
+                                           postprocess="watershed").run()  # fmt: skip
+    assert res["n_images"] == 3 and 0.0 <= res["mean_dice"] <= 1.0 and res["postprocess"] == "watershed"
+    assert {"metrics.json", "metrics.csv", "metrics.md"} <= {p.name for p in (tmp_path / "eval").iterdir()}
+    with pytest.raises(ConfigError, match="inside the dataset"):
+        WeakSegmentationEvaluationRunner(net, folders, phantoms / "eval")
+
+
+def test_seeded_runs_are_reproducible(phantoms):
+    def run() -> dict:
+        torch.manual_seed(1)
+        folders = resolve_domains(phantoms)
+        ds = UnpairedDomainDataset(folders.train_a, folders.train_b, image_size=96, seed=3)
+        net = build_cltnet(ngf=8, ndf=8)
+        _trainer(net, DataLoader(ds, batch_size=1), n_steps=2).run()
+        return net.state_dict()
+
+    a, b = run(), run()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_trainer_rejects_mixed_optimisers_and_bad_batches():
+    net = build_cltnet(ngf=8, ndf=8)
+    all_params = torch.optim.Adam(net.parameters())
+    with pytest.raises(ConfigError, match="generator_parameters"):
+        CycleTranslationTrainer(device="cpu", max_epochs=1, train_data_loader=[], network=net, optimizer=all_params,
+                                d_optimizer=torch.optim.Adam(net.discriminator_parameters()))  # fmt: skip
+    with pytest.raises(ConfigError, match="CLTNet"):
+        CycleTranslationTrainer(device="cpu", max_epochs=1, train_data_loader=[], network=torch.nn.Linear(2, 2),
+                                optimizer=all_params, d_optimizer=all_params)  # fmt: skip
+    with pytest.raises(DataError, match="missing keys"):
+        prepare_domain_batch({"image_a": torch.zeros(1, 3, 8, 8)})
+    with pytest.raises(DataError, match="non-finite"):
+        prepare_domain_batch({"image_a": torch.full((1, 3, 8, 8), float("nan")), "image_b": torch.zeros(1, 3, 8, 8)})
+
+
+def test_losses():
+    assert float(lsgan_loss(torch.ones(2, 1, 3, 3), True)) == 0.0 and float(lsgan_loss(torch.ones(4), False)) == 1.0
+    loss = CycleTranslationLoss({"adv": 1, "cycle": 0, "ident": 0, "cam": 0, "recon": 0})
+    real = [(torch.ones(1, 1, 2, 2), torch.ones(1, 2))]
+    fake = [(torch.zeros(1, 1, 2, 2), torch.zeros(1, 2))]
+    assert float(loss.discriminator(real, fake)) == 0.0  # a perfect discriminator
+    assert float(loss.discriminator(fake, real)) == 4.0  # everything wrong: 4 terms of 1
+    x = torch.zeros(1, 3, 4, 4)
+    total, terms = loss.generator(real, real, [(x, x)], [(x, x)], [torch.full((1, 2), 20.0)],
+                                  [torch.full((1, 2), -20.0)], [(x, x)])  # fmt: skip
+    assert float(total) == 0.0 and float(terms["cam"]) < 1e-6
+    with pytest.raises(ConfigError, match="unknown loss weight preset"):
+        CycleTranslationLoss("chest")
+
+
+def test_augment_is_seeded_and_in_range():
+    img = torch.rand(3, 40, 50)
+    a, b = RandTranslationAugment(32), RandTranslationAugment(32)
+    a.set_random_state(5)
+    b.set_random_state(5)
+    xa, xb = a(img), b(img)
+    assert torch.equal(xa, xb) and xa.shape == (3, 32, 32) and float(xa.min()) >= -1 and float(xa.max()) <= 1
+
+
+def test_watershed_keeps_all_six_blobs():
+    """Spec §10: every blob is foreground (the reference kept markers >= 5 as grey values)."""
+    m = np.zeros((128, 128))
+    yy, xx = np.ogrid[:128, :128]
+    for r, c in [(15, 15), (15, 60), (15, 105), (90, 15), (90, 60), (90, 105)]:
+        m[(yy - r) ** 2 + (xx - c) ** 2 < 81] = 0.95
+    out = watershed_mask(m)
+    assert ndimage.label(out)[1] == 6 and np.array_equal(out, m > 0.5)
+
+
+def test_background_and_corner_zeroing():
+    m = np.full((8, 8), 0.9)
+    image = np.zeros((3, 8, 8))
+    image[:, :2] = -1.0
+    image[0, 0, 0] = 0.5  # one channel not black: kept (the reference tested per channel)
+    z = zero_black_background(m, image)
+    assert z[1, 3] == 0.0 and z[0, 0] == 0.9 and z[5, 5] == 0.9
+    c = zero_corners(np.ones((256, 256)))
+    assert c[0, 0] == c[255, 0] == c[0, 255] == c[255, 255] == 0.0 and c[128, 128] == 1.0 and c[0, 128] == 1.0
+    post = SoftMaskPostprocess("threshold", zero_black_background="false", zero_corners="true")
+    assert not post.zero_black_background and post.zero_corners
+    with pytest.raises(ConfigError, match="pydensecrf|postprocess"):
+        SoftMaskPostprocess("crf")(np.full((8, 8), 0.5), np.zeros((3, 8, 8)))
+
+
+def test_segmentation_scores_on_a_hand_built_confusion():
+    pred = np.zeros((4, 5), bool)
+    truth = np.zeros((4, 5), bool)
+    pred[0, :3] = True  # TP 2, FP 1
+    truth[0, 1:3] = True
+    truth[1, 0] = True  # FN 1; TN = 20 - 4 = 16
+    s = segmentation_scores(pred, truth)
+    assert (s["tp"], s["fp"], s["fn"], s["tn"]) == (2, 1, 1, 16)
+    assert s["ja"] == pytest.approx(0.5) and s["di"] == pytest.approx(4 / 6) and s["ac"] == pytest.approx(18 / 20)
+    assert s["se"] == pytest.approx(2 / 3) and s["sp"] == pytest.approx(16 / 17)
