@@ -71,8 +71,9 @@ def test_inference_bad_input_is_a_clear_error(tmp_path, trained, abdomen, overri
     assert needle in str(root)
 
 
-def test_inference_without_weights_only_on_request(tmp_path, trained, abdomen):
-    wf = _infer(tmp_path, trained, abdomen, ckpt_path="/nonexistent/model.pt", load_pretrain=False)
+@pytest.mark.parametrize("off", [False, "false"])  # "false" is what a command line passes
+def test_inference_without_weights_only_on_request(tmp_path, trained, abdomen, off):
+    wf = _infer(tmp_path, trained, abdomen, ckpt_path="/nonexistent/model.pt", load_pretrain=off)
     wf.initialize()
     wf.run()
     assert (tmp_path / "p" / "image_2_pred.nii.gz").is_file()

@@ -1,0 +1,188 @@
+# Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
+"""Baselines of the weakly supervised lesion segmentation (CLTNet) on the same test images, and the table.
+
+    python benchmarks/cltnet_baselines.py trivial --dataset_dir runs/cltnet/brats_domains --out runs/cltnet/base_brats
+    python benchmarks/cltnet_baselines.py cam --dataset_dir runs/cltnet/brats_domains --out runs/cltnet/cam_brats
+    python benchmarks/cltnet_baselines.py summarize "name=folder" ...
+
+- ``trivial``: "all foreground" (every non-black pixel is lesion) and an **Otsu intensity baseline** (Otsu threshold
+  of the grey image over its non-black pixels; lesion = brighter, or darker with ``--dark`` for dermoscopy), both with
+  the bundle's post-processing defaults (background zeroing); no training.
+- ``cam``: a small CNN classifier trained on the same image-level labels (trainA = 1, trainB = 0, seeded, CPU),
+  then Grad-CAM (``monai.visualize.GradCAM``) of the lesion class, min-max normalised and thresholded at 0.5.
+
+Each writes ``<out>/<method>/<split>/metrics.json`` (per-image DI / JA / AC / SE / SP, the bundle's report format)
+for the ``test`` split of the dataset and for any ``--extra name=folder`` labelled folders (``images/`` +
+``labels/``, e.g. the CLTNet BraTS sample test folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from skimage.filters import threshold_otsu
+from torch import nn
+
+from labelless.data.images import find_image_mask_pairs, load_mask, load_rgb
+from labelless.evaluation.metrics import segmentation_scores
+from labelless.evaluation.reports import write_image_reports
+from labelless.weak.data import UnpairedDomainDataset
+from labelless.weak.domains import WEAK_IMAGE_SUFFIXES, WeakDomainFolders
+
+
+def _splits(dataset_dir: str, extra: list[str]) -> dict[str, list[dict]]:
+    folders = WeakDomainFolders(dataset_dir, require_train=False)
+    out = {"test": folders.test}
+    for item in extra:
+        name, folder = item.split("=", 1)
+        out[name] = find_image_mask_pairs(Path(folder) / "images", Path(folder) / "labels",
+                                          image_suffixes=WEAK_IMAGE_SUFFIXES).pairs  # fmt: skip
+    return out
+
+
+def _score(pairs: list[dict], predict) -> dict:
+    per_image = []
+    for p in pairs:
+        image = load_rgb(p["image"], size=None)
+        truth = load_mask(p["label"], size=None)[0].numpy() > 0.5
+        if not truth.any():
+            continue
+        pred = predict(image)
+        per_image.append({"name": p["name"], **segmentation_scores(pred, truth)})
+    res = {f"mean_{k}": float(np.mean([r[m] for r in per_image])) if per_image else math.nan
+           for k, m in (("dice", "di"), ("ja", "ja"), ("ac", "ac"), ("se", "se"), ("sp", "sp"))}  # fmt: skip
+    res.update({"n_images": len(per_image), "per_image": per_image})
+    return res
+
+
+def _grey(image: torch.Tensor) -> np.ndarray:
+    return (image * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0).numpy()
+
+
+def _body(image: torch.Tensor) -> np.ndarray:
+    return ~np.all(image.numpy() <= 1e-6, axis=0)
+
+
+def predict_all(image: torch.Tensor) -> np.ndarray:
+    return _body(image)
+
+
+def predict_otsu(image: torch.Tensor, dark: bool = False) -> np.ndarray:
+    grey, body = _grey(image), _body(image)
+    if body.sum() < 2 or grey[body].max() == grey[body].min():
+        return np.zeros(grey.shape, bool)
+    t = threshold_otsu(grey[body])
+    return body & ((grey < t) if dark else (grey > t))
+
+
+class SmallClassifier(nn.Module):
+    """A 4-block CNN (32-64-128-128) with global pooling: lesion vs normal from the image-level labels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers, ch = [], 3
+        for i, out in enumerate((32, 64, 128, 128)):
+            layers += [nn.Conv2d(ch, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+            if i < 3:
+                layers.append(nn.MaxPool2d(2))
+            ch = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def train_classifier(folders: WeakDomainFolders, image_size: int, steps: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    ds = UnpairedDomainDataset(folders.train_a, folders.train_b, image_size=image_size, seed=seed, length=steps)
+    model = SmallClassifier()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for i in range(steps):
+        item = ds[i]
+        x = torch.stack([item["image_a"], item["image_b"]])
+        y = torch.tensor([1, 0])
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        if (i + 1) % 100 == 0:
+            print(f"classifier step {i + 1}/{steps}: loss {float(loss):.4f}", file=sys.stderr)
+    return model.eval()
+
+
+def cmd_trivial(args: argparse.Namespace) -> None:
+    for split, pairs in _splits(args.dataset_dir, args.extra).items():
+        for name, fn in (("all_foreground", predict_all), ("otsu", lambda im: predict_otsu(im, args.dark))):
+            res = _score(pairs, fn)
+            res.update({"method": name, "split": split, "dataset": args.dataset_dir})
+            write_image_reports(res, Path(args.out) / name / split, title=f"{name} baseline, {split}")
+            print(f"{name:15s} {split:12s} DI {100 * res['mean_dice']:.2f} JA {100 * res['mean_ja']:.2f} "
+                  f"(n={res['n_images']})")  # fmt: skip
+
+
+def cmd_cam(args: argparse.Namespace) -> None:
+    from monai.visualize import GradCAM
+
+    folders = WeakDomainFolders(args.dataset_dir)
+    model = train_classifier(folders, args.image_size, args.steps, args.seed)
+    cam = GradCAM(nn_module=model, target_layers="features.14")
+    from labelless.transforms.translation import TranslationInput
+
+    prep = TranslationInput(args.image_size)
+
+    def predict(image: torch.Tensor) -> np.ndarray:
+        x = prep(image)[None]
+        m = cam(x, class_idx=1)[0, 0].detach()
+        m = torch.nn.functional.interpolate(m[None, None], size=tuple(image.shape[-2:]), mode="bilinear")[0, 0]
+        m = m.numpy()
+        m = (m - m.min()) / (m.max() - m.min() + 1e-8)
+        return (m >= 0.5) & _body(image)
+
+    for split, pairs in _splits(args.dataset_dir, args.extra).items():
+        res = _score(pairs, predict)
+        res.update({"method": "gradcam_classifier", "split": split, "dataset": args.dataset_dir,
+                    "classifier_steps": args.steps, "seed": args.seed})  # fmt: skip
+        write_image_reports(res, Path(args.out) / "gradcam" / split, title=f"Grad-CAM baseline, {split}")
+        print(f"gradcam         {split:12s} DI {100 * res['mean_dice']:.2f} JA {100 * res['mean_ja']:.2f} "
+              f"(n={res['n_images']})")  # fmt: skip
+
+
+def cmd_summarize(args: argparse.Namespace) -> None:
+    print("| method | split | n | DI | JA | SE | SP |\n|---|---|---|---|---|---|---|")
+    for item in args.runs:
+        name, folder = item.split("=", 1)
+        for mj in sorted(Path(folder).rglob("metrics.json")):
+            r = json.loads(mj.read_text())
+            print(f"| {name} | {r.get('split', mj.parent.name)} | {r['n_images']} | {100 * r['mean_dice']:.2f} | "
+                  f"{100 * r['mean_ja']:.2f} | {100 * r['mean_se']:.2f} | {100 * r['mean_sp']:.2f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("trivial", "cam"):
+        p = sub.add_parser(name)
+        p.add_argument("--dataset_dir", required=True)
+        p.add_argument("--out", required=True)
+        p.add_argument("--extra", action="append", default=[], help="name=folder with images/ and labels/")
+        p.add_argument("--dark", action="store_true", help="lesions darker than the background (dermoscopy)")
+        p.add_argument("--image_size", type=int, default=128)
+        p.add_argument("--steps", type=int, default=600)
+        p.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("summarize")
+    s.add_argument("runs", nargs="+")
+    args = ap.parse_args()
+    {"trivial": cmd_trivial, "cam": cmd_cam, "summarize": cmd_summarize}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
