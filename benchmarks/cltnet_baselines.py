@@ -162,7 +162,8 @@ def cmd_summarize(args: argparse.Namespace) -> None:
         name, folder = item.split("=", 1)
         for mj in sorted(Path(folder).rglob("metrics.json")):
             r = json.loads(mj.read_text())
-            print(f"| {name} | {r.get('split', mj.parent.name)} | {r['n_images']} | {100 * r['mean_dice']:.2f} | "
+            where = mj.parent.relative_to(folder)
+            print(f"| {name} | {where} | {r['n_images']} | {100 * r['mean_dice']:.2f} | "
                   f"{100 * r['mean_ja']:.2f} | {100 * r['mean_se']:.2f} | {100 * r['mean_sp']:.2f} |")
 
 

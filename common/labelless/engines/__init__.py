@@ -5,7 +5,12 @@ training with a denoising surrogate task of FSMS), on the common base :class:`~l
 from __future__ import annotations
 
 from .adversarial import DOMAIN_KEYS, CycleTranslationTrainer, prepare_domain_batch
-from .base import EpisodicProgressBar, StepTrainer, StopAtIteration
+from .base import (
+    EpisodicProgressBar,
+    StepTrainer,
+    StopAtIteration,
+    optimizer_param_ids,
+)
 from .episodic import (
     EPISODE_KEYS,
     EpisodicTrainer,
@@ -26,6 +31,7 @@ __all__ = [
     "StepTrainer",
     "StopAtIteration",
     "EpisodicProgressBar",
+    "optimizer_param_ids",
     "EpisodicTrainer",
     "prepare_episode_batch",
     "iteration_lr_schedule",

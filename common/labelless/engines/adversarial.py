@@ -39,7 +39,7 @@ from monai.utils import CommonKeys as Keys
 from torch.optim import Optimizer
 
 from labelless.data.keys import DomainKeys
-from labelless.engines.base import StepTrainer
+from labelless.engines.base import StepTrainer, optimizer_param_ids
 from labelless.errors import ConfigError, DataError
 from labelless.losses import CycleTranslationLoss
 from labelless.networks.cltnet import clip_rho_
@@ -102,10 +102,6 @@ def _average_gradients(optimizer: Optimizer) -> None:
                 param.grad.div_(world)
 
 
-def _param_ids(optimizer: Optimizer) -> set[int]:
-    return {id(p) for group in optimizer.param_groups for p in group["params"]}
-
-
 class CycleTranslationTrainer(StepTrainer):
     """D step then G step of CAM-guided, mask-gated cycle translation (see the module docstring).
 
@@ -146,7 +142,7 @@ class CycleTranslationTrainer(StepTrainer):
         gen_ab, gen_ba, *dis = _parts(network)
         g_ids = {id(p) for m in (gen_ab, gen_ba) for p in m.parameters()}
         d_ids = {id(p) for m in dis for p in m.parameters()}
-        if _param_ids(optimizer) & d_ids or _param_ids(d_optimizer) & g_ids:
+        if optimizer_param_ids(optimizer) & d_ids or optimizer_param_ids(d_optimizer) & g_ids:
             raise ConfigError("optimizer must hold the generators' parameters and d_optimizer the discriminators' "
                               "(network.generator_parameters() / network.discriminator_parameters())")  # fmt: skip
         super().__init__(

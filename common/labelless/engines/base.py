@@ -25,7 +25,12 @@ from torch.optim import Optimizer
 
 from labelless.errors import ConfigError
 
-__all__ = ["StepTrainer", "StopAtIteration", "EpisodicProgressBar"]
+__all__ = ["StepTrainer", "StopAtIteration", "EpisodicProgressBar", "optimizer_param_ids"]
+
+
+def optimizer_param_ids(optimizer: Optimizer) -> set[int]:
+    """The ``id`` of every parameter an optimiser updates (to check which parameters two optimisers split)."""
+    return {id(p) for group in optimizer.param_groups for p in group["params"]}
 
 
 def _stacklevel_outside(obj: object) -> int:

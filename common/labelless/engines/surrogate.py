@@ -52,7 +52,7 @@ from monai.utils import CommonKeys as Keys
 from torch.optim import Optimizer
 
 from labelless.data.keys import EpisodeKeys
-from labelless.engines.base import StepTrainer
+from labelless.engines.base import StepTrainer, optimizer_param_ids
 from labelless.errors import ConfigError, DataError
 from labelless.transforms.noise import add_gaussian_noise, draw_sigma, surrogate_target
 from labelless.utils import as_bool
@@ -150,10 +150,6 @@ def prepare_fsms_batch(
             raise DataError(key, f"mask values must lie in [0, 1], got [{float(t.min())}, {float(t.max())}]")
     to = {"device": device, "non_blocking": non_blocking, **kwargs}
     return s_img.to(**to), s_msk.to(**to), q_img.to(**to), q_msk.to(**to), unl.to(**to)
-
-
-def _param_ids(optimizer: Optimizer) -> set[int]:
-    return {id(p) for group in optimizer.param_groups for p in group["params"]}
 
 
 def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
@@ -272,7 +268,7 @@ class SurrogateEpisodicTrainer(StepTrainer):
                 )
             head = getattr(network, "surrogate_head", None)
             if self.mode == "sum" and isinstance(head, torch.nn.Module):
-                absent = [n for n, p in head.named_parameters() if id(p) not in _param_ids(seg_optimizer)]
+                absent = [n for n, p in head.named_parameters() if id(p) not in optimizer_param_ids(seg_optimizer)]
                 if absent:
                     raise ConfigError(
                         "mode='sum' takes one seg_optimizer step over all parameters, but seg_optimizer does not hold "

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Evaluates a CLTNet checkpoint (default: the validation-selected best_model.pt of benchmarks/train_cltnet.sh) on the
+# held-out case of the BraTS FLAIR domains and on the CLTNet BraTS sample test folder, with threshold and watershed
+# post-processing.  Output: runs/cltnet/<name>/eval_<set>_<post>/ (metrics.json/.csv/.md, overlays).
+#   benchmarks/eval_cltnet.sh brats [checkpoint]
+# Table with the baselines: python benchmarks/cltnet_baselines.py summarize "cltnet=runs/cltnet/brats" \
+#     "baselines=runs/cltnet/baselines_brats"
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+NAME="${1:?usage: $0 brats [checkpoint]}"
+DATA="${LABELLESS_DATA:-$ROOT/../shared/data}"
+RUN="${LABELLESS_RUNS:-$ROOT/runs}/cltnet"
+CKPT="${2:-$RUN/$NAME/models/best_model.pt}"
+B="$ROOT/bundles/cltnet_weakly_supervised_segmentation"
+ev() {  # <dataset_dir> <test_dir> <set name> <postprocess>
+    python -m monai.bundle run --config_file "['$B/configs/train.json','$B/configs/evaluate.json']" --bundle_root "$B" \
+        --dataset_dir "$1" --test_dir "$2" --eval_ckpt_path "$CKPT" --postprocess "$4" \
+        --output_dir "$RUN/$NAME/eval_$3_$4"
+}
+for post in threshold watershed; do
+    ev "$RUN/brats_domains" testA heldout_case "$post"
+    ev "$DATA/weak_samples/BraTS/brats_1" test sample_test "$post"
+done
