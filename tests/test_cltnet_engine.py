@@ -15,7 +15,12 @@ from labelless.evaluation.metrics import segmentation_scores
 from labelless.losses import CycleTranslationLoss, lsgan_loss
 from labelless.networks.cltnet import LIN, AdaLIN, build_cltnet
 from labelless.transforms.postprocess import SoftMaskPostprocess, watershed_mask, zero_black_background, zero_corners
-from labelless.transforms.translation import RandTranslationAugment
+from labelless.transforms.translation import (
+    RandTranslationAugment,
+    RandTranslationAugmentd,
+    TranslationInput,
+    TranslationInputd,
+)
 from labelless.weak.data import UnpairedDomainDataset
 from labelless.weak.synthetic import write_weak_phantoms
 from labelless.weak.workflow import WeakSegmentationEvaluationRunner, WeakValidationHandler, resolve_domains
@@ -117,6 +122,11 @@ def test_augment_is_seeded_and_in_range():
     b.set_random_state(5)
     xa, xb = a(img), b(img)
     assert torch.equal(xa, xb) and xa.shape == (3, 32, 32) and float(xa.min()) >= -1 and float(xa.max()) <= 1
+    # the dictionary twins give the array transforms' results
+    d = RandTranslationAugmentd(keys="image", image_size=32).set_random_state(5)
+    assert torch.equal(d({"image": img})["image"], xa)
+    t = TranslationInputd(keys="image", image_size=32)({"image": img})["image"]
+    assert torch.equal(t, TranslationInput(32)(img)) and t.shape == (3, 32, 32)
 
 
 def test_watershed_keeps_all_six_blobs():

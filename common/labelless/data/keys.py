@@ -62,11 +62,7 @@ class DomainKeys:
     Attributes:
         IMAGE_A: images of domain A.
         IMAGE_B: images of domain B.
-        LABEL: the ground-truth mask of an evaluation image (never of a training image).
-        NAME: the image id.
     """
 
     IMAGE_A = "image_a"
     IMAGE_B = "image_b"
-    LABEL = "label"
-    NAME = "name"

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .data import LabelledDomainImages, UnpairedDomainDataset
+from .data import UnpairedDomainDataset
 from .domains import (
     WEAK_IMAGE_SUFFIXES,
     DomainSlice,
@@ -38,7 +38,6 @@ from .workflow import (
 
 __all__ = [
     "UnpairedDomainDataset",
-    "LabelledDomainImages",
     "WEAK_IMAGE_SUFFIXES",
     "DomainSlice",
     "volume_domain_slices",

@@ -1,11 +1,10 @@
 # Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
-"""Datasets of the weak-supervision task: unpaired A/B training batches, labelled evaluation images.
+"""The training dataset of the weak-supervision task: unpaired A/B batches.
 
 - :class:`UnpairedDomainDataset`: item ``i`` pairs one domain-A and one domain-B image drawn with a generator seeded
   by ``seed + i``, each augmented by :class:`~labelless.transforms.translation.RandTranslationAugment` (its own
   seeded draws): a seeded run sees the same batches whatever the number of loader workers, and a resumed run the
   same ones as an uninterrupted run.
-- :class:`LabelledDomainImages`: lesion images with their masks for validation and testing (never for training).
 """
 
 from __future__ import annotations
@@ -19,13 +18,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from labelless.data.images import load_mask, load_rgb
+from labelless.data.images import load_rgb
 from labelless.data.keys import DomainKeys
 from labelless.errors import ConfigError, DataError
-from labelless.transforms.translation import RandTranslationAugment, TranslationInput, default_load_size
+from labelless.transforms.translation import RandTranslationAugment, default_load_size
 from labelless.utils import LRUCache
 
-__all__ = ["UnpairedDomainDataset", "LabelledDomainImages"]
+__all__ = ["UnpairedDomainDataset"]
 
 
 class UnpairedDomainDataset(Dataset):
@@ -83,37 +82,3 @@ class UnpairedDomainDataset(Dataset):
         image_a = self.augment(self._load(pa))
         image_b = self.augment(self._load(pb))
         return {DomainKeys.IMAGE_A: image_a, DomainKeys.IMAGE_B: image_b, "name_a": pa.name, "name_b": pb.name}
-
-
-class LabelledDomainImages(Dataset):
-    """Lesion images with masks, for validation/testing: ``{image [3, S, S] in [−1, 1], label [1, S, S] 0/1, name,
-    path}`` (masks binarised with the 0/1 or 0/255 rule of :mod:`labelless.data.images`, resized with ``> 0.5``).
-
-    Args:
-        pairs: ``[{"name", "image", "label"}]`` (e.g. :class:`~labelless.weak.domains.WeakDomainFolders` ``.test``).
-        image_size: network input side.
-
-    Raises:
-        DataError: a pair without mask.
-    """
-
-    def __init__(self, pairs: Sequence[dict], image_size: int = 256) -> None:
-        for p in pairs:
-            if not p.get("label"):
-                raise DataError(p.get("image"), "evaluation image without a mask")
-        self.pairs = list(pairs)
-        self.image_size = int(image_size)
-        self.input = TranslationInput(self.image_size)
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        p = self.pairs[int(index)]
-        image = load_rgb(p["image"], size=None)
-        mask = load_mask(p["label"], size=None)
-        if tuple(mask.shape[-2:]) != tuple(image.shape[-2:]):
-            raise DataError(p["label"], f"mask size {tuple(mask.shape[-2:])} differs from the image size "
-                                        f"{tuple(image.shape[-2:])} ({p['image']})")  # fmt: skip
-        label = torch.nn.functional.interpolate(mask[None], size=(self.image_size,) * 2, mode="nearest")[0]
-        return {"image": self.input(image), DomainKeys.LABEL: label, DomainKeys.NAME: p["name"], "path": p["image"]}
