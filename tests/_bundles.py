@@ -15,7 +15,8 @@ TINY = {"encoder": "tiny", "encoder_options": {}}
 
 
 def bundle_workflow(bundle: str, config_files: list[str], workflow_type: str, **overrides: object) -> ConfigWorkflow:
-    """A ``ConfigWorkflow`` of ``bundles/<bundle>`` from its config files, metadata and logging config."""
+    """A ``ConfigWorkflow`` of ``bundles/<bundle>`` from its config files, metadata and logging config
+    (``bundle_root`` defaults to the bundle folder; an override moves every output under another root)."""
     root = BUNDLES / bundle
     files = [str(root / "configs" / f) for f in config_files]
     return ConfigWorkflow(
@@ -23,8 +24,7 @@ def bundle_workflow(bundle: str, config_files: list[str], workflow_type: str, **
         meta_file=str(root / "configs" / "metadata.json"),
         logging_file=str(root / "configs" / "logging.conf"),
         workflow_type=workflow_type,
-        bundle_root=str(root),
-        **overrides,
+        **{"bundle_root": str(root), **overrides},
     )
 
 

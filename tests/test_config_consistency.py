@@ -17,6 +17,8 @@ from _bundles import BUNDLES
 
 ALL = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "metadata.json").is_file())
 VOLUME = ["ssl_alpnet_fewshot_segmentation", "dspnet_fewshot_segmentation", "psmnet_fewshot_segmentation"]
+#: bundles trained with one item per iteration (SABR-Net's batch size depends on its stage: 1 for stage 1, 4 after)
+ONE_ITEM = [b for b in ALL if b != "sabrnet_semisupervised_ultrasound_segmentation"]
 
 #: (bundles, file): whole files that must be byte-identical
 IDENTICAL_FILES = [
@@ -26,7 +28,8 @@ IDENTICAL_FILES = [
 ]
 #: (bundles, file, config ids): sections that must be equal (``#`` separates nested ids, as in MONAI)
 IDENTICAL_SECTIONS = [
-    (ALL, "train.json", ["bundle_root", "device", "dataset_dir", "train#inferer", "train#dataloader#batch_size"]),
+    (ALL, "train.json", ["bundle_root", "device", "dataset_dir", "train#inferer"]),
+    (ONE_ITEM, "train.json", ["train#dataloader#batch_size"]),
     (ALL, "inference.json", ["bundle_root", "device", "inferer", "load_pretrain", "initialize", "run", "finalize"]),
     (VOLUME, "train.json", ["dataset_preset", "label_map", "class_names", "derived_dir", "amp", "seed",
                             "setting", "label_set", "fold", "n_shots", "augmentation", "encoder", "encoder_options",

@@ -9,6 +9,11 @@
   against the support label upsampled to the image size, divided by the number of shots.
 - :class:`ALPNetLoss`: ``L = L_query + par_weight · L_par`` on a
   :class:`~labelless.networks.fewshot.FewShotOutput`, returning the total and its parts.
+
+Also the adversarial losses of CLTNet (cltnet.md §4: :func:`lsgan_loss`, :class:`CycleTranslationLoss`) and the
+losses of SABR-Net (sabrnet.md §6–8): hole-masked L1, perceptual/style (Gram) terms, CE + soft Dice with one-hot
+targets, hinge and non-saturating logistic GAN terms, R1, pix2pixHD feature matching, the SegFix boundary/direction
+terms and the mean-teacher consistency of the semi-supervised baseline.
 """
 
 from __future__ import annotations
@@ -34,6 +39,19 @@ __all__ = [
     "lsgan_loss",
     "CLTNET_WEIGHTS",
     "CycleTranslationLoss",
+    "masked_l1",
+    "gram_matrix",
+    "perceptual_style_loss",
+    "segmentation_ce_dice",
+    "hinge_d_loss",
+    "hinge_g_loss",
+    "logistic_d_loss",
+    "logistic_g_loss",
+    "r1_penalty",
+    "feature_matching_loss",
+    "boundary_direction_loss",
+    "consistency_mse",
+    "sigmoid_rampup",
 ]
 
 QUERY_CLASS_WEIGHTS = (0.05, 1.0)
@@ -434,3 +452,177 @@ class CycleTranslationLoss:
         total = (w["adv"] * (terms["adv"] + terms["adv_c"]) + w["cycle"] * terms["cycle"] + w["ident"] * terms["ident"]
                  + w["cam"] * terms["cam"] + w["recon"] * terms["recon"])  # fmt: skip
         return total, {k: v.detach() for k, v in terms.items()}
+
+
+# ------------------------------------------------------------------------------- semi-supervised ultrasound (SABR-Net)
+def _one_hot(labels: torch.Tensor, n_classes: int, what: str = "label") -> torch.Tensor:
+    """``[B, H, W]`` or ``[B, 1, H, W]`` integer labels → ``[B, n_classes, H, W]`` float one-hot (0/1 targets)."""
+    if labels.ndim == 4 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 3:
+        raise DataError(what, f"expected [B, H, W] or [B, 1, H, W] labels, got shape {tuple(labels.shape)}")
+    labels = labels.long()
+    if bool((labels < 0).any()) or bool((labels >= n_classes).any()):
+        bad = torch.unique(labels[(labels < 0) | (labels >= n_classes)])[:8].tolist()
+        raise DataError(what, f"label values must be in 0..{n_classes - 1}, found {bad}")
+    return F.one_hot(labels, n_classes).permute(0, 3, 1, 2).float()
+
+
+def masked_l1(target: torch.Tensor, output: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over the hole pixels only (sabrnet.md §6): ``Σ |x − ŷ| (1 − m) / Σ (1 − m)``.
+
+    The sum runs over channels and pixels; the denominator counts hole pixels times channels (a per-channel mean).
+    Zero when there is no hole. The reference's global mean divided by the hole area is not copied.
+
+    Args:
+        target: ``[B, C, H, W]`` the real image.
+        output: ``[B, C, H, W]`` the generated image.
+        keep_mask: ``[B, 1, H, W]``, 1 = keep, 0 = hole.
+    """
+    if target.shape != output.shape or keep_mask.shape[-2:] != target.shape[-2:]:
+        raise DataError("masked_l1", f"shapes differ: target {tuple(target.shape)}, output {tuple(output.shape)}, "
+                                     f"mask {tuple(keep_mask.shape)}")  # fmt: skip
+    hole = (1.0 - keep_mask.float()).expand_as(target)
+    return ((target.float() - output.float()).abs() * hole).sum() / hole.sum().clamp_min(1.0)
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """``F Fᵀ / (h · w · c)`` of a ``[B, C, H, W]`` feature map (``[B, C, C]``)."""
+    b, c, h, w = features.shape
+    f = features.float().reshape(b, c, h * w)
+    return f @ f.transpose(1, 2) / float(c * h * w)
+
+
+def perceptual_style_loss(
+    real_features: Sequence[torch.Tensor], fake_features: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Σ_f |Φ_f(x) − Φ_f(ŷ)|₁, Σ_f |Gram(Φ_f(x)) − Gram(Φ_f(ŷ))|₁)`` (means of absolute errors)."""
+    if len(real_features) != len(fake_features) or not real_features:
+        raise ConfigError("perceptual features: the real and fake lists must be non-empty and of the same length")
+    perc = sum(F.l1_loss(f.float(), r.float()) for r, f in zip(real_features, fake_features, strict=True))
+    style = sum(F.l1_loss(gram_matrix(f), gram_matrix(r)) for r, f in zip(real_features, fake_features, strict=True))
+    return perc, style
+
+
+def segmentation_ce_dice(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ce_temperature: float = 1.0,
+    dice_temperature: float = 1.0,
+    eps: float = 1e-5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy and soft Dice of segmentation logits (sabrnet.md §6–7).
+
+    ``CE(s / T_ce, y)`` and ``Dice = 1 − 2Σpt / (Σp² + Σt² + ε)`` with ``p = sigmoid(s / T_dice)`` on the foreground
+    channels only and one-hot 0/1 targets (the reference's (y + 1)/2 targets are not copied); the Dice is computed
+    per foreground channel over the whole batch and averaged.
+
+    Args:
+        logits: ``[B, K, H, W]`` (K ≥ 2).
+        labels: ``[B, H, W]`` or ``[B, 1, H, W]`` class indices.
+    """
+    if logits.ndim != 4 or logits.shape[1] < 2:
+        raise DataError("segmentation logits", f"expected [B, K>=2, H, W], got {tuple(logits.shape)}")
+    onehot = _one_hot(labels, logits.shape[1])
+    if onehot.shape[-2:] != logits.shape[-2:] or onehot.shape[0] != logits.shape[0]:
+        raise DataError("label", f"label {tuple(onehot.shape)} does not match the logits {tuple(logits.shape)}")
+    ce = F.cross_entropy(logits.float() / ce_temperature, onehot.argmax(1))
+    p = torch.sigmoid(logits.float() / dice_temperature)[:, 1:]
+    t = onehot[:, 1:]
+    dims = (0, 2, 3)
+    dice = 1.0 - 2.0 * (p * t).sum(dims) / ((p * p).sum(dims) + (t * t).sum(dims) + eps)
+    return ce, dice.mean()
+
+
+def hinge_d_loss(real: torch.Tensor | None = None, fake: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean(relu(1 − D(real))) + mean(relu(1 + D(fake)))`` (either term may be omitted)."""
+    out = torch.zeros((), device=(real if real is not None else fake).device)
+    if real is not None:
+        out = out + F.relu(1.0 - real.float()).mean()
+    if fake is not None:
+        out = out + F.relu(1.0 + fake.float()).mean()
+    return out
+
+
+def hinge_g_loss(fake: torch.Tensor) -> torch.Tensor:
+    """``−mean(D(fake))``."""
+    return -fake.float().mean()
+
+
+def logistic_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Non-saturating logistic loss of a discriminator: ``softplus(−D(x)) + softplus(D(ŷ))`` (means)."""
+    return F.softplus(-real.float()).mean() + F.softplus(fake.float()).mean()
+
+
+def logistic_g_loss(fake: torch.Tensor) -> torch.Tensor:
+    """Non-saturating logistic loss of a generator: ``softplus(−D(ŷ))`` (mean)."""
+    return F.softplus(-fake.float()).mean()
+
+
+def r1_penalty(real_output: torch.Tensor, real_input: torch.Tensor) -> torch.Tensor:
+    """``‖∇_x D(x)‖²`` averaged over the batch (``real_input`` must require grad; scale by γ/2 · interval outside)."""
+    (grad,) = torch.autograd.grad(real_output.float().sum(), real_input, create_graph=True)
+    return grad.pow(2).reshape(grad.shape[0], -1).sum(1).mean()
+
+
+def feature_matching_loss(
+    fake_features: Sequence[Sequence[torch.Tensor]], real_features: Sequence[Sequence[torch.Tensor]]
+) -> torch.Tensor:
+    """pix2pixHD feature matching: ``(1/n_scales) Σ_scales Σ_layers |D^l(fake) − D^l(real).detach()|₁`` over the
+    intermediate features of a multi-scale discriminator (the final logit map of each scale excluded)."""
+    if len(fake_features) != len(real_features) or not fake_features:
+        raise ConfigError("feature matching: the fake and real feature lists must be non-empty and of the same length")
+    total = torch.zeros((), device=fake_features[0][0].device)
+    for fake_scale, real_scale in zip(fake_features, real_features, strict=True):
+        for f, r in zip(fake_scale[:-1], real_scale[:-1], strict=True):
+            total = total + F.l1_loss(f.float(), r.detach().float())
+    return total / len(fake_features)
+
+
+def boundary_direction_loss(
+    boundary_logits: torch.Tensor,
+    direction_logits: torch.Tensor,
+    boundary_target: torch.Tensor,
+    direction_target: torch.Tensor,
+    ignore_index: int = 255,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SegFix-style losses of the boundary heads (sabrnet.md §8).
+
+    - boundary: 2-class cross-entropy weighted per class by ``1 − class frequency in the batch``;
+    - direction: 8-class cross-entropy on the ground-truth boundary pixels only (``ignore_index`` elsewhere);
+      zero when the batch has no boundary pixel.
+
+    Args:
+        boundary_logits: ``[B, 2, H, W]``.
+        direction_logits: ``[B, 8, H, W]``.
+        boundary_target: ``[B, H, W]`` or ``[B, 1, H, W]`` in {0, 1}.
+        direction_target: ``[B, H, W]`` or ``[B, 1, H, W]`` in 0..7, ``ignore_index`` off the boundary.
+    """
+    bt = boundary_target[:, 0] if boundary_target.ndim == 4 else boundary_target
+    dt = direction_target[:, 0] if direction_target.ndim == 4 else direction_target
+    bt, dt = bt.long(), dt.long()
+    if bt.shape[-2:] != boundary_logits.shape[-2:] or dt.shape[-2:] != direction_logits.shape[-2:]:
+        shapes = f"{tuple(boundary_logits.shape)} / {tuple(direction_logits.shape)}"
+        got = f"{tuple(bt.shape)} / {tuple(dt.shape)}"
+        raise DataError("boundary targets", f"targets {got} do not match the logits {shapes}")
+    freq = torch.stack([(bt == 0).float().mean(), (bt == 1).float().mean()])
+    boundary = F.cross_entropy(boundary_logits.float(), bt, weight=(1.0 - freq).clamp_min(1e-3))
+    dt = torch.where(bt == 1, dt, torch.full_like(dt, ignore_index))
+    if bool((dt != ignore_index).any()):
+        direction = F.cross_entropy(direction_logits.float(), dt, ignore_index=ignore_index)
+    else:
+        direction = direction_logits.float().sum() * 0.0
+    return boundary, direction
+
+
+def consistency_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean-teacher consistency: mean squared difference of the softmax probabilities (teacher detached)."""
+    return F.mse_loss(torch.softmax(student_logits.float(), 1), torch.softmax(teacher_logits.detach().float(), 1))
+
+
+def sigmoid_rampup(step: int, length: int) -> float:
+    """``exp(−5 (1 − t)²)`` with ``t = step / length`` clipped to [0, 1] (Laine & Aila; 1 when ``length`` is 0)."""
+    if length <= 0:
+        return 1.0
+    t = min(max(step / length, 0.0), 1.0)
+    return float(math.exp(-5.0 * (1.0 - t) ** 2))

@@ -22,7 +22,7 @@ from .images import (
     resize_mask,
     split_pool,
 )
-from .keys import DomainKeys, EpisodeKeys
+from .keys import DomainKeys, EpisodeKeys, SemiSupKeys
 from .labelmap import LabelMap
 from .layouts import IMAGE_RE, PreparedVolumeDataset, compute_classmap
 from .phantoms import (
@@ -56,6 +56,7 @@ __all__ = [
     "split_pool",
     "EpisodeKeys",
     "DomainKeys",
+    "SemiSupKeys",
     "LabelMap",
     "PreparedVolumeDataset",
     "compute_classmap",

@@ -31,7 +31,7 @@ Examples::
 
 from __future__ import annotations
 
-__all__ = ["EpisodeKeys", "DomainKeys"]
+__all__ = ["EpisodeKeys", "DomainKeys", "SemiSupKeys"]
 
 
 class EpisodeKeys:
@@ -66,3 +66,30 @@ class DomainKeys:
 
     IMAGE_A = "image_a"
     IMAGE_B = "image_b"
+
+
+class SemiSupKeys:
+    """Key names of a semi-supervised batch (SABR-Net and its baselines).
+
+    A labelled item has ``image`` (clean) and ``label``; the network input with shadow imitation is a copy of the
+    image under ``image_input``, and the shadow transform adds its keep-mask ``image_input_shadow_mask`` (1 keep,
+    0 shadow) and soft map ``image_input_shadow_soft``. A paired training batch also holds an unlabelled image under
+    ``unlabeled`` (its input ``unlabeled_input`` and mask ``unlabeled_input_shadow_mask``); the boundary targets of
+    stage 3 are ``label_boundary`` and ``label_direction``.
+
+    Attributes:
+        IMAGE, LABEL, INPUT, KEEP_MASK, SOFT, UNLABELED, UNLABELED_INPUT, UNLABELED_KEEP_MASK, BOUNDARY, DIRECTION,
+        NAME: the key strings.
+    """
+
+    IMAGE = "image"
+    LABEL = "label"
+    INPUT = "image_input"
+    KEEP_MASK = "image_input_shadow_mask"
+    SOFT = "image_input_shadow_soft"
+    UNLABELED = "unlabeled"
+    UNLABELED_INPUT = "unlabeled_input"
+    UNLABELED_KEEP_MASK = "unlabeled_input_shadow_mask"
+    BOUNDARY = "label_boundary"
+    DIRECTION = "label_direction"
+    NAME = "name"

@@ -159,9 +159,7 @@ class PreparedVolumeDataset:
     def load_superpixels(self, pid: str | int) -> Volume:
         p = self.superpixel_path(pid)
         if p is None:
-            raise DataError(
-                self.derived_dir, f"no superpixel map for scan {pid}; run `labelless superpixels` first"
-            )
+            raise DataError(self.derived_dir, f"no superpixel map for scan {pid}; run `labelless superpixels` first")
         sp = read_volume(p, is_label=True)
         sp = sp.with_array(np.rint(sp.array).astype(np.int32))
         if sp.shape != self.load_image(pid).shape:

@@ -5,24 +5,19 @@ training with a denoising surrogate task of FSMS), on the common base :class:`~l
 from __future__ import annotations
 
 from .adversarial import DOMAIN_KEYS, CycleTranslationTrainer, prepare_domain_batch
-from .base import (
-    EpisodicProgressBar,
-    StepTrainer,
-    StopAtIteration,
-    optimizer_param_ids,
+from .base import EpisodicProgressBar, StepTrainer, StopAtIteration, average_gradients, optimizer_param_ids
+from .episodic import EPISODE_KEYS, EpisodicTrainer, iteration_lr_schedule, prepare_episode_batch
+from .semisup import (
+    PRETRAIN_PROFILES,
+    PRETRAIN_WEIGHTS,
+    EMAModel,
+    MeanTeacherTrainer,
+    SegmentationTrainer,
+    ShadowPretrainTrainer,
+    prepare_semisup_batch,
+    unwrap_network,
 )
-from .episodic import (
-    EPISODE_KEYS,
-    EpisodicTrainer,
-    iteration_lr_schedule,
-    prepare_episode_batch,
-)
-from .surrogate import (
-    FSMS_EPISODE_KEYS,
-    SURROGATE_MODES,
-    SurrogateEpisodicTrainer,
-    prepare_fsms_batch,
-)
+from .surrogate import FSMS_EPISODE_KEYS, SURROGATE_MODES, SurrogateEpisodicTrainer, prepare_fsms_batch
 
 __all__ = [
     "CycleTranslationTrainer",
@@ -32,10 +27,19 @@ __all__ = [
     "StopAtIteration",
     "EpisodicProgressBar",
     "optimizer_param_ids",
+    "average_gradients",
     "EpisodicTrainer",
     "prepare_episode_batch",
     "iteration_lr_schedule",
     "EPISODE_KEYS",
+    "EMAModel",
+    "PRETRAIN_WEIGHTS",
+    "PRETRAIN_PROFILES",
+    "prepare_semisup_batch",
+    "ShadowPretrainTrainer",
+    "SegmentationTrainer",
+    "MeanTeacherTrainer",
+    "unwrap_network",
     "SurrogateEpisodicTrainer",
     "prepare_fsms_batch",
     "FSMS_EPISODE_KEYS",

@@ -39,7 +39,7 @@ from monai.utils import CommonKeys as Keys
 from torch.optim import Optimizer
 
 from labelless.data.keys import DomainKeys
-from labelless.engines.base import StepTrainer, optimizer_param_ids
+from labelless.engines.base import StepTrainer, average_gradients, optimizer_param_ids
 from labelless.errors import ConfigError, DataError
 from labelless.losses import CycleTranslationLoss
 from labelless.networks.cltnet import clip_rho_
@@ -82,24 +82,6 @@ def _parts(network: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
     if missing:
         raise ConfigError(f"the network must be a CLTNet with {_PARTS}; {type(net).__name__} lacks {missing}")
     return tuple(getattr(net, p) for p in _PARTS)
-
-
-def _average_gradients(optimizer: Optimizer) -> None:
-    """Average the gradients of ``optimizer``'s parameters over the processes of a distributed run (no-op otherwise).
-
-    The trainer calls the six sub-networks of a CLTNet directly (several times per iteration), which DDP's forward
-    hook cannot follow; averaging the gradients before each step keeps every process's copy identical, as DDP would.
-    """
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return
-    world = torch.distributed.get_world_size()
-    if world < 2:
-        return
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            if param.grad is not None:
-                torch.distributed.all_reduce(param.grad, op=torch.distributed.ReduceOp.SUM)
-                param.grad.div_(world)
 
 
 class CycleTranslationTrainer(StepTrainer):
@@ -182,12 +164,12 @@ class CycleTranslationTrainer(StepTrainer):
         def step(value: torch.Tensor, optimizer: Optimizer, scaler: Any) -> None:
             if use_amp:
                 scaler.scale(value).backward()
-                _average_gradients(optimizer)
+                average_gradients(optimizer)
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 value.backward()
-                _average_gradients(optimizer)
+                average_gradients(optimizer)
                 optimizer.step()
 
         def judge(discriminators: tuple, image: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -232,4 +214,3 @@ class CycleTranslationTrainer(StepTrainer):
         )
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
-

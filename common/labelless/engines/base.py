@@ -25,12 +25,31 @@ from torch.optim import Optimizer
 
 from labelless.errors import ConfigError
 
-__all__ = ["StepTrainer", "StopAtIteration", "EpisodicProgressBar", "optimizer_param_ids"]
+__all__ = ["StepTrainer", "StopAtIteration", "EpisodicProgressBar", "optimizer_param_ids", "average_gradients"]
 
 
 def optimizer_param_ids(optimizer: Optimizer) -> set[int]:
     """The ``id`` of every parameter an optimiser updates (to check which parameters two optimisers split)."""
     return {id(p) for group in optimizer.param_groups for p in group["params"]}
+
+
+def average_gradients(optimizer: Optimizer) -> None:
+    """Average the gradients of ``optimizer``'s parameters over the processes of a distributed run (no-op otherwise).
+
+    The adversarial and semi-supervised trainers call sub-networks directly (several times per iteration), which
+    DDP's forward hook cannot follow; averaging the gradients before each step keeps every process's copy identical,
+    as DDP would.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world = torch.distributed.get_world_size()
+    if world < 2:
+        return
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if param.grad is not None:
+                torch.distributed.all_reduce(param.grad, op=torch.distributed.ReduceOp.SUM)
+                param.grad.div_(world)
 
 
 def _stacklevel_outside(obj: object) -> int:

@@ -255,10 +255,12 @@ def write_inference_overlay(
         order = [pred.shape[0] // 2]
     paths = []
     for z in order:
-        fig = render_panels([
-            (grey_overlay(img[z], None, PRED_COLOR), f"{stem} z{z}"),
-            (grey_overlay(img[z], pred[z], PRED_COLOR), f"prediction ({int(area[z])} px)"),
-        ])
+        fig = render_panels(
+            [
+                (grey_overlay(img[z], None, PRED_COLOR), f"{stem} z{z}"),
+                (grey_overlay(img[z], pred[z], PRED_COLOR), f"prediction ({int(area[z])} px)"),
+            ]
+        )
         p = Path(out_dir) / f"{safe_name(stem)}_z{z}.png"
         with atomic_path(p) as tmp:
             fig.save(tmp, format="PNG")

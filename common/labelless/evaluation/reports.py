@@ -105,8 +105,12 @@ def mode_block(mr: ModeResult) -> dict[str, Any]:
             "test_pids": list(fr.test_pids),
             "support_slices": {names[c]: v for c, v in fr.support_slices.items()},
             "per_class": {
-                names[c]: {"dice": cd[c], "hd95": fr.class_distance("hd95")[c][0],
-                           "asd": fr.class_distance("asd")[c][0], "n_scans": len(fr.scans_of(c))}
+                names[c]: {
+                    "dice": cd[c],
+                    "hd95": fr.class_distance("hd95")[c][0],
+                    "asd": fr.class_distance("asd")[c][0],
+                    "n_scans": len(fr.scans_of(c)),
+                }
                 for c in mr.classes
             },  # fmt: skip
             "mean_dice": fr.mean_dice,
@@ -205,8 +209,12 @@ def _markdown(mrs: Sequence[ModeResult]) -> str:
         hd = [pc[c]["hd95"] for c in mr.classes if not math.isnan(pc[c]["hd95"])]
         asd = [pc[c]["asd"] for c in mr.classes if not math.isnan(pc[c]["asd"])]
         mean_row = ["**Mean**", f"**{_pct(mr.mean_dice)}**"] + [_pct(v) for v in fold_means]
-        mean_row += [_mm(float(np.mean(hd)) if hd else math.nan), _mm(float(np.mean(asd)) if asd else math.nan),
-                     str(sum(pc[c]["n_scans"] for c in mr.classes)), str(sum(pc[c]["n_skipped"] for c in mr.classes))]
+        mean_row += [
+            _mm(float(np.mean(hd)) if hd else math.nan),
+            _mm(float(np.mean(asd)) if asd else math.nan),
+            str(sum(pc[c]["n_scans"] for c in mr.classes)),
+            str(sum(pc[c]["n_skipped"] for c in mr.classes)),
+        ]
         lines.append("| " + " | ".join(mean_row) + " |")  # fmt: skip
         n_nan = sum(pc[c]["hd95_n_nan"] for c in mr.classes)
         if n_nan:

@@ -77,8 +77,9 @@ def image_format(path: str | os.PathLike) -> str:
     if suffix in SITK_FILE_SUFFIXES or suffix.lstrip(".").isdigit():  # DICOM files are often named without suffix
         return "sitk"
     raise DataError(
-        p, f"unsupported file type {suffix!r} (supported: folders of DICOM slices, "
-        f"{', '.join(NIFTI_SUFFIXES + PIL_SUFFIXES + SITK_FILE_SUFFIXES[:-1])})"
+        p,
+        f"unsupported file type {suffix!r} (supported: folders of DICOM slices, "
+        f"{', '.join(NIFTI_SUFFIXES + PIL_SUFFIXES + SITK_FILE_SUFFIXES[:-1])})",
     )
 
 

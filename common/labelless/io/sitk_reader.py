@@ -27,7 +27,6 @@ __all__ = ["SimpleITKReader", "read_dicom_series", "dicom_series_files"]
 logger = logging.getLogger(__name__)
 
 
-
 def dicom_series_files(folder: str | os.PathLike, series_id: str | None = None) -> list[Path]:
     """Slice files of the DICOM series in ``folder``, sorted by position along the slice normal (GDCM).
 

@@ -47,6 +47,7 @@ SITK_WRITABLE_SUFFIXES = (".nrrd", ".mha")
 #: Files :func:`labelless.io.write_volume` writes.
 WRITABLE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".png")
 
+
 def has_suffix(path: str | os.PathLike, suffixes: tuple[str, ...]) -> bool:
     """Whether ``path`` is a visible file name ending with one of ``suffixes`` (case-insensitive)."""
     name = Path(path).name

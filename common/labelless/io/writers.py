@@ -23,7 +23,6 @@ from .volume import Volume
 __all__ = ["write_volume", "write_image2d", "write_jpeg"]
 
 
-
 def _png_dtype(arr: np.ndarray, path: Path) -> np.dtype:
     if arr.dtype == np.uint8 or arr.dtype == np.uint16:
         return arr.dtype

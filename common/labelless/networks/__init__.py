@@ -1,19 +1,11 @@
 # Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
 """Networks shared by the few-shot bundles: encoders, prototype layers the method heads (DSPNet, PSMNet) and
-the FSMS 2D network; the CLTNet generators and discriminators of the weakly supervised bundle."""
+the FSMS 2D network; the CLTNet generators and discriminators of the weakly supervised bundle; the SABR-Net
+generator, boundary heads and discriminators of the semi-supervised bundle."""
 
 from __future__ import annotations
 
-from .cltnet import (
-    LIN,
-    AdaLIN,
-    CAMDiscriminator,
-    CLTGenerator,
-    CLTGeneratorOutput,
-    CLTNet,
-    build_cltnet,
-    clip_rho_,
-)
+from .cltnet import LIN, AdaLIN, CAMDiscriminator, CLTGenerator, CLTGeneratorOutput, CLTNet, build_cltnet, clip_rho_
 from .dspnet import (
     BCMA,
     BCMA_PRESETS,
@@ -30,20 +22,8 @@ from .dspnet import (
     soft_cluster,
     support_query_attention,
 )
-from .encoders import (
-    ENCODER_NAMES,
-    DilatedResNet,
-    PretrainedReport,
-    TinyEncoder,
-    build_encoder,
-)
-from .fewshot import (
-    FewShotOutput,
-    FewShotSegmentor,
-    SegmentorFeatures,
-    SupportEncoding,
-    build_fewshot_segmentor,
-)
+from .encoders import ENCODER_NAMES, DilatedResNet, PretrainedReport, TinyEncoder, build_encoder
+from .fewshot import FewShotOutput, FewShotSegmentor, SegmentorFeatures, SupportEncoding, build_fewshot_segmentor
 from .fsms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -69,13 +49,24 @@ from .prototypes import (
     prototype_scores,
     safe_normalize,
 )
-from .psmnet import (
-    MCAM,
-    CrossNonLocalBlock,
-    PSMNetHead,
-    PSMSplit,
-    build_psmnet_segmentor,
-    psm_split,
+from .psmnet import MCAM, CrossNonLocalBlock, PSMNetHead, PSMSplit, build_psmnet_segmentor, psm_split
+from .sabrnet import (
+    SABRNET_PROFILES,
+    BoundaryHeads,
+    ImageDiscriminator,
+    MappingNetwork,
+    MaskedStage,
+    MaskedTransformerBlock,
+    MaskedWindowAttention,
+    ModulatedConv2d,
+    PartialConv2d,
+    SABRGenerator,
+    SABRGeneratorOutput,
+    SABRNet,
+    SABRNetOutput,
+    SegDiscriminator,
+    build_discriminators,
+    build_sabrnet,
 )
 
 __all__ = [
@@ -138,4 +129,20 @@ __all__ = [
     "psm_split",
     "PSMNetHead",
     "build_psmnet_segmentor",
+    "PartialConv2d",
+    "MaskedWindowAttention",
+    "MaskedTransformerBlock",
+    "MaskedStage",
+    "ModulatedConv2d",
+    "MappingNetwork",
+    "SABRGeneratorOutput",
+    "SABRGenerator",
+    "BoundaryHeads",
+    "SABRNetOutput",
+    "SABRNet",
+    "ImageDiscriminator",
+    "SegDiscriminator",
+    "SABRNET_PROFILES",
+    "build_sabrnet",
+    "build_discriminators",
 ]

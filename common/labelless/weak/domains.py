@@ -246,7 +246,7 @@ def find_volume_cases(root: str | os.PathLike) -> dict[str, dict[str, Path | Non
         if image is not None and label is not None:
             cases[sub.name] = {"image": image, "label": label, "body": _first(sub, ["*brainmask*.nii*"])}
     for img in sorted(root.glob("image_*.nii*")):
-        pid = strip_suffix(img)[len("image_"):]
+        pid = strip_suffix(img)[len("image_") :]
         label = _first(root, [f"label_{pid}.nii.gz", f"label_{pid}.nii"])
         if label is not None:
             cases[pid] = {"image": img, "label": label, "body": None}

@@ -80,8 +80,14 @@ def write_weak_phantoms(
             write_image2d(mask.astype(np.uint8) * 255, label)
     for i in range(int(n_test)):
         write_image2d(make_weak_image(rng, size, False)[0], out / "testB" / f"nb{i:03d}.png")
-    info = {"synthetic_weak_version": SYNTHETIC_WEAK_VERSION, "n_train": n_train, "n_test": n_test, "n_val": n_val,
-            "size": size, "seed": seed}
+    info = {
+        "synthetic_weak_version": SYNTHETIC_WEAK_VERSION,
+        "n_train": n_train,
+        "n_test": n_test,
+        "n_val": n_val,
+        "size": size,
+        "seed": seed,
+    }
     write_json_atomic(out / "manifest.json", info)
     return out
 

@@ -321,4 +321,3 @@ class WeakSegmentationEvaluationRunner:
                     result["mean_dice"], result["mean_ja"], result["n_images"],
                     paths["metrics_json"].parent)  # fmt: skip
         return {k: v for k, v in result.items() if k != "per_image"}
-

@@ -40,7 +40,6 @@ __all__ = ["read_exclude_list", "ClassFolderDataset", "skin_pools"]
 logger = logging.getLogger(__name__)
 
 
-
 def read_exclude_list(exclude: Sequence[str] | str | os.PathLike | None) -> set[str]:
     """Class names to exclude: a list of names, or the path of a text file with one name per line.
 

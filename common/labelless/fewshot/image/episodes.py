@@ -188,8 +188,7 @@ class MetaTrainEpisodes(Dataset):
     ) -> None:
         if not isinstance(class_source, ClassPairSource):
             raise ConfigError(
-                "class_source must provide classes, ids and load_pair(cls, idx); "
-                f"got {type(class_source).__name__}"
+                f"class_source must provide classes, ids and load_pair(cls, idx); got {type(class_source).__name__}"
             )
         if unlabeled_pool is not None and not isinstance(unlabeled_pool, ImagePool):
             raise ConfigError(

@@ -38,6 +38,7 @@ __all__ = [
     "FewShotImageInferenceRunner",
 ]
 
+
 def support_mask_at(mask: torch.Tensor, size: int, source: str | os.PathLike | None = None) -> torch.Tensor:
     """A ``[1, H, W]`` support mask at ``size × size``: bilinear resize then ``> 0.5`` (fsms.md §1.5).
 
@@ -157,8 +158,8 @@ class FewShotImageInferenceRunner:
         self.threshold = float(threshold)
         self.n_overlays = len(self.queries) if n_overlays is None else int(n_overlays)
         self.batch_size = int(batch_size)
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = (
+            torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )
         self.network = network.to(self.device)
         self.predict = network_predictor(self.network, self.device, input_transform)

@@ -57,7 +57,6 @@ TestEpisode = list[tuple[tuple[int, ...], int]]
 """One test episode: ``(support pool indices, query pool index)`` per task."""
 
 
-
 def _count(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or int(value) != value or int(value) < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -192,8 +191,9 @@ def _check_probabilities(out: Any, shape: tuple[int, ...]) -> torch.Tensor:
         raise DataError("predictor", "returned NaN or infinite values")
     if p.numel() and (float(p.min()) < -1e-6 or float(p.max()) > 1 + 1e-6):
         raise DataError(
-            "predictor", f"returned values in [{float(p.min()):.3g}, {float(p.max()):.3g}]; expected probabilities "
-            "in [0, 1] (apply a sigmoid to logits, e.g. with network_predictor)"
+            "predictor",
+            f"returned values in [{float(p.min()):.3g}, {float(p.max()):.3g}]; expected probabilities "
+            "in [0, 1] (apply a sigmoid to logits, e.g. with network_predictor)",
         )
     return p
 
@@ -303,8 +303,10 @@ def evaluate_episodes(
         order = sorted(range(len(tasks)), key=lambda t: tuple(loaded[t][0][0].shape[1:]))
         groups: list[list[int]] = []
         for t in order:  # tasks of one call share the image size
-            if groups and len(groups[-1]) < batch_tasks and (
-                loaded[groups[-1][0]][0][0].shape == loaded[t][0][0].shape
+            if (
+                groups
+                and len(groups[-1]) < batch_tasks
+                and (loaded[groups[-1][0]][0][0].shape == loaded[t][0][0].shape)
             ):
                 groups[-1].append(t)
             else:
