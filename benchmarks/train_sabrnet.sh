@@ -6,7 +6,7 @@
 # methods: sabrnet (pretrain -> finetune -> boundary), sabrnet_noshadow, sabrnet_acoustic, sabrnet_norefine (same
 # model as sabrnet, evaluated without refinement), supervised (labelled images only, same budget), mean_teacher.
 # scale multiplies every iteration budget (default 1: pretrain 400, finetune 600, boundary 200, baselines 800).
-# EMA decay 0.99 (time constant 100 iterations, for these short budgets; the spec's 0.99778 suits 60k iterations).
+# Batch 2 after stage 1 (SABRNET_BATCH), EMA decay 0.99 (time constant 100 iterations, for these short budgets; the spec's 0.99778 suits 60k iterations).
 # Output: runs/sabrnet/<dataset>_r<ratio>/<method>/{models,eval,*.log}
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -21,10 +21,11 @@ run_stage() {  # stage n_steps [overrides]
     local stage="$1" n="$2"; shift 2
     python -m monai.bundle run --config_file "$B/configs/train.json" --bundle_root "$OUT" --stage "$stage" \
         --dataset_dir "$DATA/$DS" --labeled_ratio "$RATIO" --n_steps "$n" --epoch_length 100 --val_interval 100 \
-        --save_interval 100000 --ema_decay 0.99 --ckpt_dir "$OUT/models/$stage" --output_dir "$OUT/eval/$stage" "$@" \
+        --save_interval 100000 --ema_decay 0.99 --batch_size "$BATCH" --ckpt_dir "$OUT/models/$stage" --output_dir "$OUT/eval/$stage" "$@" \
         > "$OUT/$stage.log" 2>&1
 }
 SHADOW=freeform
+BATCH="${SABRNET_BATCH:-2}"  # labelled batch of the stages after pretraining (stage 1 pairs one labelled + one unlabelled)
 case "$METHOD" in
     sabrnet|sabrnet_norefine) ;;
     sabrnet_noshadow) SHADOW=none ;;
@@ -41,7 +42,7 @@ case "$METHOD" in
             [ -f "$SRC" ] || { echo "run sabrnet first ($SRC missing)" >&2; exit 2; }
             mkdir -p "$OUT/models"; cp "$SRC" "$OUT/models/model.pt"
         else
-            run_stage pretrain "$(steps 400)" --shadow_mode "$SHADOW" "$@"
+            BATCH=1 run_stage pretrain "$(steps 400)" --shadow_mode "$SHADOW" "$@"
             run_stage finetune "$(steps 600)" --init_ckpt "$OUT/models/pretrain/model.pt" "$@"
             run_stage boundary "$(steps 200)" --init_ckpt "$OUT/models/finetune/model.pt" "$@"
             cp "$OUT/models/boundary/model.pt" "$OUT/models/model.pt"
