@@ -15,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from PIL import Image
 
@@ -99,13 +100,16 @@ def test_evaluate_reports_coarse_refined_and_hc(trained, data, tmp_path, split):
     assert (out / "metrics.csv").is_file() and list((out / "overlays").glob("*.png"))
 
 
-def test_inference_png_nifti_at_input_size(trained, data, tmp_path):
+def test_inference_png_nifti_dicom_at_input_size(trained, data, tmp_path):
     queries = tmp_path / "queries"
     queries.mkdir()
     img = np.asarray(Image.open(next((data / "unlabeled").glob("*.png"))).convert("L"))
     Image.fromarray(img[:70, :50]).save(queries / "odd.png")
     nib.save(nib.Nifti1Image(img.T.astype(np.float32) / 255.0, np.diag([0.3, 0.3, 1.0, 1.0])),
              str(queries / "frame.nii.gz"))  # fmt: skip
+    dcm = sitk.GetImageFromArray(img[:40, :60])
+    dcm.SetSpacing((0.25, 0.5))
+    sitk.WriteImage(dcm, str(queries / "probe.dcm"))
     out = tmp_path / "pred"
     wf = bundle_workflow(BUNDLE, ["inference.json"], "infer", ckpt_path=str(trained / "models" / "model.pt"),
                          images=str(queries), output_dir=str(out), pixel_size=0.2, **TINY)  # fmt: skip
@@ -116,8 +120,10 @@ def test_inference_png_nifti_at_input_size(trained, data, tmp_path):
     assert mask.shape == (70, 50) and set(np.unique(mask).tolist()) <= {0, 255}
     pred = nib.load(str(out / "frame_mask.nii.gz"))
     assert pred.shape[:2] == img.T.shape and np.allclose(pred.affine, np.diag([0.3, 0.3, 1.0, 1.0]))
+    dmask = sitk.ReadImage(str(out / "probe_mask.nii.gz"))
+    assert sitk.GetArrayFromImage(dmask).squeeze().shape == (40, 60) and dmask.GetSpacing()[:2] == (0.25, 0.5)
     summary = json.loads((out / "inference_summary.json").read_text())
-    assert len(summary["images"]) == 2 and all("head_circumference_mm" in r for r in summary["images"])
+    assert len(summary["images"]) == 3 and all("head_circumference_mm" in r for r in summary["images"])
     with pytest.raises(Exception) as err:
         bad = bundle_workflow(BUNDLE, ["inference.json"], "infer", ckpt_path=str(trained / "models" / "model.pt"),
                               images=str(queries), output_dir=str(queries / "out"), **TINY)  # fmt: skip

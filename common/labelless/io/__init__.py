@@ -16,6 +16,7 @@ from .geometry import (
 from .readers import image_format, read_image2d, read_volume
 from .sitk_reader import SimpleITKReader, dicom_series_files, read_dicom_series
 from .suffixes import (
+    DICOM_SUFFIXES,
     IMAGE_2D_SUFFIXES,
     JPEG_SUFFIXES,
     MASK_2D_SUFFIXES,
@@ -50,6 +51,7 @@ __all__ = [
     "read_dicom_series",
     "dicom_series_files",
     "NIFTI_SUFFIXES",
+    "DICOM_SUFFIXES",
     "PIL_SUFFIXES",
     "SITK_FILE_SUFFIXES",
     "SITK_SUFFIXES",

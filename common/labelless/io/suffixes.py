@@ -13,6 +13,7 @@ from labelless.utils import path_suffix
 
 __all__ = [
     "NIFTI_SUFFIXES",
+    "DICOM_SUFFIXES",
     "PIL_SUFFIXES",
     "SITK_FILE_SUFFIXES",
     "SITK_SUFFIXES",
@@ -28,6 +29,8 @@ __all__ = [
 
 #: NIfTI (read with nibabel).
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: DICOM files (single frames are read as 2D images).
+DICOM_SUFFIXES = (".dcm", ".dicom")
 #: Files read with PIL.
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 #: Files read with SimpleITK by :func:`labelless.io.read_volume` (``""``: DICOM files named without suffix).

@@ -30,7 +30,7 @@ from labelless.errors import ConfigError, DataError
 from labelless.evaluation.overlays import rgb_overlay
 from labelless.io.checkpoint import load_network_weights
 from labelless.io.readers import read_volume
-from labelless.io.suffixes import NIFTI_SUFFIXES, SITK_FILE_SUFFIXES, has_suffix, strip_suffix
+from labelless.io.suffixes import DICOM_SUFFIXES, NIFTI_SUFFIXES, has_suffix, strip_suffix
 from labelless.io.writers import write_image2d, write_volume
 from labelless.semisup.data import load_ultrasound, ultrasound_size
 from labelless.semisup.hc import head_circumference_mm
@@ -53,7 +53,7 @@ def list_ultrasound_inputs(images: str | os.PathLike | Sequence[str | os.PathLik
         folder = Path(images)
         files = sorted(list_images(folder).values())
         files += sorted(p for p in folder.iterdir() if p.is_file() and p not in files and
-                        (has_suffix(p, NIFTI_SUFFIXES) or has_suffix(p, (".dcm", ".dicom"))))  # fmt: skip
+                        (has_suffix(p, NIFTI_SUFFIXES) or has_suffix(p, DICOM_SUFFIXES)))  # fmt: skip
         if not files:
             raise DataError(folder, "no PNG/JPG/NIfTI/DICOM image in the folder")
         return files
@@ -167,7 +167,7 @@ class SemiSupInferenceRunner:
             prob_o = F.interpolate(prob[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
             stem = strip_suffix(f)
             rec: dict[str, Any] = {"input": str(f), "size": [h, w], "foreground_px": int(mask.sum())}
-            if has_suffix(f, NIFTI_SUFFIXES) or has_suffix(f, SITK_FILE_SUFFIXES[4:6]):
+            if has_suffix(f, NIFTI_SUFFIXES) or has_suffix(f, DICOM_SUFFIXES):
                 ref = read_volume(f, ndim=2)
                 rec["mask"] = str(write_volume(mask[None].astype(np.uint8), self.output_dir / f"{stem}_mask.nii.gz",
                                                reference=ref, dtype=np.uint8))  # fmt: skip
