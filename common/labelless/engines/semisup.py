@@ -223,7 +223,61 @@ def _ones_like_mask(image: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(image[:, :1])
 
 
-class ShadowPretrainTrainer(StepTrainer):
+class _SemiSupTrainer(StepTrainer):
+    """Common set-up of the semi-supervised trainers: a SABRNet, CE + Dice as ``loss_function``, the batch preparation
+    of :func:`prepare_semisup_batch`, and the end of an iteration (events, optimiser step, outputs)."""
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable | torch.utils.data.DataLoader,
+        network: nn.Module,
+        optimizer: Optimizer,
+        epoch_length: int | None = None,
+        n_steps: int | None = None,
+        prepare_batch: Callable = prepare_semisup_batch,
+        amp: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        _parts(network)
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=segmentation_ce_dice,
+            epoch_length=epoch_length,
+            n_steps=n_steps,
+            prepare_batch=prepare_batch,
+            amp=amp,
+            **kwargs,
+        )
+
+    @staticmethod
+    def _batch(engine: Any, batchdata: Any, required: Iterable[str]) -> dict[str, torch.Tensor]:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        return engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, required=tuple(required),
+                                    **engine.to_kwargs)  # fmt: skip
+
+    @staticmethod
+    def _finish(engine: Any, loss: torch.Tensor, optimizer: Optimizer, scaler: Any, clip: float | None,
+                output: dict[str, Any], terms: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
+        """Fire the MONAI iteration events around the optimiser step of ``loss`` and complete ``output``."""
+        engine.state.output = output
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        _step(engine, loss, optimizer, scaler, clip)
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        output.update({Keys.LOSS: loss.detach()})
+        output.update({k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in terms.items()})
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return output
+
+
+class ShadowPretrainTrainer(_SemiSupTrainer):
     """Stage 1 of SABR-Net: inpainting + segmentation pretraining with shadow imitation (see the module docstring).
 
     Args:
@@ -278,19 +332,8 @@ class ShadowPretrainTrainer(StepTrainer):
         if unknown:
             raise ConfigError(f"unknown stage-1 loss weights {sorted(unknown)}; known: {sorted(PRETRAIN_WEIGHTS)}")
         generator, _ = _parts(network)
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            train_data_loader=train_data_loader,
-            network=network,
-            optimizer=optimizer,
-            loss_function=segmentation_ce_dice,
-            epoch_length=epoch_length,
-            n_steps=n_steps,
-            prepare_batch=prepare_batch,
-            amp=amp,
-            **kwargs,
-        )
+        super().__init__(device, max_epochs, train_data_loader, network, optimizer, epoch_length, n_steps,
+                         prepare_batch, amp, **kwargs)  # fmt: skip
         self.profile = profile
         self.u_optimizer, self.d_optimizer = u_optimizer, d_optimizer
         self.discriminators = None if profile == "lite" else nn.ModuleDict(dict(discriminators)).to(self.state.device)
@@ -375,18 +418,14 @@ class ShadowPretrainTrainer(StepTrainer):
 
     # ----------------------------------------------------------------------------------------------- iteration
     def _iteration(self, engine: ShadowPretrainTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
-        required = (SemiSupKeys.IMAGE, SemiSupKeys.LABEL, SemiSupKeys.INPUT, SemiSupKeys.KEEP_MASK,
-                    SemiSupKeys.UNLABELED, SemiSupKeys.UNLABELED_INPUT, SemiSupKeys.UNLABELED_KEEP_MASK)  # fmt: skip
-        b = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, required=required,
-                                 **engine.to_kwargs)  # fmt: skip
+        b = engine._batch(engine, batchdata, (SemiSupKeys.IMAGE, SemiSupKeys.LABEL, SemiSupKeys.INPUT,
+                          SemiSupKeys.KEEP_MASK, SemiSupKeys.UNLABELED, SemiSupKeys.UNLABELED_INPUT,
+                          SemiSupKeys.UNLABELED_KEEP_MASK))  # fmt: skip
         generator, _ = _parts(engine.network)
         it = engine.state.iteration
         warmup = it <= engine.warmup_steps
         if engine.use_perceptual and engine.warmup_steps > 0 and it == engine.warmup_steps + 1:
             engine.perceptual_network.load_state_dict(generator.state_dict())
-        n_classes = None
         engine.network.train()
         x_u, m_u = b[SemiSupKeys.UNLABELED], b[SemiSupKeys.UNLABELED_KEEP_MASK]
         x_l, m_l, y_l = b[SemiSupKeys.IMAGE], b[SemiSupKeys.KEEP_MASK], b[SemiSupKeys.LABEL]
@@ -415,22 +454,15 @@ class ShadowPretrainTrainer(StepTrainer):
                 ce, dice = segmentation_ce_dice(out_l.seg, y_l, ce_temperature=0.1, dice_temperature=0.3)
                 loss_l = loss_l + engine.weights["ce"] * ce + engine.weights["dice"] * dice
                 terms_l = {**terms_l, "ce": ce, "dice": dice}
-        engine.state.output = output
-        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        _step(engine, loss_l, engine.optimizer, engine.scaler, engine.clip_l)
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        output.update({Keys.PRED: out_l.seg.detach(), Keys.LABEL: y_l, Keys.LOSS: (loss_u + loss_l).detach(),
-                       "loss_u": loss_u.detach(), "loss_l": loss_l.detach(), "warmup": float(warmup)})  # fmt: skip
-        output.update({f"{k}_u": v.detach() for k, v in terms_u.items()})
-        output.update({k: v.detach() for k, v in terms_l.items()})
+        output.update({Keys.PRED: out_l.seg.detach(), Keys.LABEL: y_l})
+        terms = {**{f"{k}_u": v for k, v in terms_u.items()}, **terms_l, "loss_u": loss_u, "loss_l": loss_l,
+                 "warmup": float(warmup), Keys.LOSS: (loss_u + loss_l).detach()}  # fmt: skip
         if d_loss is not None:
-            output["d_loss"] = d_loss
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return output
+            terms["d_loss"] = d_loss
+        return engine._finish(engine, loss_l, engine.optimizer, engine.scaler, engine.clip_l, output, terms)
 
 
-class SegmentationTrainer(StepTrainer):
+class SegmentationTrainer(_SemiSupTrainer):
     """Stage 2 (fine-tuning, and the supervised-only baseline) or stage 3 (``boundary=True``) of SABR-Net.
 
     Labelled batches only, keep-mask all ones (sabrnet.md §3.3). Loss: ``CE(s, y) + Dice(sigmoid(s), onehot(y))``;
@@ -464,32 +496,18 @@ class SegmentationTrainer(StepTrainer):
         generator, heads = _parts(network)
         if boundary and heads is None:
             raise ConfigError("boundary training needs a SABRNet with boundary heads (build_sabrnet(with_heads=True))")
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            train_data_loader=train_data_loader,
-            network=network,
-            optimizer=optimizer,
-            loss_function=segmentation_ce_dice,
-            epoch_length=epoch_length,
-            n_steps=n_steps,
-            prepare_batch=prepare_batch,
-            amp=amp,
-            **kwargs,
-        )
+        super().__init__(device, max_epochs, train_data_loader, network, optimizer, epoch_length, n_steps,
+                         prepare_batch, amp, **kwargs)  # fmt: skip
         self.boundary, self.freeze_generator, self.clip = bool(boundary), bool(freeze_generator), float(clip)
         if self.freeze_generator:
             for p in generator.parameters():
                 p.requires_grad_(False)
 
     def _iteration(self, engine: SegmentationTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
         required = [SemiSupKeys.IMAGE, SemiSupKeys.LABEL]
         if engine.boundary:
             required += [SemiSupKeys.BOUNDARY, SemiSupKeys.DIRECTION]
-        b = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, required=required,
-                                 **engine.to_kwargs)  # fmt: skip
+        b = engine._batch(engine, batchdata, required)
         x, y = b[SemiSupKeys.IMAGE], b[SemiSupKeys.LABEL]
         engine.network.train()
         if engine.freeze_generator:
@@ -506,17 +524,11 @@ class SegmentationTrainer(StepTrainer):
                 terms.update(boundary=lb, direction=ld)
             else:
                 loss = ce + dice
-        engine.state.output = {Keys.IMAGE: x, Keys.LABEL: y, Keys.PRED: out.seg.detach()}
-        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        _step(engine, loss, engine.optimizer, engine.scaler, engine.clip)
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        engine.state.output.update({Keys.LOSS: loss.detach(), **{k: v.detach() for k, v in terms.items()}})
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return engine.state.output
+        output = {Keys.IMAGE: x, Keys.LABEL: y, Keys.PRED: out.seg.detach()}
+        return engine._finish(engine, loss, engine.optimizer, engine.scaler, engine.clip, output, terms)
 
 
-class MeanTeacherTrainer(StepTrainer):
+class MeanTeacherTrainer(_SemiSupTrainer):
     """Mean-teacher baseline: supervised CE + Dice on the labelled image plus ``w(t) · MSE(softmax(student(x_u + n1)),
     softmax(teacher(x_u + n2)))`` with a sigmoid ramp-up ``w(t) = consistency · exp(−5 (1 − t/rampup)²)``.
 
@@ -554,30 +566,15 @@ class MeanTeacherTrainer(StepTrainer):
         _parts(network)
         if not isinstance(teacher, EMAModel):
             raise ConfigError(f"teacher must be an EMAModel of the network, got {type(teacher).__name__}")
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            train_data_loader=train_data_loader,
-            network=network,
-            optimizer=optimizer,
-            loss_function=segmentation_ce_dice,
-            epoch_length=epoch_length,
-            n_steps=n_steps,
-            prepare_batch=prepare_batch,
-            amp=amp,
-            **kwargs,
-        )
+        super().__init__(device, max_epochs, train_data_loader, network, optimizer, epoch_length, n_steps,
+                         prepare_batch, amp, **kwargs)  # fmt: skip
         if not math.isfinite(float(consistency)) or float(consistency) < 0:
             raise ConfigError(f"consistency must be >= 0, got {consistency!r}")
         self.teacher, self.consistency = teacher, float(consistency)
         self.rampup_steps, self.noise_std, self.clip = int(rampup_steps), float(noise_std), float(clip)
 
     def _iteration(self, engine: MeanTeacherTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
-        required = (SemiSupKeys.IMAGE, SemiSupKeys.LABEL, SemiSupKeys.UNLABELED)
-        b = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, required=required,
-                                 **engine.to_kwargs)  # fmt: skip
+        b = engine._batch(engine, batchdata, (SemiSupKeys.IMAGE, SemiSupKeys.LABEL, SemiSupKeys.UNLABELED))
         x, y, x_u = b[SemiSupKeys.IMAGE], b[SemiSupKeys.LABEL], b[SemiSupKeys.UNLABELED]
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
@@ -591,12 +588,6 @@ class MeanTeacherTrainer(StepTrainer):
                                                 _ones_like_mask(x_u)).seg  # fmt: skip
             cons = consistency_mse(student, teacher)
             loss = ce + dice + weight * cons
-        engine.state.output = {Keys.IMAGE: x, Keys.LABEL: y, Keys.PRED: out.seg.detach()}
-        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        _step(engine, loss, engine.optimizer, engine.scaler, engine.clip)
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        engine.state.output.update({Keys.LOSS: loss.detach(), "ce": ce.detach(), "dice": dice.detach(),
-                                    "consistency": cons.detach(), "consistency_weight": weight})  # fmt: skip
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return engine.state.output
+        output = {Keys.IMAGE: x, Keys.LABEL: y, Keys.PRED: out.seg.detach()}
+        terms = {"ce": ce, "dice": dice, "consistency": cons, "consistency_weight": weight}
+        return engine._finish(engine, loss, engine.optimizer, engine.scaler, engine.clip, output, terms)
