@@ -205,3 +205,19 @@ def test_multi_gpu_config_runs_under_torchrun_on_cpu(data, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     ckpt = torch.load(tmp_path / "models" / "finetune" / "finetune_final.pt", map_location="cpu", weights_only=True)
     assert ckpt["trainer"]["iteration"] == 2 and not any(k.startswith("module.") for k in ckpt["model"])
+
+
+def test_pretrain_pairs_draw_independent_shadows(data):
+    """The labelled and the unlabelled image of a stage-1 pair each get their own shadow; labels are untouched."""
+    from labelless.semisup.workflow import resolve_split, training_dataset
+
+    split = resolve_split(data, labeled_ratio=0.5)
+    ds = training_dataset(split, "pretrain", image_size=64, length=6, seed=0)
+    items = [ds[i] for i in range(6)]
+    assert any(not torch.equal(it["image_input_shadow_mask"], it["unlabeled_input_shadow_mask"]) for it in items)
+    for it in items:
+        keep = it["image_input_shadow_mask"]
+        assert torch.equal(it["image_input"], it["image"] * keep)  # freeform: holes are zero (mid-grey)
+        assert set(torch.unique(it["label"]).tolist()) <= {0, 1}
+    again = training_dataset(split, "pretrain", image_size=64, length=6, seed=0)
+    assert torch.equal(again[3]["image_input_shadow_mask"], items[3]["image_input_shadow_mask"])

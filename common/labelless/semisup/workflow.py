@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.transforms import Compose, CopyItemsd
+from monai.transforms import Compose, CopyItemsd, Randomizable
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -89,7 +89,8 @@ def resolve_split(
 
 class PairedSemiSupDataset(Dataset):
     """``length`` items, each a labelled item (cycled) joined with an unlabelled image drawn with a seeded
-    generator (the pairing of item ``i`` depends on ``seed`` and ``i`` only, so runs are reproducible).
+    generator (the pairing and the random transforms of item ``i`` depend on ``seed`` and ``i`` only, so runs are
+    reproducible whatever the loader order).
 
     Args:
         labeled: dataset of labelled items (``image``, ``label``, ...).
@@ -114,7 +115,19 @@ class PairedSemiSupDataset(Dataset):
         rng = np.random.default_rng([self.seed, int(index)])
         item = dict(self.labeled[int(rng.integers(len(self.labeled)))])
         item[SemiSupKeys.UNLABELED] = self.unlabeled[int(rng.integers(len(self.unlabeled)))][SemiSupKeys.IMAGE]
-        return self.transform(item) if self.transform is not None else item
+        if self.transform is None:
+            return item
+        _seed_per_item(self.transform, rng)
+        return self.transform(item)
+
+
+def _seed_per_item(transform: Any, rng: np.random.Generator) -> None:
+    """Give every random transform of ``transform`` (a ``Compose`` or a single one) its own seed drawn from the
+    item's generator, so that an item's random draws depend on the seed and its index only (any loader order, any
+    number of workers) and two transforms of one item draw independently."""
+    for t in getattr(transform, "transforms", [transform]):
+        if isinstance(t, Randomizable):
+            t.set_random_state(seed=int(rng.integers(2**31 - 1)))
 
 
 class _Cycled(Dataset):
@@ -170,10 +183,10 @@ def training_dataset(
     inputs = [SemiSupKeys.INPUT, SemiSupKeys.UNLABELED_INPUT]
     steps: list[Any] = [CopyItemsd(keys=keys, times=1, names=inputs)]
     prob = 0.0 if shadow_mode == "none" else float(shadow_prob)
-    shadow = RandShadowd(keys=inputs, mode="freeform" if shadow_mode == "none" else shadow_mode, prob=prob,
-                         geometry=geometry)  # fmt: skip
-    shadow.set_random_state(seed=int(seed))
-    steps.append(shadow)
+    for key in inputs:  # one transform per image: each draws its own shadow (and its own geometry)
+        shadow = RandShadowd(keys=key, mode="freeform" if shadow_mode == "none" else shadow_mode, prob=prob,
+                             geometry=geometry)  # fmt: skip
+        steps.append(shadow)
     return PairedSemiSupDataset(labeled, unlabeled, length, seed, Compose(steps))
 
 
