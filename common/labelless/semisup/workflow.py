@@ -219,6 +219,7 @@ def build_trainer(
     epoch_length: int,
     max_epochs: int | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    learning_rate: float | None = None,
     ema: EMAModel | None = None,
     profile: str = "lite",
     image_size: int = 128,
@@ -235,8 +236,9 @@ def build_trainer(
     **kwargs: Any,
 ) -> Any:
     """The Ignite trainer of ``stage`` (``train#trainer`` of train.json); ``optimizer`` defaults to
-    :func:`build_optimizer`. The trainer gets ``ema`` (if given) attached as a handler, so evaluation uses the
-    EMA model; the mean teacher's teacher is ``ema`` (required). ``max_epochs`` defaults to
+    :func:`build_optimizer` (``learning_rate`` overrides the stage's spec learning rate). The trainer gets ``ema``
+    (if given) attached as a handler, so evaluation uses the EMA model; the mean teacher's teacher is ``ema``
+    (required). ``max_epochs`` defaults to
     ``ceil(n_steps / epoch_length)`` (the run stops exactly at ``n_steps``).
 
     Raises:
@@ -246,12 +248,13 @@ def build_trainer(
     if max_epochs is None:
         max_epochs = math.ceil(int(n_steps) / int(epoch_length))
     dev = torch.device(device)
-    opt = build_optimizer(stage, network) if optimizer is None else optimizer
+    lr = None if is_unset(learning_rate) else float(learning_rate)
+    opt = build_optimizer(stage, network, lr) if optimizer is None else optimizer
     common = dict(device=dev, max_epochs=int(max_epochs), epoch_length=int(epoch_length),
                   n_steps=int(n_steps), train_data_loader=train_data_loader, network=network, optimizer=opt, amp=amp,
                   train_handlers=list(train_handlers), **kwargs)  # fmt: skip
     if stage == "pretrain":
-        u_opt = build_optimizer("pretrain", network)
+        u_opt = build_optimizer("pretrain", network, lr)
         d_opt, dis = None, None
         if profile == "full":
             d_img, d_seg = build_discriminators(discriminator_profile or "cpu", n_classes=n_classes,
