@@ -83,17 +83,21 @@ def test_pretrain_full_profile_and_acoustic_shadows(tmp_path, data):
     assert (folder / "model.pt").is_file()
 
 
-@pytest.mark.parametrize("split", ["test", "all"])
-def test_evaluate_reports_coarse_refined_and_hc(trained, data, tmp_path, split):
+@pytest.mark.parametrize("split,refine", [("test", True), ("all", "false")])
+def test_evaluate_reports_coarse_refined_and_hc(trained, data, tmp_path, split, refine):
     out = tmp_path / "eval"
     wf = bundle_workflow(BUNDLE, ["train.json", "evaluate.json"], "train", dataset_dir=str(data),
-                         bundle_root=str(trained), output_dir=str(out), eval_split=split, **TINY)  # fmt: skip
+                         bundle_root=str(trained), output_dir=str(out), eval_split=split, refine=refine,
+                         **TINY)  # fmt: skip
     wf.initialize()
     wf.run()
     m = json.loads((out / "metrics.json").read_text())
     n_labelled = len(list((data / "labeled" / "images").glob("*.png")))
     assert m["split"] == split and (m["n_images"] == n_labelled if split == "all" else 0 < m["n_images"] < n_labelled)
     assert 0.0 <= m["mean_dice"] <= 1.0 and m["mean_dice"] == m["refined"]["mean_dice"]
+    assert m["refine"] is (refine is True)  # the string "false" of a command line switches refinement off
+    if refine != True:  # noqa: E712
+        assert m["refined"]["mean_dice"] == m["coarse"]["mean_dice"]
     assert {"mean_dice", "mean_iou", "mean_hd95_px", "mean_hc_abs_diff_mm", "dataset_dice"} <= set(m["coarse"])
     row = m["per_image"][0]
     assert "reference_hc_mm" in row and "refined_hd95_mm" in row

@@ -36,7 +36,7 @@ from labelless.semisup.data import load_ultrasound, ultrasound_size
 from labelless.semisup.hc import head_circumference_mm
 from labelless.semisup.protocol import predict_masks
 from labelless.semisup.synthetic import default_ultrasound_dir
-from labelless.utils import atomic_path, is_unset, write_json_atomic
+from labelless.utils import as_bool, atomic_path, is_unset, write_json_atomic
 
 __all__ = ["inference_inputs", "list_ultrasound_inputs", "read_pixel_sizes", "SemiSupInferenceRunner"]
 
@@ -141,7 +141,11 @@ class SemiSupInferenceRunner:
             if out == folder or folder in out.parents:
                 raise ConfigError(f"output_dir {self.output_dir} lies inside the input folder {folder}")
         self.ckpt_path = None if is_unset(ckpt_path) else Path(ckpt_path)
-        self.image_size, self.refine, self.offset_scale = int(image_size), bool(refine), float(offset_scale)
+        self.image_size, self.refine, self.offset_scale = (
+            int(image_size),
+            as_bool(refine, "refine"),
+            float(offset_scale),
+        )
         self.pixel_sizes = read_pixel_sizes(pixel_size)
         self.device = torch.device(device)
 

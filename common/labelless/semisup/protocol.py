@@ -35,7 +35,7 @@ from labelless.io.checkpoint import load_network_weights
 from labelless.semisup.data import SEMISUP_EVAL_SPLITS, SemiSupDataset, SemiSupItem, SemiSupSplit
 from labelless.semisup.hc import head_circumference_mm
 from labelless.transforms.boundary import refine_with_offsets
-from labelless.utils import atomic_path, is_unset, write_json_atomic, write_text_atomic
+from labelless.utils import as_bool, atomic_path, is_unset, write_json_atomic, write_text_atomic
 
 __all__ = [
     "predict_masks",
@@ -246,7 +246,11 @@ class SemiSupEvaluationRunner:
             self.items = list(split.test) + [i for i in split.val if i not in split.test]
         if not self.items:
             raise ConfigError(f"the {eval_split!r} split of {split.root} holds no labelled image")
-        self.image_size, self.refine, self.offset_scale = int(image_size), bool(refine), float(offset_scale)
+        self.image_size, self.refine, self.offset_scale = (
+            int(image_size),
+            as_bool(refine, "refine"),
+            float(offset_scale),
+        )
         self.n_overlays, self.device = int(n_overlays), torch.device(device)
 
     def run(self) -> dict[str, Any]:
