@@ -14,8 +14,8 @@ worker() {
             || echo "FAILED: $job" >> "$ROOT/runs/sabrnet/queue_$name.out"
     done
 }
-worker a "hc18 0.2 sabrnet" "ddti 0.2 supervised" "ddti 0.2 mean_teacher" "hc18 0.5 sabrnet" "ddti 0.5 supervised" \
-    "hc18 0.2 sabrnet_norefine" "hc18 0.2 sabrnet_acoustic" "ddti 0.5 mean_teacher" &
-worker b "hc18 0.2 supervised" "hc18 0.2 mean_teacher" "ddti 0.2 sabrnet" "hc18 0.5 supervised" "hc18 0.5 mean_teacher" \
-    "ddti 0.5 sabrnet" "hc18 0.2 sabrnet_noshadow" &
+worker a "hc18 0.2 sabrnet" "hc18 0.2 sabrnet_norefine" "ddti 0.2 sabrnet" "ddti 0.2 mean_teacher" "hc18 0.5 sabrnet" \
+    "hc18 0.5 mean_teacher" "ddti 0.5 supervised" "hc18 0.2 sabrnet_noshadow" &
+worker b "hc18 0.2 supervised" "hc18 0.2 mean_teacher" "ddti 0.2 supervised" "hc18 0.5 supervised" "ddti 0.5 sabrnet" \
+    "ddti 0.5 mean_teacher" "hc18 0.2 sabrnet_acoustic" &
 wait

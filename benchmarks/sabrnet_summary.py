@@ -30,7 +30,8 @@ def _f(v: float | None, scale: float = 100.0) -> str:
 def main(root: Path) -> None:
     for ds in ("hc18", "ddti"):
         hc = ds == "hc18"
-        head = "| method | r | Dice coarse | Dice refined | IoU | HD95 px | ASD px |" + (" HD95 mm | HC error mm |" if hc else "")
+        head = "| method | r | Dice coarse | Dice refined | IoU | HD95 px | ASD px |"
+        head += " HD95 mm | HC error mm |" if hc else ""
         print(f"\n### {ds.upper()}\n\n{head}\n|" + "---|" * (head.count("|") - 1))
         for ratio in ("0.2", "0.5"):
             base = root / f"baselines_{ds}_r{ratio}.json"
@@ -39,7 +40,7 @@ def main(root: Path) -> None:
                 for k, label in (("all_foreground", "all foreground"), ("otsu", "Otsu threshold"),
                                  ("mean_mask", "mean labelled mask")):  # fmt: skip
                     m = b[k]
-                    row = (f"| {label} | {ratio} | {_f(m['dice'])} | {_f(m['dice'])} | {_f(m['iou'])} | "
+                    row = (f"| {label} | {ratio} | {_f(m['dice'])} | – | {_f(m['iou'])} | "
                            f"{_f(m['hd95_px'], 1)} | {_f(m['asd_px'], 1)} |")  # fmt: skip
                     if hc:
                         row += f" – | {_f(m.get('hc_abs_diff_mm'), 1)} |"

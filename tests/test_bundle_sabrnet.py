@@ -15,7 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk
+import SimpleITK as sitk  # noqa: N813
 import torch
 from PIL import Image
 
@@ -230,7 +230,6 @@ def test_pretrain_pairs_draw_independent_shadows(data):
 def test_shipped_model_segments_real_hc18_test_fetuses(tmp_path):
     """The shipped weights on three HC18 fetuses of the seeded test split (never used for training or selection)."""
     from conftest import shared_data_dir
-
     from labelless.semisup.data import build_split, load_label
     from labelless.semisup.protocol import image_scores
 
