@@ -18,8 +18,8 @@ NAMES = {
     "sabrnet_norefine": "SABR-Net without refinement (coarse)",
     "sabrnet_noshadow": "SABR-Net, no shadow imitation",
     "sabrnet_acoustic": "SABR-Net, acoustic shadows",
-    "supervised": "supervised-only (labelled images, same budget)",
-    "mean_teacher": "mean teacher (same network, same budget)",
+    "supervised": "supervised-only (labelled images only, 800 iterations)",
+    "mean_teacher": "mean teacher (same network, 800 iterations)",
 }
 
 
