@@ -44,14 +44,7 @@ from .reports import (
     write_image_reports,
     write_reports,
 )
-from .results import (
-    EvaluationResult,
-    FoldResult,
-    ModeResult,
-    OverlaySample,
-    ScanScore,
-    fold_label,
-)
+from .results import EvaluationResult, FoldResult, ModeResult, OverlaySample, ScanScore, fold_label
 
 __all__ = [
     "segmentation_scores",

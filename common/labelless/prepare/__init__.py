@@ -3,12 +3,7 @@
 
 from __future__ import annotations
 
-from .chaos import (
-    CHAOS_PNG_LABELS,
-    find_chaos_cases,
-    prepare_chaos,
-    read_chaos_case,
-)
+from .chaos import CHAOS_PNG_LABELS, find_chaos_cases, prepare_chaos, read_chaos_case
 from .cmr import find_cmr_cases, prepare_cmr
 from .common import (
     SIZE_RULES,

@@ -32,6 +32,7 @@ from labelless.io.checkpoint import load_network_weights
 from labelless.io.readers import read_volume
 from labelless.io.suffixes import DICOM_SUFFIXES, NIFTI_SUFFIXES, has_suffix, strip_suffix
 from labelless.io.writers import write_image2d, write_volume
+from labelless.paths import check_output_outside_inputs
 from labelless.semisup.data import load_ultrasound, ultrasound_size
 from labelless.semisup.hc import head_circumference_mm
 from labelless.semisup.protocol import predict_masks
@@ -134,12 +135,7 @@ class SemiSupInferenceRunner:
     ) -> None:
         self.network = network
         self.files = list_ultrasound_inputs(images)
-        self.output_dir = Path(output_dir)
-        out = self.output_dir.resolve()
-        for f in self.files:
-            folder = f.resolve().parent
-            if out == folder or folder in out.parents:
-                raise ConfigError(f"output_dir {self.output_dir} lies inside the input folder {folder}")
+        self.output_dir = check_output_outside_inputs(output_dir, self.files)
         self.ckpt_path = None if is_unset(ckpt_path) else Path(ckpt_path)
         self.image_size, self.refine, self.offset_scale = (
             int(image_size),

@@ -17,12 +17,7 @@ from .domains import (
     write_volume_domains,
 )
 from .inference import OUTPUT_SUFFIXES, WeakSegmentationInferenceRunner, list_weak_inputs
-from .synthetic import (
-    SYNTHETIC_WEAK_VERSION,
-    default_weak_data,
-    make_weak_image,
-    write_weak_phantoms,
-)
+from .synthetic import SYNTHETIC_WEAK_VERSION, default_weak_data, make_weak_image, write_weak_phantoms
 from .workflow import (
     EVAL_SPLITS,
     WeakSegmentationEvaluationRunner,

@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 from labelless.data.images import list_images, load_rgb
-from labelless.errors import ConfigError, DataError
+from labelless.errors import DataError
 from labelless.evaluation.overlays import rgb_overlay
 from labelless.io.readers import read_volume
 from labelless.io.suffixes import NIFTI_SUFFIXES, strip_suffix
 from labelless.io.writers import write_image2d, write_volume
+from labelless.paths import check_output_outside_inputs
 from labelless.transforms.postprocess import SoftMaskPostprocess
 from labelless.utils import as_bool, atomic_path, is_unset, path_suffix, write_json_atomic
 from labelless.weak.domains import WEAK_IMAGE_SUFFIXES
@@ -99,12 +100,7 @@ class WeakSegmentationInferenceRunner:
     ) -> None:
         self.network = network
         self.files = list_weak_inputs(images)
-        self.output_dir = Path(output_dir)
-        out = self.output_dir.resolve()
-        for f in self.files:
-            folder = f.resolve().parent
-            if out == folder or folder in out.parents:
-                raise ConfigError(f"output_dir {self.output_dir} lies inside the input folder {folder}")
+        self.output_dir = check_output_outside_inputs(output_dir, self.files)
         self.ckpt_path = None if is_unset(ckpt_path) else Path(ckpt_path)
         self.image_size = int(image_size)
         self.post = SoftMaskPostprocess(postprocess, as_bool(zero_black_background, "zero_black_background"),

@@ -14,24 +14,10 @@
 from __future__ import annotations
 
 from .classes import ClassFolderDataset, read_exclude_list, skin_pools
-from .episodes import (
-    ClassPairSource,
-    ImagePool,
-    MetaTrainEpisodes,
-    as_image_tensor,
-    as_mask_tensor,
-    class_ids,
-)
+from .episodes import ClassPairSource, ImagePool, MetaTrainEpisodes, as_image_tensor, as_mask_tensor, class_ids
 from .export import EXPORT_CLASSES, EXPORT_SOURCES, export_classes
 from .inference import FewShotImageInferenceRunner, list_query_files, support_mask_at
-from .protocol import (
-    Predictor,
-    TestEpisode,
-    draw_test_episodes,
-    episode_dice,
-    evaluate_episodes,
-    network_predictor,
-)
+from .protocol import Predictor, TestEpisode, draw_test_episodes, episode_dice, evaluate_episodes, network_predictor
 from .synthetic import (
     SHAPE_FAMILIES,
     SYNTHETIC_VERSION,
