@@ -9,11 +9,14 @@ changed, change them all (or move the section out of the list below, with a reas
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from _bundles import BUNDLES
+from labelless.resources import META_SCHEMA
 
 ALL = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "metadata.json").is_file())
 VOLUME = ["ssl_alpnet_fewshot_segmentation", "dspnet_fewshot_segmentation", "psmnet_fewshot_segmentation"]
@@ -94,3 +97,15 @@ def test_the_check_can_fail(tmp_path: Path):
     b = json.loads(json.dumps(a))
     b["lr_scheduler"]["gamma"] = 0.96
     assert _get(a, "lr_scheduler") != _get(b, "lr_scheduler")
+
+
+@pytest.mark.parametrize("bundle", ALL)
+def test_metadata_verifies_offline(bundle):
+    """Every bundle's metadata.json against the Model Zoo schema (a local copy: nothing is downloaded)."""
+    res = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file",
+         str(BUNDLES / bundle / "configs" / "metadata.json"), "--filepath", str(META_SCHEMA)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "verified" in (res.stdout + res.stderr).lower()
