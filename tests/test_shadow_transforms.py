@@ -178,6 +178,7 @@ def test_valid_mask_dark_fluid_and_hull_option():
     hull = valid_data_mask(img, convex_hull=True)
     assert hull[fluid].mean() > 0.99 and hull[inside].mean() > 0.99
     assert (hull & ~inside).sum() < 0.1 * inside.sum()  # the region above the near-field arc, the smoothing margin
+    hull = valid_data_mask(img, convex_hull=True, stride=2)  # the transforms' default valid_stride
     _, _, soft, params = acoustic_shadow(img, np.random.RandomState(0), valid_hull=True)
     assert params["geometry"]["kind"] == "sector" and not soft[~hull].any()
 
@@ -194,10 +195,26 @@ def test_default_geometry_cached():
     assert lin.kind == "linear" and lin.r_max == 199.0
 
 
+def test_valid_mask_stride_moves_the_edge_by_one_pixel_at_most():
+    img, _ = _fan()
+    full = valid_data_mask(img)
+    for stride, size in ((2, 256), (2, 255), (3, 256)):
+        fast = valid_data_mask(img[:size, :size], stride=stride)
+        ref = full[:size, :size] if size == 256 else valid_data_mask(img[:size, :size])
+        assert fast.shape == (size, size) and fast.dtype == bool
+        diff = fast != ref
+        near_edge = ndimage.binary_dilation(ref, iterations=stride) & ~ndimage.binary_erosion(ref, iterations=stride)
+        assert diff.sum() < 0.02 * ref.sum() and not (diff & ~near_edge).any()
+    tiny = np.full((12, 12), 0.5, np.float32)  # under 8 * stride: full resolution
+    assert np.array_equal(valid_data_mask(tiny, stride=2), valid_data_mask(tiny))
+    with pytest.raises(ConfigError, match="valid_stride"):
+        AcousticShadowConfig(valid_stride=0)
+
+
 @pytest.mark.parametrize("geometry", ["auto", "sector", "linear"])
 def test_acoustic_shadow_inside_valid_and_bounded(geometry):
     img, _ = _fan()
-    v = valid_data_mask(img)
+    v = valid_data_mask(img, stride=2)  # the transforms' default valid_stride
     rng = np.random.RandomState(0)
     for _ in range(4):
         out, keep, soft, params = acoustic_shadow(img, rng, geometry=geometry)
@@ -215,7 +232,7 @@ def test_acoustic_shadow_inside_valid_and_bounded(geometry):
 
 def test_acoustic_shadow_starts_at_onset_and_reaches_far_field():
     img, _ = _fan()
-    v = valid_data_mask(img)
+    v = valid_data_mask(img, stride=2)
     for seed in range(6):
         _, _, soft, params = acoustic_shadow(img, np.random.RandomState(seed), n_max=1)
         (sh,) = params["shadows"]
@@ -340,3 +357,25 @@ def test_inference_keep_masks():
         inference_keep_mask(x, "none")
     with pytest.raises(DataError, match="image"):
         inference_keep_mask(torch.zeros(16, 16))
+
+
+@pytest.mark.parametrize("geometry", ["auto", "sector"])
+def test_geometry_cache_gives_the_same_draws(geometry):
+    img, _ = _fan()
+    x = torch.from_numpy(np.stack([img] * 3) * 2 - 1)
+    other = torch.flip(x, dims=[-1])
+    cached = RandShadow("acoustic", geometry=geometry).set_random_state(3)
+    plain = RandShadow("acoustic", geometry=geometry, geometry_cache=0).set_random_state(3)
+    for t in (x, other, x, other, x):
+        a, b = cached(t), plain(t)
+        for u, v in zip(a, b):
+            assert torch.equal(u, v)
+        assert cached.last_params == plain.last_params
+    assert (cached.geometry_cache.hits, cached.geometry_cache.misses, len(cached.geometry_cache)) == (3, 2, 2)
+    assert len(plain.geometry_cache) == 0 and plain.geometry_cache.misses == 5
+    small = RandShadow("acoustic", geometry=geometry, geometry_cache=1).set_random_state(3)
+    for t in (x, other, x):
+        small(t)
+    assert small.geometry_cache.hits == 0 and len(small.geometry_cache) == 1  # LRU of one entry
+    with pytest.raises(ConfigError, match="cache size"):
+        RandShadow("acoustic", geometry_cache=-1)
