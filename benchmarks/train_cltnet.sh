@@ -3,6 +3,8 @@
 # shared cases (labelless weak_domains: 3 training cases, case pat0003 held out), selecting the model on the CLTNet
 # BraTS sample validation folder only.  Output: runs/cltnet/<name>/ (models/, eval/ with val overlays, train.log).
 #   benchmarks/train_cltnet.sh brats [n_steps] [overrides...]
+# CLTNET_OUT=<folder> writes elsewhere (default runs/cltnet/brats). An interrupted run continues with the same
+# command plus `--resume true` (from the newest complete checkpoint; the log is appended to).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 NAME="${1:?usage: $0 brats [n_steps] [overrides...]}"
@@ -19,9 +21,9 @@ case "$NAME" in
         WEIGHTS=brats ;;
     *) echo "usage: $0 brats [n_steps]" >&2; exit 2 ;;
 esac
-OUT="$RUN/$NAME"
+OUT="${CLTNET_OUT:-$RUN/$NAME}"
 mkdir -p "$OUT"
 python -m monai.bundle run --config_file "$B/configs/train.json" --bundle_root "$B" \
     --dataset_dir "$DOMAINS" --val_dir "$VAL" --loss_weights "$WEIGHTS" --n_steps "$N_STEPS" \
     --epoch_length 250 --save_interval 250 --val_interval 250 --keep_checkpoints 20 \
-    --ckpt_dir "$OUT/models" --output_dir "$OUT/eval" "$@" 2>&1 | tee "$OUT/train.log"
+    --ckpt_dir "$OUT/models" --output_dir "$OUT/eval" "$@" 2>&1 | tee -a "$OUT/train.log"

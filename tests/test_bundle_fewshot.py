@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from _bundles import BUNDLES, TINY, bundle_workflow, train_tiny
+from _bundles import BUNDLES, TINY, bundle_workflow, root_cause, train_tiny
 from labelless.data.phantoms import write_phantom_dataset
+from labelless.errors import ConfigError
 
 FEWSHOT_BUNDLES = ["ssl_alpnet_fewshot_segmentation", "dspnet_fewshot_segmentation", "psmnet_fewshot_segmentation"]
 
@@ -46,6 +47,16 @@ def test_bundle_layout(bundle):
     assert meta["version"] in meta["changelog"]
 
 
+def test_optim_set_to_none_changes_no_weight(trained, abdomen, tmp_path):
+    """The configs free gradient buffers between steps (optim_set_to_none=True, less memory); the weights are the
+    same as with zeroed buffers."""
+    bundle, run = trained
+    zeroed = train_tiny(bundle, abdomen, tmp_path, optim_set_to_none=False)
+    a = torch.load(run / "models" / "fold0_setting1.pt", map_location="cpu", weights_only=True)["model"]
+    b = torch.load(zeroed / "fold0_setting1.pt", map_location="cpu", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_train_checkpoint_loads_weights_only(trained):
     _, out = trained
     ckpt = torch.load(out / "models" / "fold0_setting1.pt", map_location="cpu", weights_only=True)
@@ -68,6 +79,24 @@ def test_evaluate_writes_reports_and_lists_missing_folds(trained, abdomen):
     assert set(metrics["per_class"]) == {"LIVER", "RK", "LK", "SPLEEN"}
     assert all(0.0 <= v["dice"] <= 1.0 for v in metrics["per_class"].values())
     assert list((out / "overlays").glob("*.png"))
+
+
+@pytest.mark.parametrize("which", ["eval_ckpt_path", "ckpt_dir"])
+def test_evaluate_missing_checkpoint_is_an_error_before_any_output(trained, abdomen, tmp_path, which):
+    bundle, run = trained
+    bad = {"eval_ckpt_path": str(run / "models" / "fold0_setting1.pt.typo")} if which == "eval_ckpt_path" else {
+        "ckpt_dir": str(tmp_path / "no_models")}  # fmt: skip
+    out = tmp_path / "evaluate"
+    args = {"ckpt_dir": str(run / "models"), "output_dir": str(out), "folds": [0], **TINY, **bad}
+    wf = bundle_workflow(bundle, ["train.json", "evaluate.json"], "train", dataset_dir=str(abdomen), **args)
+    wf.initialize()
+    with pytest.raises(Exception) as info:
+        wf.run()
+    err = root_cause(info.value)
+    assert isinstance(err, ConfigError)
+    expected = "fold0_setting1.pt.typo does not exist" if which == "eval_ckpt_path" else "no checkpoint for any"
+    assert expected in str(err)
+    assert not (out / "metrics.json").exists()
 
 
 def test_evaluate_unseen_dataset_with_overrides_only(trained, tmp_path):

@@ -6,6 +6,15 @@ from __future__ import annotations
 
 from .adversarial import DOMAIN_KEYS, CycleTranslationTrainer, prepare_domain_batch
 from .base import EpisodicProgressBar, StepTrainer, StopAtIteration, average_gradients, optimizer_param_ids
+from .checkpoint import (
+    CHECKPOINT_PATTERN,
+    TrainingCheckpoint,
+    list_checkpoints,
+    load_latest_checkpoint,
+    rng_state,
+    save_checkpoint_atomic,
+    set_rng_state,
+)
 from .episodic import EPISODE_KEYS, EpisodicTrainer, iteration_lr_schedule, prepare_episode_batch
 from .semisup import (
     PRETRAIN_PROFILES,
@@ -28,6 +37,13 @@ __all__ = [
     "EpisodicProgressBar",
     "optimizer_param_ids",
     "average_gradients",
+    "TrainingCheckpoint",
+    "save_checkpoint_atomic",
+    "list_checkpoints",
+    "load_latest_checkpoint",
+    "rng_state",
+    "set_rng_state",
+    "CHECKPOINT_PATTERN",
     "EpisodicTrainer",
     "prepare_episode_batch",
     "iteration_lr_schedule",

@@ -143,6 +143,13 @@ class CycleTranslationTrainer(StepTrainer):
         self.d_optimizer = d_optimizer
         self.d_scaler = torch.amp.GradScaler("cuda") if self.amp else None
 
+    def resume_state(self) -> dict[str, Any]:
+        """The main parts plus the discriminator optimiser (and its gradient scaler under AMP)."""
+        out = {**super().resume_state(), "d_optimizer": self.d_optimizer}
+        if self.d_scaler is not None:
+            out["d_scaler"] = self.d_scaler
+        return out
+
     def _iteration(self, engine: CycleTranslationTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
         """One unpaired batch: the D step, then the G step and the ρ clipping.
 

@@ -278,6 +278,13 @@ class StepTrainer(SupervisedTrainer):
             self.n_steps = self._check_n_steps(n_steps, max_epochs)
             StopAtIteration(self.n_steps).attach(self)
 
+    def resume_state(self) -> dict[str, Any]:
+        """Stateful parts of the trainer beyond those a bundle's ``save_dict`` names (network, main optimiser):
+        second optimisers, gradient scalers, discriminators, frozen copies... :class:`~labelless.engines.checkpoint.
+        TrainingCheckpoint` saves and restores them with the rest. Subclasses extend the dict of this base (which
+        holds the AMP gradient scaler when there is one)."""
+        return {} if self.scaler is None else {"scaler": self.scaler}
+
     def _device_and_amp(self, device: str | torch.device | None, amp: bool) -> tuple[torch.device, bool]:
         """``(torch.device, amp)`` with ``amp`` turned off (and a warning) on devices other than CUDA.
 

@@ -351,6 +351,16 @@ class ShadowPretrainTrainer(_SemiSupTrainer):
         self.u_scaler = torch.amp.GradScaler("cuda") if self.amp else None
         self.d_scaler = torch.amp.GradScaler("cuda") if self.amp and profile == "full" else None
 
+    def resume_state(self) -> dict[str, Any]:
+        """The main parts plus the second generator optimiser, the discriminators with their optimiser, the frozen
+        perceptual copy Φ (refreshed after the warm-up) and the AMP scalers."""
+        out = dict(super().resume_state())
+        named = {"u_optimizer": self.u_optimizer, "d_optimizer": self.d_optimizer,
+                 "discriminators": self.discriminators, "perceptual_network": self.perceptual_network,
+                 "u_scaler": self.u_scaler, "d_scaler": self.d_scaler}  # fmt: skip
+        out.update({k: v for k, v in named.items() if v is not None})
+        return out
+
     # ----------------------------------------------------------------------------------------------- loss pieces
     def _perceptual(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         phi = self.perceptual_network
@@ -572,6 +582,10 @@ class MeanTeacherTrainer(_SemiSupTrainer):
             raise ConfigError(f"consistency must be >= 0, got {consistency!r}")
         self.teacher, self.consistency = teacher, float(consistency)
         self.rampup_steps, self.noise_std, self.clip = int(rampup_steps), float(noise_std), float(clip)
+
+    def resume_state(self) -> dict[str, Any]:
+        """The main parts plus the EMA teacher."""
+        return {**super().resume_state(), "teacher": self.teacher}
 
     def _iteration(self, engine: MeanTeacherTrainer, batchdata: dict[str, Any]) -> dict[str, Any]:
         b = engine._batch(engine, batchdata, (SemiSupKeys.IMAGE, SemiSupKeys.LABEL, SemiSupKeys.UNLABELED))

@@ -294,6 +294,15 @@ class SurrogateEpisodicTrainer(StepTrainer):
             episode_seed = int(torch.randint(0, 2**31 - 1, ()).item())
         self.episode_seed = int(episode_seed)
 
+    def resume_state(self) -> dict[str, Any]:
+        """The main parts plus the surrogate optimiser (and its gradient scaler under AMP)."""
+        out = dict(super().resume_state())
+        if self.sur_optimizer is not None:
+            out["sur_optimizer"] = self.sur_optimizer
+        if self.sur_scaler is not None:
+            out["sur_scaler"] = self.sur_scaler
+        return out
+
     def noise_generator(self, iteration: int) -> torch.Generator:
         """The CPU generator of ``iteration`` (1-based), seeded with ``episode_seed + iteration``."""
         return torch.Generator().manual_seed((self.episode_seed + int(iteration)) % (2**63))

@@ -32,7 +32,7 @@ from labelless.io.checkpoint import load_network_weights
 from labelless.io.readers import read_volume
 from labelless.io.suffixes import DICOM_SUFFIXES, NIFTI_SUFFIXES, has_suffix, strip_suffix
 from labelless.io.writers import write_image2d, write_volume
-from labelless.paths import check_output_outside_inputs
+from labelless.paths import check_output_outside_inputs, locked_output
 from labelless.semisup.data import load_ultrasound, ultrasound_size
 from labelless.semisup.hc import head_circumference_mm
 from labelless.semisup.protocol import predict_masks
@@ -150,6 +150,7 @@ class SemiSupInferenceRunner:
             return self.pixel_sizes.get(f.name)
         return self.pixel_sizes
 
+    @locked_output
     def run(self) -> dict[str, Any]:
         """Segment every image; returns the summary (also written as ``inference_summary.json``)."""
         if self.ckpt_path is not None:

@@ -32,6 +32,7 @@ from torch import nn
 from labelless.evaluation.metrics import confusion_counts, dice_from_counts, iou_from_counts, surface_distances
 from labelless.evaluation.overlays import rgb_overlay
 from labelless.io.checkpoint import load_network_weights
+from labelless.paths import locked_output
 from labelless.semisup.data import SEMISUP_EVAL_SPLITS, SemiSupDataset, SemiSupItem, SemiSupSplit
 from labelless.semisup.hc import head_circumference_mm
 from labelless.transforms.boundary import refine_with_offsets
@@ -253,6 +254,7 @@ class SemiSupEvaluationRunner:
         )
         self.n_overlays, self.device = int(n_overlays), torch.device(device)
 
+    @locked_output
     def run(self) -> dict[str, Any]:
         """Evaluate, write the reports, return the summary (without ``per_image``)."""
         if self.ckpt_path is not None:

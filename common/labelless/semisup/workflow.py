@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -354,6 +354,16 @@ class SemiSupValidationHandler:
     def _final(self, engine: Engine) -> None:
         if engine.state.iteration % self.interval != 0:
             self(engine)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The best validation score so far and the history (kept in training checkpoints, so that a resumed run
+        selects against the same best)."""
+        return {"best": float(self.best), "history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.best = float(state["best"])
+        self.history = [dict(h) for h in state["history"]]
 
     def evaluate(self) -> dict[str, float]:
         """Mean foreground Dice and IoU over the validation images."""

@@ -29,7 +29,7 @@ from labelless.evaluation.overlays import rgb_overlay
 from labelless.io.readers import read_volume
 from labelless.io.suffixes import NIFTI_SUFFIXES, strip_suffix
 from labelless.io.writers import write_image2d, write_volume
-from labelless.paths import check_output_outside_inputs
+from labelless.paths import check_output_outside_inputs, locked_output
 from labelless.transforms.postprocess import SoftMaskPostprocess
 from labelless.utils import as_bool, atomic_path, is_unset, path_suffix, write_json_atomic
 from labelless.weak.domains import WEAK_IMAGE_SUFFIXES
@@ -107,6 +107,7 @@ class WeakSegmentationInferenceRunner:
                                         as_bool(zero_corners, "zero_corners"), crf_alpha)  # fmt: skip
         self.device = torch.device(device)
 
+    @locked_output
     def run(self) -> dict[str, Any]:
         """Segment every image; returns the summary (also written as ``inference_summary.json``)."""
         if self.ckpt_path is not None:

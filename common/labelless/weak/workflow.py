@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ from labelless.evaluation.metrics import segmentation_scores
 from labelless.evaluation.overlays import rgb_overlay
 from labelless.evaluation.reports import write_image_reports
 from labelless.io.checkpoint import load_network_weights
-from labelless.networks.cltnet import CLTGenerator
+from labelless.networks.cltnet import CAMDiscriminator, CLTGenerator
+from labelless.paths import locked_output
 from labelless.transforms.postprocess import SoftMaskPostprocess
 from labelless.transforms.translation import TranslationInput
 from labelless.utils import atomic_path, is_unset, write_json_atomic
@@ -35,6 +36,7 @@ from labelless.weak.domains import WeakDomainFolders
 __all__ = [
     "EVAL_SPLITS",
     "resolve_domains",
+    "check_image_size",
     "training_dataset",
     "soft_mask",
     "inference_images",
@@ -65,6 +67,21 @@ def resolve_domains(
         dataset_dir = default_weak_data()
         logger.info("no dataset_dir given: using the embedded synthetic lesion/normal images in %s", dataset_dir)
     return WeakDomainFolders(dataset_dir, train_a, train_b, test, val, require_train=require_train)
+
+
+def check_image_size(image_size: int, n_layers_global: int = 7, n_layers_local: int = 5) -> None:
+    """Fail before training when ``image_size`` is smaller than the discriminators accept (train.json calls it
+    with the other option checks; otherwise the first iteration would fail after the run started).
+
+    Raises:
+        ConfigError: naming ``image_size`` and the smallest size of the discriminators' depth.
+    """
+    need = max(CAMDiscriminator.min_input_size(n) for n in (n_layers_global, n_layers_local))
+    if int(image_size) < need:
+        raise ConfigError(
+            f"image_size {image_size} is too small for the discriminators (n_layers_global={n_layers_global}, "
+            f"n_layers_local={n_layers_local} need image_size >= {need}); use a larger image_size or fewer layers"
+        )
 
 
 def training_dataset(
@@ -223,6 +240,16 @@ class WeakValidationHandler:
         elif self.interval > 0:
             logger.warning("no validation images: model selection on the validation split is off")
 
+    def state_dict(self) -> dict[str, Any]:
+        """The best validation score so far and the history (kept in training checkpoints, so that a resumed run
+        selects against the same best)."""
+        return {"best": float(self.best), "history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.best = float(state["best"])
+        self.history = [dict(h) for h in state["history"]]
+
     def __call__(self, engine: Engine) -> None:
         it = int(engine.state.iteration)
         was_training = self.network.training
@@ -304,6 +331,7 @@ class WeakSegmentationEvaluationRunner:
         if not self.pairs:
             raise ConfigError(f"the {eval_split!r} split of {folders.root} holds no labelled image")
 
+    @locked_output
     def run(self) -> dict[str, Any]:
         """Evaluate, write the reports, return the summary (without ``per_image``)."""
         if self.ckpt_path is not None:

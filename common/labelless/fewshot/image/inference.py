@@ -30,6 +30,7 @@ from labelless.evaluation.overlays import rgb_overlay
 from labelless.fewshot.image.protocol import network_predictor
 from labelless.io.suffixes import IMAGE_2D_SUFFIXES
 from labelless.io.writers import write_image2d
+from labelless.paths import locked_output
 from labelless.utils import atomic_path, write_json_atomic
 
 __all__ = [
@@ -179,6 +180,7 @@ class FewShotImageInferenceRunner:
             msks.append(support_mask_at(msk, self.image_size, mp))
         return torch.stack(imgs), torch.stack(msks)
 
+    @locked_output
     def run(self) -> list[dict[str, Any]]:
         """Predict every query and write the outputs.
 

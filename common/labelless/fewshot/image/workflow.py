@@ -27,6 +27,7 @@ from labelless.data.images import ImageFolderPool, split_pool
 from labelless.errors import ConfigError, DataError
 from labelless.fewshot.image.classes import ClassFolderDataset, skin_pools
 from labelless.fewshot.image.protocol import evaluate_episodes, network_predictor
+from labelless.paths import locked_output
 from labelless.utils import is_unset, write_json_atomic, write_text_atomic
 
 __all__ = [
@@ -373,6 +374,7 @@ class FewShotImageEvaluationRunner:
         if self.ckpt_path is not None:
             load_network_weights(self.network, self.ckpt_path, self.device)
 
+    @locked_output
     def run(self) -> dict[str, Any]:
         """Evaluate and write the reports; returns the summary."""
         self._load()

@@ -18,6 +18,7 @@ from labelless.io.readers import read_volume
 from labelless.io.suffixes import VOLUME_SUFFIXES, has_suffix, strip_suffix
 from labelless.io.volume import Volume
 from labelless.io.writers import write_volume
+from labelless.paths import locked_output
 from labelless.transforms.intensity import zscore
 from labelless.utils import as_bool
 
@@ -190,6 +191,7 @@ class FewShotVolumeInferenceRunner:
         return img, (zs[0], zs[-1]), sup, per_chunk
 
     # ------------------------------------------------------------------ run
+    @locked_output
     def run(self) -> list[Path]:
         """Segment every query; returns the written mask files."""
         from labelless.evaluation.overlays import write_inference_overlay

@@ -24,6 +24,7 @@ from labelless.errors import ConfigError
 from labelless.fewshot.volume.episodes import SelfSupervisedEpisodeDataset
 from labelless.fewshot.volume.folds import fold_split
 from labelless.io.checkpoint import load_network_weights
+from labelless.paths import locked_output
 from labelless.utils import as_bool, is_unset
 
 __all__ = [
@@ -247,6 +248,26 @@ class FewShotVolumeEvaluationRunner:
         self.device = torch.device(device)
         self.result = None
 
+    def check_checkpoints(self) -> None:
+        """Fail before any work when ``ckpt_path`` is given and missing, or when no requested fold has a checkpoint
+        (a mistyped path must not give an all-"n/a" report and exit 0). Folds whose checkpoint alone is missing are
+        skipped with a warning and listed as ``folds_missing`` in the report.
+
+        Raises:
+            ConfigError: naming the missing file(s).
+        """
+        if self.ckpt_path is not None:
+            if not self.ckpt_path.is_file():
+                raise ConfigError(f"eval_ckpt_path {self.ckpt_path} does not exist (or is not a file)")
+            return
+        paths = [self.checkpoint_for(f) for f in self.folds]
+        if paths and not any(p.is_file() for p in paths):
+            names = ", ".join(str(p) for p in paths[:4]) + (" ..." if len(paths) > 4 else "")
+            raise ConfigError(
+                f"no checkpoint for any requested fold in ckpt_dir {self.ckpt_dir} (looked for {names}); train first "
+                "or pass --eval_ckpt_path"
+            )
+
     def checkpoint_for(self, fold: int) -> Path:
         return self.ckpt_path or self.ckpt_dir / checkpoint_name(self.setting, self.label_set, fold)
 
@@ -263,11 +284,13 @@ class FewShotVolumeEvaluationRunner:
     def _norm_stats_for_fold(self, fold: int) -> tuple[float, float] | None:
         return fold_norm_stats(self.dataset, fold)
 
+    @locked_output
     def run(self) -> dict:
         """Evaluate and write the reports; returns the ``metrics.json`` content."""
         from labelless.evaluation.reports import result_to_dict, write_reports
         from labelless.fewshot.volume.protocol import evaluate
 
+        self.check_checkpoints()
         self.result = evaluate(
             self.dataset, self._predictor_for_fold, folds=self.folds, classes=self.classes, modes=self.modes,
             norm_stats_for_fold=self._norm_stats_for_fold, n_shots=self.n_shots, device=self.device,
