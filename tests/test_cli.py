@@ -153,3 +153,32 @@ def test_boolean_switches_false_from_the_command_line(phantom_dir, tmp_path):
     bad = _run(*base, "--output_dir", str(tmp_path / "bad"), "--save_predictions", "flase")
     assert bad.returncode == 2 and "save_predictions must be true or false" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def _checksums(folder: Path) -> dict[str, bytes]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).digest() for p in sorted(folder.rglob("*"))
+            if p.is_file()}  # fmt: skip
+
+
+def test_phantoms_and_demo_never_replace_a_users_files(tmp_path):
+    user = tmp_path / "my_dataset"
+    user.mkdir()
+    for name in ("image_1.nii.gz", "label_1.nii.gz", "classmap_1.json"):
+        (user / name).write_bytes(b"the user's own " + name.encode())
+    before = _checksums(user)
+    for args in (("phantoms", str(user), "--n_volumes", "2", "--shape", "[32,32,4]"), ("demo", str(user))):
+        res = _run(*args)
+        assert res.returncode != 0
+        last = res.stderr.strip().splitlines()[-1]
+        assert str(user) in last and "not empty" in last and "Traceback" not in res.stderr
+        assert _checksums(user) == before
+    # a folder written by `labelless phantoms` may be rewritten (same seed, same files)
+    res = _run("phantoms", str(tmp_path / "ph"), "--n_volumes", "2", "--shape", "[32,32,4]")
+    assert res.returncode == 0, res.stderr
+    first = _checksums(tmp_path / "ph")
+    res = _run("phantoms", str(tmp_path / "ph"), "--n_volumes", "2", "--shape", "[32,32,4]")
+    assert res.returncode == 0, res.stderr
+    assert {k: v for k, v in _checksums(tmp_path / "ph").items() if k != ".labelless_phantoms"} == {
+        k: v for k, v in first.items() if k != ".labelless_phantoms"}  # fmt: skip

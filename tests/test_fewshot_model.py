@@ -169,6 +169,19 @@ class TestInference(unittest.TestCase):
             model(s + 1.0, m, q)
             self.assertEqual(counter.batches, [4])
 
+    def test_support_cache_holds_every_distinct_support(self):
+        """Scans cycling through chunks of several supports encode each distinct support once (LRU of cache_size)."""
+        s, m, q = _episode(1, 64, 64, n_query=2)
+        supports = [(s + i, m) for i in range(3)]
+        for size, expected in ((64, 3), (1, 9)):
+            model = _tiny(seed=2, cache_size=size).eval()
+            with torch.no_grad():
+                outs = [model(si, mi, q) for _ in range(3) for si, mi in supports]
+            self.assertEqual(model.support_encodings, expected)
+            torch.testing.assert_close(outs[0], outs[3], rtol=0, atol=0)
+        with self.assertRaises(ConfigError):
+            _tiny(seed=2, cache_size=0)
+
     def test_usable_as_protocol_predictor(self):
         from labelless.fewshot.volume.protocol import segment_volume
 

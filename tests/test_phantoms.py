@@ -144,7 +144,9 @@ class TestPhantomDataset(unittest.TestCase):
                                         modality=modality)  # fmt: skip
             names = sorted(os.listdir(out))
             self.assertEqual(
-                names, ["classmap_1.json"] + [f"{t}_{i}.nii.gz" for t in ("image", "label") for i in (1, 2, 3)]
+                names,
+                [".labelless_phantoms", "classmap_1.json"]
+                + [f"{t}_{i}.nii.gz" for t in ("image", "label") for i in (1, 2, 3)],
             )
             preset = "phantom_abdomen" if kind == "abdomen" else "phantom_cardiac"
             ds = PreparedVolumeDataset(out, preset=preset)

@@ -338,8 +338,9 @@ class LabellessCLI:
             seed: seed of the episodes.
         """
         from labelless.data.phantoms import default_dataset_dir
+        from labelless.paths import claim_output_folder
 
-        out = Path(output_dir)
+        out = claim_output_folder(output_dir, ".labelless_demo", "demo output_dir")
         preset = "phantom_abdomen" if kind == "abdomen" else "phantom_cardiac"
         data = default_dataset_dir(kind)
         print(f"phantom data: {data}")

@@ -38,7 +38,7 @@ from labelless.data.presets import get_preset
 from labelless.errors import ConfigError
 from labelless.io.volume import Volume
 from labelless.io.writers import write_volume
-from labelless.paths import cache_root
+from labelless.paths import cache_root, claim_output_folder
 from labelless.utils import write_json_atomic
 
 __all__ = [
@@ -54,6 +54,8 @@ __all__ = [
 PHANTOM_KINDS = ("abdomen", "cardiac")
 #: Bump when the generator changes so cached default data sets are regenerated.
 PHANTOM_VERSION = 1
+# marker file of a folder written by write_phantom_dataset (it may be rewritten; any other non-empty folder may not)
+PHANTOM_MARKER = ".labelless_phantoms"
 
 _SPACING = {"abdomen": (1.25, 1.25, 7.7), "cardiac": (1.25, 1.25, 7.99)}
 _DEFAULT_SHAPE = {"abdomen": (256, 256, 32), "cardiac": (256, 256, 16)}
@@ -409,7 +411,8 @@ def write_phantom_dataset(
     from the seed ``(seed, pid)``; the affine carries the realistic spacing of the kind.
 
     Args:
-        out_dir: destination folder (created if needed).
+        out_dir: destination folder (created if needed); an existing one must be empty or written by this function
+            before (it holds ``.labelless_phantoms``): a user's own ``image_1.nii.gz`` is never replaced.
         kind: ``"abdomen"`` or ``"cardiac"``.
         n_volumes: number of scans.
         seed: base seed.
@@ -420,14 +423,13 @@ def write_phantom_dataset(
         The output folder.
 
     Raises:
-        ConfigError: bad kind, modality, shape or ``n_volumes``.
+        ConfigError: bad kind, modality, shape or ``n_volumes``; ``out_dir`` holds other files.
     """
     kind, modality = _check_kind(kind, modality)
     shp = _check_shape(kind, shape)
     if int(n_volumes) < 1:
         raise ConfigError(f"n_volumes must be >= 1, got {n_volumes!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_folder(out_dir, PHANTOM_MARKER, "phantom out_dir")
     preset = get_preset(_PRESET[kind])
     ref = Volume(np.zeros((0, 0, 0)), phantom_affine(kind, shp))
     labels: dict[str, np.ndarray] = {}

@@ -581,6 +581,12 @@ class CAMDiscriminator(nn.Module):
         self.cam_conv = spectral_norm(_conv(sd, 2 * ch, ch, 1, bias=True))
         self.head = nn.Sequential(_pad(sd, 1), spectral_norm(_conv(sd, ch, 1, 4, stride=1, bias=False)))
 
+    @staticmethod
+    def min_input_size(n_layers: int) -> int:
+        """The smallest input size along each axis a discriminator of ``n_layers`` layers accepts
+        (``3 · 2^(n_layers − 2)``: 96 for the global 7-layer one, 24 for the local 5-layer one)."""
+        return 3 * 2 ** (int(n_layers) - 2)
+
     def output_size(self, size: int) -> int:
         """Patch-logit size along one axis for an input of ``size`` along that axis (≤ 0: input too small)."""
         s = int(size)

@@ -18,6 +18,7 @@ prototype alignment loss (PAR, :mod:`labelless.losses`) needs.
 
 from __future__ import annotations
 
+import collections
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -89,9 +90,11 @@ class FewShotSegmentor(nn.Module):
             output_size=...)``; default :class:`~labelless.networks.prototypes.ALPHead` (no parameters).
         train_window: local-prototype window in training mode (4).
         test_window: local-prototype window in evaluation mode (2).
-        cache_support: in evaluation mode without gradients, reuse the last support encoding when the same support
-            tensors are passed again (the protocol's predictor calls); the cache is dropped on ``train()``,
-            ``load_state_dict`` and any in-place change of the weights.
+        cache_support: in evaluation mode without gradients, reuse the encoding of a support passed before (the
+            protocol's predictor calls it for every chunk of every scan: each distinct support is encoded once per
+            evaluation); the cache is dropped on ``train()``, ``load_state_dict`` and any in-place change of the
+            weights.
+        cache_size: supports kept in that cache (least recently used dropped first).
 
     Raises:
         ConfigError: non-positive windows or an encoder that is not a module.
@@ -112,6 +115,7 @@ class FewShotSegmentor(nn.Module):
         train_window: int = 4,
         test_window: int = 2,
         cache_support: bool = True,
+        cache_size: int = 64,
     ) -> None:
         super().__init__()
         if not isinstance(encoder, nn.Module):
@@ -124,21 +128,27 @@ class FewShotSegmentor(nn.Module):
         self.train_window = int(train_window)
         self.test_window = int(test_window)
         self.cache_support = as_bool(cache_support, "cache_support")
+        if isinstance(cache_size, bool) or int(cache_size) != cache_size or int(cache_size) < 1:
+            raise ConfigError(f"cache_size must be a positive integer, got {cache_size!r}")
+        self.cache_size = int(cache_size)
         self.in_channels: int | None = getattr(encoder, "in_channels", None)
-        self._cache: tuple[torch.Tensor, torch.Tensor, tuple[int, ...], SupportEncoding] | None = None
+        # fingerprint -> (support images, support masks, weights version, encoding); see _cached_encoding
+        self._cache: collections.OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, tuple[int, ...], SupportEncoding]]
+        self._cache = collections.OrderedDict()
+        self.support_encodings = 0  # encode_support calls made for the cache (benchmarks count them per evaluation)
         self._register_load_state_dict_pre_hook(self._drop_cache_hook)
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _drop_cache_hook(self, *args: object, **kwargs: object) -> None:
-        self._cache = None
+        self._cache.clear()
 
     def clear_cache(self) -> None:
-        """Forget the cached support encoding."""
-        self._cache = None
+        """Forget the cached support encodings."""
+        self._cache.clear()
 
     def train(self, mode: bool = True) -> FewShotSegmentor:
-        """Set the training mode (also drops the cached support encoding)."""
-        self._cache = None
+        """Set the training mode (also drops the cached support encodings)."""
+        self._cache.clear()
         return super().train(mode)
 
     @property
@@ -283,23 +293,36 @@ class FewShotSegmentor(nn.Module):
         ]
         return torch.cat(parts, dim=0)
 
+    @staticmethod
+    def _fingerprint(images: torch.Tensor, masks: torch.Tensor) -> tuple:
+        """A cheap key of a support (shapes, dtypes, device, sums and a strided sample); a hit is confirmed with
+        ``torch.equal``, so two supports with the same fingerprint never share an encoding."""
+        parts: list = [images.device]
+        for t in (images, masks):
+            flat = t.detach().reshape(-1)
+            parts += [
+                tuple(t.shape),
+                t.dtype,
+                float(flat.double().sum()),
+                float(flat[:: max(1, flat.numel() // 97)].double().sum()),
+            ]
+        return tuple(parts)
+
     def _cached_encoding(self, support_images: torch.Tensor, support_masks: torch.Tensor) -> SupportEncoding:
         version = self._weights_version()
-        if self._cache is not None:
-            c_img, c_msk, c_ver, enc = self._cache
-            if (
-                c_ver == version
-                and c_img.shape == support_images.shape
-                and c_msk.shape == support_masks.shape
-                and c_img.device == support_images.device
-                and c_img.dtype == support_images.dtype
-                and c_msk.dtype == support_masks.dtype
-                and torch.equal(c_img, support_images)
-                and torch.equal(c_msk, support_masks)
-            ):
+        key = self._fingerprint(support_images, support_masks)
+        entry = self._cache.get(key)
+        if entry is not None:
+            c_img, c_msk, c_ver, enc = entry
+            if c_ver == version and torch.equal(c_img, support_images) and torch.equal(c_msk, support_masks):
+                self._cache.move_to_end(key)
                 return enc
         enc = self.encode_support(support_images, support_masks)
-        self._cache = (support_images.detach().clone(), support_masks.detach().clone(), version, enc)
+        self.support_encodings += 1
+        self._cache[key] = (support_images.detach().clone(), support_masks.detach().clone(), version, enc)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
         return enc
 
     def forward(
@@ -391,6 +414,7 @@ def build_fewshot_segmentor(
     threshold: float = LOCAL_THRESHOLD,
     cache_support: bool = True,
     encoder_options: dict | None = None,
+    cache_size: int = 64,
     **encoder_kwargs: object,
 ) -> FewShotSegmentor:
     """Build the SSL-ALPNet model: an encoder by name and an :class:`~labelless.networks.prototypes.ALPHead`.
@@ -406,6 +430,7 @@ def build_fewshot_segmentor(
         cache_support: see :class:`FewShotSegmentor`.
         encoder_options: a dict of encoder keyword arguments (convenient in bundle configs, e.g.
             ``{"base_width": 32}``); merged with ``encoder_kwargs``.
+        cache_size: supports kept by the support cache (see :class:`FewShotSegmentor`).
         encoder_kwargs: passed to :func:`~labelless.networks.encoders.build_encoder` (e.g. ``out_channels``,
             ``channels`` of the tiny encoder, ``base_width`` of the ResNets).
 
@@ -434,4 +459,5 @@ def build_fewshot_segmentor(
         train_window=train_window,
         test_window=test_window,
         cache_support=cache_support,
+        cache_size=cache_size,
     )
