@@ -84,8 +84,9 @@ def test_runner_and_training_hold_the_lock(tmp_path, other_process):
     with pytest.raises(ConfigError, match="in use by another run"):
         busy.run()
     assert not busy.ran  # refused before any work
-    net = torch.nn.Linear(1, 1)
-    with pytest.raises(ConfigError, match="ckpt_dir .*busy is in use"):
-        from ignite.engine import Engine
+    from ignite.engine import Engine
 
-        TrainingCheckpoint(tmp_path / "busy", {"model": net}).attach(Engine(lambda e, b: None))
+    engine = Engine(lambda e, b: None)
+    TrainingCheckpoint(tmp_path / "busy", {"model": torch.nn.Linear(1, 1)}).attach(engine)  # attaching writes nothing
+    with pytest.raises(ConfigError, match="ckpt_dir .*busy is in use"):
+        engine.run([0, 1], max_epochs=1)  # the second run fails when it starts

@@ -258,17 +258,23 @@ class TrainingCheckpoint:
         """Register the handlers on ``engine``: resume when it starts (when ``resume``), and, when ``save``, the
         periodic and final checkpoints. Attach it after the handlers whose state it saves (validation), so that a
         checkpoint taken at iteration n includes their work at n."""
+        if save:
+            # one run per checkpoint folder: a second training into it fails when it starts, before it overwrites a
+            # checkpoint (taken at STARTED, not here: loading a bundle config must not write anything)
+            engine.add_event_handler(Events.STARTED, self._take_lock)
         if self.resume and not engine.has_event_handler(self._resume, Events.STARTED):
             engine.add_event_handler(Events.STARTED, self._resume)
         if not save:
             return
-        # one run per checkpoint folder: a second training into it fails now, not after overwriting checkpoints
-        self._lock = OutputLock(self.save_dir, "ckpt_dir").acquire()
         if self.save_interval > 0:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.save_interval), self._save_periodic)
         if self.save_final:
             engine.add_event_handler(Events.COMPLETED, self._save_final)
         engine.add_event_handler(Events.COMPLETED, lambda _: self._lock.release() if self._lock else None)
+
+    def _take_lock(self, engine: Engine) -> None:
+        if self._lock is None:
+            self._lock = OutputLock(self.save_dir, "ckpt_dir").acquire()
 
     # ------------------------------------------------------------------------------------------------ state
     def _objects(self, engine: Engine) -> dict[str, Any]:
