@@ -10,7 +10,10 @@ on ``--dataset_dir`` (default ``../shared/data/chaos_t2spir``) and prints, in on
   prototypes, metrics, reports — costs at most a quarter of the encoder);
 - how many times a support was encoded (``FewShotSegmentor.support_encodings``) against the number of distinct
   supports (target: equal; each scan of the fold cycles through the chunks of the same supports);
-- the import time of the package and MONAI before the run (``python -X importtime`` gives the details).
+- the import time of the package and MONAI before the run (``python -X importtime`` gives the details);
+- the per-slice ratio of batched inference (support encoded once) against the reference's slice loop (support
+  re-encoded for every slice), with the same model on a 32-slice 256² volume
+  (:func:`bench_fewshot_inference.time_inference`).
 
 Usage::
 
@@ -20,8 +23,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 T_START = time.perf_counter()
 
@@ -52,8 +57,6 @@ class _EncoderTimer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset_dir", default=str(root.parent / "shared" / "data" / "chaos_t2spir"))
@@ -99,6 +102,14 @@ def main(argv: list[str] | None = None) -> None:
           f"ratio wall / encoder-only = {ratio:.2f} (target <= 1.25)")  # fmt: skip
     print(f"support encodings: {model.support_encodings}, distinct supports: {distinct} (target: equal)")
     print(f"mean Dice {summary.get('mean_dice')}")
+    # the same model on one 32-slice 256² "volume": batched (support encoded once) vs the reference's slice loop
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_fewshot_inference import time_inference
+
+    t = time_inference(model, 256, 32, 8, torch.device("cpu"), repeats=2)
+    print(f"per-slice inference, 32 slices: batched {t['batched_s']:.2f} s, protocol path {t['protocol_s']:.2f} s, "
+          f"slice loop {t['slice_by_slice_s']:.2f} s: ratio {t['ratio']:.3f} (protocol {t['protocol_ratio']:.3f}); "
+          f"max |difference| {t['max_abs_diff']:.1e}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -125,12 +125,13 @@ def test_inference_keeps_query_geometry_and_resamples_other_sizes(trained, abdom
     data = np.asarray(img.dataobj)[:60, :52]
     affine = img.affine.copy()
     affine[:3, :3] *= 1.3
-    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "odd_query.nii.gz"))
+    (tmp_path / "q").mkdir()  # an input folder: the predictions go elsewhere
+    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "q" / "odd_query.nii.gz"))
     out = tmp_path / "pred"
     wf = bundle_workflow(
         bundle, ["inference.json"], "infer", ckpt_path=str(run / "models" / "fold0_setting1.pt"), output_dir=str(out),
         support_image=str(abdomen / "image_1.nii.gz"), support_label=str(abdomen / "label_1.nii.gz"), label_value=1,
-        queries=[str(tmp_path / "odd_query.nii.gz"), str(abdomen / "image_3.nii.gz")], image_size=64, **TINY,
+        queries=[str(tmp_path / "q" / "odd_query.nii.gz"), str(abdomen / "image_3.nii.gz")], image_size=64, **TINY,
     )  # fmt: skip
     wf.initialize()
     assert wf.check_properties() == []

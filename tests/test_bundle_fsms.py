@@ -128,7 +128,8 @@ def test_inference_writes_masks_at_the_query_size(trained, lesions, tmp_path):
 
 
 def test_inference_empty_support_mask_names_the_file(trained, lesions, tmp_path):
-    empty = tmp_path / "empty_mask.png"
+    (tmp_path / "sup").mkdir()  # an input folder: the output goes elsewhere
+    empty = tmp_path / "sup" / "empty_mask.png"
     Image.fromarray(np.zeros((100, 100), np.uint8)).save(empty)
     wf = bundle_workflow(
         BUNDLE_NAME, ["inference.json"], "infer", ckpt_path=str(trained / "fsms_surrogate_1shot.pt"),

@@ -188,9 +188,10 @@ def test_boolean_switches_false_through_monai_bundle_run(trained, abdomen, tmp_p
     z_keep = np.flatnonzero((arr == 1).any(axis=(0, 1)))
     mid = z_keep[len(z_keep) // 2 - 1 : len(z_keep) // 2 + 1]
     arr[..., [z for z in range(arr.shape[2]) if z not in set(mid.tolist())]] = 0
-    nib.save(nib.Nifti1Image(arr, lab.affine), str(tmp_path / "support_label.nii.gz"))
+    (tmp_path / "support").mkdir()  # an input folder: the outputs go elsewhere
+    nib.save(nib.Nifti1Image(arr, lab.affine), str(tmp_path / "support" / "support_label.nii.gz"))
     inf = ["--ckpt_path", str(trained / "models" / "fold0_setting1.pt"), "--support_image",
-           str(abdomen / "image_1.nii.gz"), "--support_label", str(tmp_path / "support_label.nii.gz"),
+           str(abdomen / "image_1.nii.gz"), "--support_label", str(tmp_path / "support" / "support_label.nii.gz"),
            "--label_value", "1",
            "--queries", str(abdomen / "image_2.nii.gz"), "--image_size", "64", "--n_overlays", "0"]  # fmt: skip
     full = _bundle_run(["inference.json"], tmp_path, *inf, "--output_dir", str(tmp_path / "inf_full"))

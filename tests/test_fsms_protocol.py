@@ -373,11 +373,13 @@ class TestInference(unittest.TestCase):
 
     def _supports(self, k: int, empty_at: int | None = None) -> tuple[list[Path], list[Path]]:
         imgs, msks = [], []
+        folder = self._tmp / "supports"  # an input folder: the outputs go elsewhere (never inside an input folder)
+        folder.mkdir(exist_ok=True)
         for j in range(k):
             img, gt = _query_image(40 + j, 44)
-            imgs.append(self._tmp / f"s{j}.jpg")
+            imgs.append(folder / f"s{j}.jpg")
             img.save(imgs[-1], quality=95)
-            msks.append(self._tmp / f"s{j}_mask.png")
+            msks.append(folder / f"s{j}_mask.png")
             Image.fromarray((gt * (0 if j == empty_at else 255)).astype(np.uint8)).save(msks[-1])
         return imgs, msks
 
@@ -422,11 +424,11 @@ class TestInference(unittest.TestCase):
         (self._tmp / "none").mkdir()
         with self.assertRaisesRegex(DataError, "no query images"):
             FewShotImageInferenceRunner(BrightnessNet(), imgs, msks, self._tmp / "none", self._tmp / "o")
-        bad = self._tmp / "bad.png"
+        (self._tmp / "badq").mkdir()
+        bad = self._tmp / "badq" / "bad.png"
         bad.write_bytes(b"not an image")
-        runner = FewShotImageInferenceRunner(BrightnessNet(), imgs[:1], msks[:1], [bad], self._tmp / "o", image_size=16)
-        with self.assertRaisesRegex(DataError, "bad.png"):
-            runner.run()
+        with self.assertRaisesRegex(DataError, "bad.png"):  # its header is read when the runner is built
+            FewShotImageInferenceRunner(BrightnessNet(), imgs[:1], msks[:1], [bad], self._tmp / "o", image_size=16)
 
 
 if __name__ == "__main__":

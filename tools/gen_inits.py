@@ -1,6 +1,6 @@
 """Regenerate package __init__.py files (docstring kept) so that each re-exports the union of its modules' __all__.
 
-python tools/gen_inits.py [labelless.pkg ...]   # then: ruff format common/labelless
+python tools/gen_inits.py [labelless.pkg ...]   # then: ruff format common/labelless; ruff check --fix common
 """
 
 import ast
@@ -10,6 +10,34 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "common" / "labelless"
 EXEMPT = {"labelless", "labelless.fewshot", "labelless.resources"}
 HEADER = "# Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.\n"
+
+
+# Package __init__s are lazy (PEP 562): a name is imported from its module on first access, so importing one module
+# of a package (e.g. labelless.networks.encoders) does not import its siblings (and MONAI's layers with them).
+LAZY_HEAD = """
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names below, imported on first access by __getattr__
+"""
+LAZY_TAIL = """
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))
+"""
 
 
 def module_all(path):
@@ -24,16 +52,22 @@ for init in sorted(ROOT.rglob("__init__.py")):
     if name in EXEMPT or (len(sys.argv) > 1 and name not in sys.argv[1:]):
         continue
     doc = ast.get_docstring(ast.parse(init.read_text()), clean=False) or f"{name}."
-    lines = [HEADER, f'"""{doc}"""\n', "\nfrom __future__ import annotations\n\n"]
-    names = []
+    lines = [HEADER, f'"""{doc}"""\n', LAZY_HEAD]
+    names, exports, submodules = [], [], []
     for mod in sorted(init.parent.glob("*.py")):
         if mod.name == "__init__.py":
             continue
+        submodules.append(mod.stem)
         al = module_all(mod)
         names += al
+        exports += [(n, mod.stem) for n in al]
         if al:
-            lines.append(f"from .{mod.stem} import ({', '.join(sorted(al))})\n")
+            lines.append(f"    from .{mod.stem} import ({', '.join(sorted(al))})\n")
+    submodules += sorted(p.parent.name for p in init.parent.glob("*/__init__.py"))
+    lines.append("\n_EXPORTS = {\n" + "".join(f'    "{n}": "{m}",\n' for n, m in exports) + "}\n")
+    lines.append("_SUBMODULES = (" + "".join(f'"{m}", ' for m in submodules) + ")\n")
     lines.append("\n__all__ = [\n" + "".join(f'    "{n}",\n' for n in names) + "]\n")
+    lines.append(LAZY_TAIL)
     new = "".join(lines)
     if new != init.read_text():
         init.write_text(new)

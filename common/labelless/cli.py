@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from labelless.errors import ConfigError
+from labelless.options import as_float, as_int, as_int_list, check_folder
 from labelless.utils import as_bool
 
 __all__ = ["LabellessCLI", "PrepareCommands", "main"]
@@ -31,6 +33,15 @@ def _as_list(value: Any) -> list | None:
     if isinstance(value, str):
         return [v.strip() for v in value.strip("[]()").split(",") if v.strip()]
     return [value]
+
+
+def _as_floats(value: Any, name: str, n: int | None = None) -> tuple[float, ...]:
+    """Numbers of a list option (``--spacing "[1.25,1.25,7.7]"``), checked; ``n`` is the required count."""
+    items = _as_list(value)
+    if not isinstance(items, list) or not items or (n is not None and len(items) != n):
+        count = f"{n} numbers" if n is not None else "a list of numbers"
+        raise ConfigError(f'{name} must be {count}, e.g. "[1.25,1.25,7.7]", got {value!r}')
+    return tuple(as_float(v, name, parse=True) for v in items)
 
 
 def _print_summary(metrics_json: Path) -> None:
@@ -78,9 +89,9 @@ class PrepareCommands:
         res = prepare_chaos(
             raw_dir,
             out_dir,
-            spacing=tuple(float(s) for s in spacing),
-            size=int(size),
-            clip_percentile=float(clip_percentile),
+            spacing=_as_floats(spacing, "--spacing", 3),
+            size=as_int(size, "--size", 8, parse=True),
+            clip_percentile=as_float(clip_percentile, "--clip_percentile", 0, 100, lo_open=True, parse=True),
             flip_rows=as_bool(flip_rows, "flip_rows"),
             overwrite=as_bool(overwrite, "overwrite"),
         )
@@ -108,7 +119,8 @@ class PrepareCommands:
         from labelless.prepare import prepare_synapse
 
         res = prepare_synapse(
-            raw_dir, out_dir, window=tuple(float(w) for w in window), border=int(border), size=int(size),
+            raw_dir, out_dir, window=_as_floats(window, "--window", 2),
+            border=as_int(border, "--border", 0, parse=True), size=as_int(size, "--size", 8, parse=True),
             overwrite=as_bool(overwrite, "overwrite"),
         )  # fmt: skip
         return f"prepared {res['n_cases']} Synapse cases into {res['out_dir']}"
@@ -137,8 +149,9 @@ class PrepareCommands:
         from labelless.prepare import prepare_cmr
 
         res = prepare_cmr(
-            raw_dir, out_dir, spacing=tuple(float(s) for s in spacing), size=int(size),
-            clip_percentile=float(clip_percentile), overwrite=as_bool(overwrite, "overwrite"),
+            raw_dir, out_dir, spacing=_as_floats(spacing, "--spacing", 3), size=as_int(size, "--size", 8, parse=True),
+            clip_percentile=as_float(clip_percentile, "--clip_percentile", 0, 100, lo_open=True, parse=True),
+            overwrite=as_bool(overwrite, "overwrite"),
         )  # fmt: skip
         return f"prepared {res['n_cases']} MS-CMRSeg cases into {res['out_dir']}"
 
@@ -178,8 +191,9 @@ class LabellessCLI:
         from labelless.data.phantoms import write_phantom_dataset
 
         out = write_phantom_dataset(
-            out_dir, kind=kind, n_volumes=int(n_volumes), seed=int(seed),
-            shape=None if shape is None else [int(s) for s in _as_list(shape)], modality=modality,
+            out_dir, kind=kind, n_volumes=as_int(n_volumes, "--n_volumes", 1, parse=True),
+            seed=as_int(seed, "--seed", 0, parse=True),
+            shape=None if shape is None else as_int_list(shape, "--shape", 1, parse=True), modality=modality,
         )  # fmt: skip
         return f"wrote {n_volumes} {kind} phantoms to {out}"
 
@@ -210,7 +224,8 @@ class LabellessCLI:
 
         out = precompute_superpixels(
             dataset_dir, out_dir=out_dir, preset=preset, method=method,
-            workers=None if workers is None else int(workers), overwrite=as_bool(overwrite, "overwrite"),
+            workers=None if workers is None else as_int(workers, "--workers", 0, parse=True),
+            overwrite=as_bool(overwrite, "overwrite"),
         )  # fmt: skip
         return f"superpixels in {out}"
 
@@ -243,15 +258,20 @@ class LabellessCLI:
         from labelless.evaluation.overlays import write_episode_png
         from labelless.fewshot.volume.episodes import SelfSupervisedEpisodeDataset
         from labelless.fewshot.volume.folds import fold_split
+        from labelless.paths import check_output_outside_inputs
         from labelless.transforms.augment import RandFewShotAugmentd
 
+        n_episodes, seed = as_int(n, "--n", 1, parse=True), as_int(seed, "--seed", 0, parse=True)
+        fold, setting = as_int(fold, "--fold", 0, parse=True), as_int(setting, "--setting", 1, 2, parse=True)
+        label_set = as_int(label_set, "--label_set", 0, parse=True)
         ds = PreparedVolumeDataset(dataset_dir, preset, derived_dir=derived_dir)
-        split = fold_split(ds.pids, int(fold), ds.preset.n_folds)
+        out = check_output_outside_inputs(output_dir, [ds.image_path(p) for p in ds.pids])
+        split = fold_split(ds.pids, fold, ds.preset.n_folds)
         eps = SelfSupervisedEpisodeDataset.from_dataset(
-            ds, split.train, setting=int(setting), label_set=int(label_set), n_episodes=int(n),
-            transform=RandFewShotAugmentd(keys=("image", "label")), seed=int(seed),
+            ds, split.train, setting=setting, label_set=label_set, n_episodes=n_episodes,
+            transform=RandFewShotAugmentd(keys=("image", "label")), seed=seed,
         )  # fmt: skip
-        paths = [write_episode_png(eps[i], Path(output_dir) / f"episode_{i}.png") for i in range(int(n))]
+        paths = [write_episode_png(eps[i], out / f"episode_{i}.png") for i in range(n_episodes)]
         return f"wrote {len(paths)} episode figures to {output_dir}"
 
     def evaluate(
@@ -295,33 +315,49 @@ class LabellessCLI:
             predict_outside_extent: gt_free mode: "false" zeroes the prediction outside the class extent estimated
                 from the support (fewshot_protocol §6.5).
         """
+        # every option is checked before any work (and before the slow imports), the output folder before the
+        # computation, not after it
+        fold_list = as_int_list(folds, "--folds", 0, parse=True)
+        shots = as_int(n_shots, "--n_shots", 1, parse=True)
+        overlays = as_int(n_overlays, "--n_overlays", 0, parse=True)
+        save, outside = as_bool(save_predictions, "save_predictions"), as_bool(predict_outside_extent,
+                                                                             "predict_outside_extent")  # fmt: skip
+        mode_list = [str(m) for m in _as_list(modes) or []]
+        if not mode_list or any(m not in ("protocol", "gt_free") for m in mode_list):  # protocol.MODES
+            raise ConfigError(f"--modes must be one or more of ['protocol', 'gt_free'], got {modes!r}")
+        if label_map is not None and not isinstance(label_map, dict):
+            raise ConfigError(f'--label_map must be a mapping raw value -> class id, e.g. "{{200: 1, 500: 2}}", got '
+                              f"{label_map!r}")  # fmt: skip
+        if predictions_dir is None and predictor != "baseline":
+            raise ConfigError(f"unknown predictor {predictor!r}; use 'baseline' or --predictions_dir")
+        if predictions_dir is not None and (len(fold_list) != 1 or len(mode_list) != 1):
+            raise ConfigError("scoring saved predictions takes one fold and one mode (--folds [k] --modes [m])")
+        check_folder(output_dir, "output_dir", writable=True)
         from labelless.data.layouts import PreparedVolumeDataset
-        from labelless.errors import ConfigError
         from labelless.evaluation.reports import write_reports
         from labelless.fewshot.volume.baseline import IntensityPrototypePredictor
         from labelless.fewshot.volume.protocol import evaluate, score_predictions
         from labelless.fewshot.volume.workflow import fold_norm_stats
+        from labelless.paths import OutputLock, check_output_outside_inputs
 
         ds = PreparedVolumeDataset(dataset_dir, preset, label_map=label_map)
+        fold_list = as_int_list(fold_list, "--folds", 0, ds.preset.n_folds - 1)
         class_ids = None if classes is None else [ds.label_map.id_of(c) for c in _as_list(classes)]
-        fold_list = [int(f) for f in _as_list(folds)]
-        mode_list = [str(m) for m in _as_list(modes)]
-        if predictions_dir is not None:
-            if len(fold_list) != 1 or len(mode_list) != 1:
-                raise ConfigError("scoring saved predictions takes one fold and one mode (--folds [k] --modes [m])")
-            result = score_predictions(ds, predictions_dir, fold=fold_list[0], classes=class_ids, mode=mode_list[0])
-        else:
-            if predictor != "baseline":
-                raise ConfigError(f"unknown predictor {predictor!r}; use 'baseline' or --predictions_dir")
-            base = IntensityPrototypePredictor()
-            result = evaluate(
-                ds, lambda f: base, folds=fold_list, classes=class_ids, modes=mode_list, n_shots=int(n_shots),
-                norm_stats_for_fold=lambda f: fold_norm_stats(ds, f),
-                n_overlays=int(n_overlays), output_dir=output_dir,
-                save_predictions=as_bool(save_predictions, "save_predictions"),
-                predict_outside_extent=as_bool(predict_outside_extent, "predict_outside_extent"),
-            )  # fmt: skip
-        paths = write_reports(result, output_dir)
+        inputs = [ds.image_path(p) for p in ds.pids]
+        if predictions_dir is not None:  # one (unread) name in the folder: the check compares the files' folders
+            inputs.append(Path(predictions_dir) / "_")
+        out = check_output_outside_inputs(output_dir, inputs)
+        with OutputLock(out, "output_dir"):  # creates the folder: a file or read-only path fails here, not at the end
+            if predictions_dir is not None:
+                result = score_predictions(ds, predictions_dir, fold=fold_list[0], classes=class_ids, mode=mode_list[0])
+            else:
+                base = IntensityPrototypePredictor()
+                result = evaluate(
+                    ds, lambda f: base, folds=fold_list, classes=class_ids, modes=mode_list, n_shots=shots,
+                    norm_stats_for_fold=lambda f: fold_norm_stats(ds, f), n_overlays=overlays, output_dir=out,
+                    save_predictions=save, predict_outside_extent=outside,
+                )  # fmt: skip
+            paths = write_reports(result, out)
         _print_summary(paths["metrics_json"])
         return f"reports in {output_dir}"
 
@@ -377,8 +413,10 @@ class LabellessCLI:
         from labelless.fewshot.image.export import export_classes
 
         summary = export_classes(
-            data_root, out_dir, sources=tuple(_as_list(sources) or ()), max_instances=int(max_instances),
-            min_fraction=float(min_fraction), size=int(size), seed=int(seed),
+            data_root, out_dir, sources=tuple(_as_list(sources) or ()),
+            max_instances=as_int(max_instances, "--max_instances", 1, parse=True),
+            min_fraction=as_float(min_fraction, "--min_fraction", 0, 1, parse=True),
+            size=as_int(size, "--size", 8, parse=True), seed=as_int(seed, "--seed", 0, parse=True),
         )  # fmt: skip
         return "\n".join(f"{k}: {v} instances" for k, v in summary.items()) + f"\nwritten to {out_dir}"
 
@@ -404,9 +442,13 @@ class LabellessCLI:
         from labelless.fewshot.image.synthetic import write_shape_classes, write_skin_phantoms
 
         out = Path(out_dir)
-        classes = write_shape_classes(out / "classes", n_classes=int(n_classes), n_instances=int(n_instances),
-                                      size=int(size), seed=int(seed))  # fmt: skip
-        skin = write_skin_phantoms(out / "skin", n_images=int(n_skin), size=int(size), seed=int(seed))
+        n_classes, n_instances = as_int(n_classes, "--n_classes", 1, parse=True), as_int(n_instances, "--n_instances",
+                                                                                          1, parse=True)  # fmt: skip
+        n_skin, size = as_int(n_skin, "--n_skin", 1, parse=True), as_int(size, "--size", 1, parse=True)
+        seed = as_int(seed, "--seed", 0, parse=True)
+        classes = write_shape_classes(out / "classes", n_classes=n_classes, n_instances=n_instances, size=size,
+                                      seed=seed)  # fmt: skip
+        skin = write_skin_phantoms(out / "skin", n_images=n_skin, size=size, seed=seed)
         return f"shape classes: {classes}\nskin phantoms: {skin}"
 
     def weak_domains(
@@ -440,9 +482,11 @@ class LabellessCLI:
         """
         from labelless.weak.domains import write_volume_domains
 
-        m = write_volume_domains(volumes_dir, out_dir, n_test=int(n_test), n_val=int(n_val), seed=int(seed),
-                                 min_body_fraction=float(min_body_fraction), min_lesion_px=int(min_lesion_px),
-                                 size=int(size), orientation=str(orientation))  # fmt: skip
+        m = write_volume_domains(volumes_dir, out_dir, n_test=as_int(n_test, "--n_test", 0, parse=True),
+                                 n_val=as_int(n_val, "--n_val", 0, parse=True), seed=as_int(seed, "--seed", parse=True),
+                                 min_body_fraction=as_float(min_body_fraction, "--min_body_fraction", parse=True),
+                                 min_lesion_px=as_int(min_lesion_px, "--min_lesion_px", parse=True),
+                                 size=as_int(size, "--size", parse=True), orientation=str(orientation))  # fmt: skip
         counts = ", ".join(f"{k} {v}" for k, v in sorted(m["counts"].items()))
         return f"{counts}; split {m['split']}; written to {out_dir}"
 
@@ -472,9 +516,12 @@ class LabellessCLI:
         """
         from labelless.weak.domains import write_image_domains
 
-        m = write_image_domains(images_dir, out_dir, masks_dir=masks_dir, test_fraction=float(test_fraction),
-                                side_fraction=float(side_fraction), min_mean=float(min_mean), max_std=float(max_std),
-                                size=int(size))  # fmt: skip
+        m = write_image_domains(images_dir, out_dir, masks_dir=masks_dir,
+                                test_fraction=as_float(test_fraction, "--test_fraction", parse=True),
+                                side_fraction=as_float(side_fraction, "--side_fraction", parse=True),
+                                min_mean=as_float(min_mean, "--min_mean", parse=True),
+                                max_std=as_float(max_std, "--max_std", parse=True),
+                                size=as_int(size, "--size", parse=True))  # fmt: skip
         counts = ", ".join(f"{k} {v}" for k, v in sorted(m["counts"].items()))
         return f"{counts}; written to {out_dir}"
 
@@ -492,7 +539,8 @@ class LabellessCLI:
         """
         from labelless.weak.domains import write_tagged_domains
 
-        m = write_tagged_domains(csv_file, out_dir, size=None if size is None else int(size))
+        side = None if size is None else as_int(size, "--size", 8, parse=True)
+        m = write_tagged_domains(csv_file, out_dir, size=side)
         counts = ", ".join(f"{k} {v}" for k, v in sorted(m["counts"].items()))
         return f"{counts}; written to {out_dir}"
 

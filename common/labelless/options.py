@@ -16,8 +16,10 @@ The converters :func:`as_int`, :func:`as_float` and :func:`as_int_list` serve th
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +27,15 @@ import numpy as np
 from labelless.errors import ConfigError
 from labelless.utils import as_bool, is_unset
 
-__all__ = ["OptionRule", "OPTION_RULES", "as_int", "as_float", "as_int_list", "check_options"]
+__all__ = [
+    "OptionRule",
+    "OPTION_RULES",
+    "as_int",
+    "as_float",
+    "as_int_list",
+    "check_folder",
+    "check_options",
+]
 
 
 def _range_text(
@@ -62,18 +72,25 @@ def as_int(
     Raises:
         ConfigError: ``"<name> must be an integer >= 1, got 'abc'"``.
     """
+    v = _integer(value, minimum, maximum, parse)
+    if v is None:
+        raise ConfigError(f"{name} must be an integer{_range_text(minimum, maximum, integers=True)}, got {value!r}")
+    return v
+
+
+def _integer(value: Any, minimum: int | None, maximum: int | None, parse: bool) -> int | None:
+    """``value`` as an int when it is one (see :func:`as_int`) within the bounds, else ``None``."""
     v = value
     if parse and isinstance(v, str):
         try:
             v = int(v.strip())
         except ValueError:
-            pass
+            return None
     if parse and isinstance(v, (float, np.floating)) and math.isfinite(v) and float(v).is_integer():
         v = int(v)
-    ok = isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-    if not ok or not _in_range(int(v), minimum, maximum, False, False):
-        raise ConfigError(f"{name} must be an integer{_range_text(minimum, maximum, integers=True)}, got {value!r}")
-    return int(v)
+    if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)):
+        return None
+    return int(v) if _in_range(int(v), minimum, maximum, False, False) else None
 
 
 def as_float(
@@ -105,9 +122,7 @@ def as_float(
             pass
     ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
     if not ok or not math.isfinite(float(v)) or not _in_range(float(v), minimum, maximum, lo_open, hi_open):
-        raise ConfigError(
-            f"{name} must be a number{_range_text(minimum, maximum, lo_open, hi_open)}, got {value!r}"
-        )
+        raise ConfigError(f"{name} must be a number{_range_text(minimum, maximum, lo_open, hi_open)}, got {value!r}")
     return float(v)
 
 
@@ -134,24 +149,51 @@ def as_int_list(
     example = f" (e.g. [{minimum if minimum is not None else 0}, {(minimum or 0) + 1}])"
     rng = _range_text(minimum, maximum, integers=True)
     msg = f"{name} must be an integer or a non-empty list of integers{rng}{example}"
-    if not isinstance(items, (list, tuple)) or not items:
+    ints = [_integer(v, minimum, maximum, parse) for v in items] if isinstance(items, (list, tuple)) else []
+    if not ints or any(v is None for v in ints):
         raise ConfigError(f"{msg}, got {value!r}")
-    try:
-        return [as_int(v, name, minimum, maximum, parse=parse) for v in items]
-    except ConfigError:
-        raise ConfigError(f"{msg}, got {value!r}") from None
+    return [int(v) for v in ints]  # type: ignore[arg-type]
+
+
+def check_folder(value: Any, name: str, writable: bool = False) -> Path:
+    """A folder option as a ``Path``, checked without writing anything: it must not be a file nor lie below one and,
+    with ``writable``, its nearest existing folder must be writable (an output folder is created later, by the run).
+
+    Args:
+        value: the folder (it may not exist yet).
+        name: the option name for the message (``"output_dir"``, ``"ckpt_dir"``).
+        writable: also check write permission (as far as ``os.access`` can tell: not for root).
+
+    Raises:
+        ConfigError: ``"output_dir /x/report.json is a file, not a folder"`` and the like.
+    """
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise ConfigError(f"{name} must be a folder path, got {value!r}")
+    folder = Path(value)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{name} {folder} is a file, not a folder")
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"{name} {folder} lies below the file {existing}, so it cannot be created")
+    if writable and existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        what = "is" if existing == folder else f"cannot be created: {existing}"
+        raise ConfigError(f"{name} {folder} {what} not writable (permission denied)")
+    return folder
 
 
 @dataclass(frozen=True)
 class OptionRule:
-    """What one option may be: ``kind`` ``"int"``, ``"float"``, ``"bool"`` (:func:`~labelless.utils.as_bool`) or
-    ``"ints"`` (:func:`as_int_list`), with bounds (``lo_open`` / ``hi_open`` make them exclusive; floats only)."""
+    """What one option may be: ``kind`` ``"int"``, ``"float"``, ``"bool"`` (:func:`~labelless.utils.as_bool`),
+    ``"ints"`` (:func:`as_int_list`), ``"folder"`` or ``"output_folder"`` (:func:`check_folder`, the latter also
+    writable) or ``"choice"`` (one of ``choices``), with bounds (``lo_open`` / ``hi_open`` make them exclusive; floats
+    only)."""
 
     kind: str
     minimum: float | None = None
     maximum: float | None = None
     lo_open: bool = False
     hi_open: bool = False
+    choices: tuple[str, ...] = ()
 
     def check(self, value: Any, name: str) -> None:
         """Raise a :class:`~labelless.errors.ConfigError` naming ``name`` when ``value`` breaks the rule."""
@@ -163,6 +205,11 @@ class OptionRule:
             as_bool(value, name)
         elif self.kind == "ints":
             as_int_list(value, name, self.minimum, self.maximum)  # type: ignore[arg-type]
+        elif self.kind in ("folder", "output_folder"):
+            check_folder(value, name, writable=self.kind == "output_folder")
+        elif self.kind == "choice":
+            if not isinstance(value, str) or value not in self.choices:
+                raise ConfigError(f"{name} must be one of {list(self.choices)}, got {value!r}")
         else:
             raise ValueError(f"unknown rule kind {self.kind!r}")
 
@@ -209,6 +256,9 @@ OPTION_RULES: dict[str, OptionRule] = {
     ),
     **_rules("ints", "folds support_slices", 0),
     **_rules("ints", "eval_shots", 1),
+    **_rules("folder", "ckpt_dir"),
+    **_rules("choice", "surrogate_mode", choices=("alternate", "sum")),
+    **_rules("output_folder", "output_dir"),
 }
 
 

@@ -3,38 +3,87 @@
 
 from __future__ import annotations
 
-from .images import (
-    MASK_STEMS,
-    ImageFolderPool,
-    ImageMaskPairs,
-    binarize_mask,
-    find_image_mask_pairs,
-    find_mask,
-    image_size,
-    list_images,
-    load_grey,
-    load_mask,
-    load_rgb,
-    mask_on_grid,
-    read_mask,
-    read_rgb,
-    resize_image,
-    resize_mask,
-    split_pool,
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names below, imported on first access by __getattr__
+    from .images import (
+        MASK_STEMS,
+        ImageFolderPool,
+        ImageMaskPairs,
+        binarize_mask,
+        find_image_mask_pairs,
+        find_mask,
+        image_size,
+        list_images,
+        load_grey,
+        load_mask,
+        load_rgb,
+        mask_on_grid,
+        read_mask,
+        read_rgb,
+        resize_image,
+        resize_mask,
+        split_pool,
+    )
+    from .keys import DomainKeys, EpisodeKeys, SemiSupKeys
+    from .labelmap import LabelMap
+    from .layouts import IMAGE_RE, PreparedVolumeDataset, compute_classmap
+    from .phantoms import (
+        PHANTOM_KINDS,
+        PHANTOM_VERSION,
+        default_dataset_dir,
+        make_phantom,
+        phantom_affine,
+        phantom_spacing,
+        write_phantom_dataset,
+    )
+    from .presets import PRESETS, DatasetPreset, get_preset
+
+_EXPORTS = {
+    "MASK_STEMS": "images",
+    "list_images": "images",
+    "find_mask": "images",
+    "ImageMaskPairs": "images",
+    "find_image_mask_pairs": "images",
+    "binarize_mask": "images",
+    "mask_on_grid": "images",
+    "resize_image": "images",
+    "resize_mask": "images",
+    "read_rgb": "images",
+    "read_mask": "images",
+    "load_rgb": "images",
+    "load_grey": "images",
+    "load_mask": "images",
+    "image_size": "images",
+    "ImageFolderPool": "images",
+    "split_pool": "images",
+    "EpisodeKeys": "keys",
+    "DomainKeys": "keys",
+    "SemiSupKeys": "keys",
+    "LabelMap": "labelmap",
+    "PreparedVolumeDataset": "layouts",
+    "compute_classmap": "layouts",
+    "IMAGE_RE": "layouts",
+    "PHANTOM_KINDS": "phantoms",
+    "PHANTOM_VERSION": "phantoms",
+    "phantom_spacing": "phantoms",
+    "phantom_affine": "phantoms",
+    "make_phantom": "phantoms",
+    "write_phantom_dataset": "phantoms",
+    "default_dataset_dir": "phantoms",
+    "DatasetPreset": "presets",
+    "PRESETS": "presets",
+    "get_preset": "presets",
+}
+_SUBMODULES = (
+    "images",
+    "keys",
+    "labelmap",
+    "layouts",
+    "phantoms",
+    "presets",
 )
-from .keys import DomainKeys, EpisodeKeys, SemiSupKeys
-from .labelmap import LabelMap
-from .layouts import IMAGE_RE, PreparedVolumeDataset, compute_classmap
-from .phantoms import (
-    PHANTOM_KINDS,
-    PHANTOM_VERSION,
-    default_dataset_dir,
-    make_phantom,
-    phantom_affine,
-    phantom_spacing,
-    write_phantom_dataset,
-)
-from .presets import PRESETS, DatasetPreset, get_preset
 
 __all__ = [
     "MASK_STEMS",
@@ -72,3 +121,18 @@ __all__ = [
     "PRESETS",
     "get_preset",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

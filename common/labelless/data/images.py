@@ -323,7 +323,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         with Image.open(path) as im:
             w, h = im.size
     except Exception as e:  # noqa: BLE001 - any PIL failure becomes a DataError naming the file
-        raise DataError(path, f"cannot read image header ({type(e).__name__}: {e})") from e
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise DataError(path, f"cannot read image header ({type(e).__name__}: {first})") from e
     return int(h), int(w)
 
 

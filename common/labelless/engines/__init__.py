@@ -4,29 +4,75 @@ training with a denoising surrogate task of FSMS), on the common base :class:`~l
 
 from __future__ import annotations
 
-from .adversarial import DOMAIN_KEYS, CycleTranslationTrainer, prepare_domain_batch
-from .base import EpisodicProgressBar, StepTrainer, StopAtIteration, average_gradients, optimizer_param_ids
-from .checkpoint import (
-    CHECKPOINT_PATTERN,
-    TrainingCheckpoint,
-    list_checkpoints,
-    load_latest_checkpoint,
-    rng_state,
-    save_checkpoint_atomic,
-    set_rng_state,
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names below, imported on first access by __getattr__
+    from .adversarial import DOMAIN_KEYS, CycleTranslationTrainer, prepare_domain_batch
+    from .base import EpisodicProgressBar, StepTrainer, StopAtIteration, average_gradients, optimizer_param_ids
+    from .checkpoint import (
+        CHECKPOINT_PATTERN,
+        TrainingCheckpoint,
+        list_checkpoints,
+        load_latest_checkpoint,
+        rng_state,
+        save_checkpoint_atomic,
+        set_rng_state,
+    )
+    from .episodic import EPISODE_KEYS, EpisodicTrainer, iteration_lr_schedule, prepare_episode_batch
+    from .semisup import (
+        PRETRAIN_PROFILES,
+        PRETRAIN_WEIGHTS,
+        EMAModel,
+        MeanTeacherTrainer,
+        SegmentationTrainer,
+        ShadowPretrainTrainer,
+        prepare_semisup_batch,
+        unwrap_network,
+    )
+    from .surrogate import FSMS_EPISODE_KEYS, SURROGATE_MODES, SurrogateEpisodicTrainer, prepare_fsms_batch
+
+_EXPORTS = {
+    "CycleTranslationTrainer": "adversarial",
+    "prepare_domain_batch": "adversarial",
+    "DOMAIN_KEYS": "adversarial",
+    "StepTrainer": "base",
+    "StopAtIteration": "base",
+    "EpisodicProgressBar": "base",
+    "optimizer_param_ids": "base",
+    "average_gradients": "base",
+    "TrainingCheckpoint": "checkpoint",
+    "save_checkpoint_atomic": "checkpoint",
+    "list_checkpoints": "checkpoint",
+    "load_latest_checkpoint": "checkpoint",
+    "rng_state": "checkpoint",
+    "set_rng_state": "checkpoint",
+    "CHECKPOINT_PATTERN": "checkpoint",
+    "EpisodicTrainer": "episodic",
+    "prepare_episode_batch": "episodic",
+    "iteration_lr_schedule": "episodic",
+    "EPISODE_KEYS": "episodic",
+    "EMAModel": "semisup",
+    "PRETRAIN_WEIGHTS": "semisup",
+    "PRETRAIN_PROFILES": "semisup",
+    "prepare_semisup_batch": "semisup",
+    "ShadowPretrainTrainer": "semisup",
+    "SegmentationTrainer": "semisup",
+    "MeanTeacherTrainer": "semisup",
+    "unwrap_network": "semisup",
+    "SurrogateEpisodicTrainer": "surrogate",
+    "prepare_fsms_batch": "surrogate",
+    "FSMS_EPISODE_KEYS": "surrogate",
+    "SURROGATE_MODES": "surrogate",
+}
+_SUBMODULES = (
+    "adversarial",
+    "base",
+    "checkpoint",
+    "episodic",
+    "semisup",
+    "surrogate",
 )
-from .episodic import EPISODE_KEYS, EpisodicTrainer, iteration_lr_schedule, prepare_episode_batch
-from .semisup import (
-    PRETRAIN_PROFILES,
-    PRETRAIN_WEIGHTS,
-    EMAModel,
-    MeanTeacherTrainer,
-    SegmentationTrainer,
-    ShadowPretrainTrainer,
-    prepare_semisup_batch,
-    unwrap_network,
-)
-from .surrogate import FSMS_EPISODE_KEYS, SURROGATE_MODES, SurrogateEpisodicTrainer, prepare_fsms_batch
 
 __all__ = [
     "CycleTranslationTrainer",
@@ -61,3 +107,18 @@ __all__ = [
     "FSMS_EPISODE_KEYS",
     "SURROGATE_MODES",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

@@ -3,35 +3,84 @@
 
 from __future__ import annotations
 
-from .checkpoint import WRAPPER_KEYS, load_network_weights, read_state_dict
-from .geometry import (
-    LPS_TO_RAS,
-    affine_2d_to_3d,
-    affine_from_sitk,
-    flip_rows,
-    shift_origin,
-    sitk_geometry_from_affine,
-    volume_to_sitk,
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names below, imported on first access by __getattr__
+    from .checkpoint import WRAPPER_KEYS, load_network_weights, read_state_dict
+    from .geometry import (
+        LPS_TO_RAS,
+        affine_2d_to_3d,
+        affine_from_sitk,
+        flip_rows,
+        shift_origin,
+        sitk_geometry_from_affine,
+        volume_to_sitk,
+    )
+    from .readers import image_format, read_image2d, read_volume
+    from .sitk_reader import SimpleITKReader, dicom_series_files, read_dicom_series
+    from .suffixes import (
+        DICOM_SUFFIXES,
+        IMAGE_2D_SUFFIXES,
+        JPEG_SUFFIXES,
+        MASK_2D_SUFFIXES,
+        NIFTI_SUFFIXES,
+        PIL_SUFFIXES,
+        SITK_FILE_SUFFIXES,
+        SITK_SUFFIXES,
+        SITK_WRITABLE_SUFFIXES,
+        VOLUME_SUFFIXES,
+        WRITABLE_SUFFIXES,
+        has_suffix,
+        strip_suffix,
+    )
+    from .volume import Volume
+    from .writers import write_image2d, write_jpeg, write_volume
+
+_EXPORTS = {
+    "read_state_dict": "checkpoint",
+    "load_network_weights": "checkpoint",
+    "WRAPPER_KEYS": "checkpoint",
+    "LPS_TO_RAS": "geometry",
+    "affine_from_sitk": "geometry",
+    "sitk_geometry_from_affine": "geometry",
+    "volume_to_sitk": "geometry",
+    "affine_2d_to_3d": "geometry",
+    "flip_rows": "geometry",
+    "shift_origin": "geometry",
+    "read_volume": "readers",
+    "read_image2d": "readers",
+    "image_format": "readers",
+    "SimpleITKReader": "sitk_reader",
+    "read_dicom_series": "sitk_reader",
+    "dicom_series_files": "sitk_reader",
+    "NIFTI_SUFFIXES": "suffixes",
+    "DICOM_SUFFIXES": "suffixes",
+    "PIL_SUFFIXES": "suffixes",
+    "SITK_FILE_SUFFIXES": "suffixes",
+    "SITK_SUFFIXES": "suffixes",
+    "IMAGE_2D_SUFFIXES": "suffixes",
+    "MASK_2D_SUFFIXES": "suffixes",
+    "JPEG_SUFFIXES": "suffixes",
+    "VOLUME_SUFFIXES": "suffixes",
+    "SITK_WRITABLE_SUFFIXES": "suffixes",
+    "WRITABLE_SUFFIXES": "suffixes",
+    "has_suffix": "suffixes",
+    "strip_suffix": "suffixes",
+    "Volume": "volume",
+    "write_volume": "writers",
+    "write_image2d": "writers",
+    "write_jpeg": "writers",
+}
+_SUBMODULES = (
+    "checkpoint",
+    "geometry",
+    "readers",
+    "sitk_reader",
+    "suffixes",
+    "volume",
+    "writers",
 )
-from .readers import image_format, read_image2d, read_volume
-from .sitk_reader import SimpleITKReader, dicom_series_files, read_dicom_series
-from .suffixes import (
-    DICOM_SUFFIXES,
-    IMAGE_2D_SUFFIXES,
-    JPEG_SUFFIXES,
-    MASK_2D_SUFFIXES,
-    NIFTI_SUFFIXES,
-    PIL_SUFFIXES,
-    SITK_FILE_SUFFIXES,
-    SITK_SUFFIXES,
-    SITK_WRITABLE_SUFFIXES,
-    VOLUME_SUFFIXES,
-    WRITABLE_SUFFIXES,
-    has_suffix,
-    strip_suffix,
-)
-from .volume import Volume
-from .writers import write_image2d, write_jpeg, write_volume
 
 __all__ = [
     "read_state_dict",
@@ -68,3 +117,18 @@ __all__ = [
     "write_image2d",
     "write_jpeg",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

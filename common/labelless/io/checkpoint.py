@@ -44,7 +44,9 @@ def read_state_dict(
     try:
         obj = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to unpickle is a bad file
-        raise DataError(p, f"cannot read the {what} ({type(exc).__name__}: {exc})") from exc
+        first = (str(exc).strip().splitlines() or [""])[0][:200]  # torch's unpickling errors span many lines
+        raise DataError(p, f"cannot read the {what}: not a PyTorch checkpoint or a damaged one ({type(exc).__name__}: "
+                           f"{first})") from exc  # fmt: skip
     if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in WRAPPER_KEYS:
             if isinstance(obj.get(key), Mapping):

@@ -126,6 +126,10 @@ def _load(path: Path, fmt: str, is_label: bool, series_id: str | None):
     affine = np.asarray(img.affine.detach().cpu().numpy(), dtype=np.float64)
     meta = img.meta
     if fmt == "image2d":
+        if not is_label and str(meta.get("mode", "")).startswith("I;16"):
+            # 16-bit PNG/TIFF image: MONAI hands the values over as int32 (torch has no uint16); keep them 16-bit so
+            # that they are scaled by 65535 and reported as 16-bit, not as "int32" (labels keep MONAI's int32)
+            data = data.astype(np.uint16)
         has_channel = data.ndim == 3
         return data, np.eye(4), 2, has_channel
     has_channel = not np.isnan(float(meta.get("original_channel_dim", float("nan"))))

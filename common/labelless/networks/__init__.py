@@ -5,68 +5,160 @@ generator, boundary heads and discriminators of the semi-supervised bundle."""
 
 from __future__ import annotations
 
-from .cltnet import LIN, AdaLIN, CAMDiscriminator, CLTGenerator, CLTGeneratorOutput, CLTNet, build_cltnet, clip_rho_
-from .dspnet import (
-    BCMA,
-    BCMA_PRESETS,
-    DATASET_GROUPS,
-    FSPA,
-    HEAD_LR_MULTIPLIER,
-    DSPNetHead,
-    SupportQueryAttention,
-    bcma_hyperparameters,
-    build_dspnet_segmentor,
-    distance_transform,
-    dspnet_param_groups,
-    fspa_seeds,
-    soft_cluster,
-    support_query_attention,
-)
-from .encoders import ENCODER_NAMES, DilatedResNet, PretrainedReport, TinyEncoder, build_encoder
-from .fewshot import FewShotOutput, FewShotSegmentor, SegmentorFeatures, SupportEncoding, build_fewshot_segmentor
-from .fsms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    OUTPUT_STRIDE,
-    FSMSNet,
-    VGGEncoder,
-    load_vgg16_weights,
-    masked_pool_k_shots,
-    support_masks_to_grid,
-)
-from .prototypes import (
-    FG_MODE_THRESHOLD,
-    FG_MODE_WINDOW,
-    LOCAL_THRESHOLD,
-    SCALE,
-    ALPHead,
-    bg_prototypes,
-    downsample_mask,
-    fg_prototypes,
-    fg_uses_local,
-    local_prototypes,
-    masked_average_pooling,
-    prototype_scores,
-    safe_normalize,
-)
-from .psmnet import MCAM, CrossNonLocalBlock, PSMNetHead, PSMSplit, build_psmnet_segmentor, psm_split
-from .sabrnet import (
-    SABRNET_PROFILES,
-    BoundaryHeads,
-    ImageDiscriminator,
-    MappingNetwork,
-    MaskedStage,
-    MaskedTransformerBlock,
-    MaskedWindowAttention,
-    ModulatedConv2d,
-    PartialConv2d,
-    SABRGenerator,
-    SABRGeneratorOutput,
-    SABRNet,
-    SABRNetOutput,
-    SegDiscriminator,
-    build_discriminators,
-    build_sabrnet,
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names below, imported on first access by __getattr__
+    from .cltnet import LIN, AdaLIN, CAMDiscriminator, CLTGenerator, CLTGeneratorOutput, CLTNet, build_cltnet, clip_rho_
+    from .dspnet import (
+        BCMA,
+        BCMA_PRESETS,
+        DATASET_GROUPS,
+        FSPA,
+        HEAD_LR_MULTIPLIER,
+        DSPNetHead,
+        SupportQueryAttention,
+        bcma_hyperparameters,
+        build_dspnet_segmentor,
+        distance_transform,
+        dspnet_param_groups,
+        fspa_seeds,
+        soft_cluster,
+        support_query_attention,
+    )
+    from .encoders import ENCODER_NAMES, DilatedResNet, PretrainedReport, TinyEncoder, build_encoder
+    from .fewshot import FewShotOutput, FewShotSegmentor, SegmentorFeatures, SupportEncoding, build_fewshot_segmentor
+    from .fsms import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        OUTPUT_STRIDE,
+        FSMSNet,
+        VGGEncoder,
+        load_vgg16_weights,
+        masked_pool_k_shots,
+        support_masks_to_grid,
+    )
+    from .prototypes import (
+        FG_MODE_THRESHOLD,
+        FG_MODE_WINDOW,
+        LOCAL_THRESHOLD,
+        SCALE,
+        ALPHead,
+        bg_prototypes,
+        downsample_mask,
+        fg_prototypes,
+        fg_uses_local,
+        local_prototypes,
+        masked_average_pooling,
+        prototype_scores,
+        safe_normalize,
+    )
+    from .psmnet import MCAM, CrossNonLocalBlock, PSMNetHead, PSMSplit, build_psmnet_segmentor, psm_split
+    from .sabrnet import (
+        SABRNET_PROFILES,
+        BoundaryHeads,
+        ImageDiscriminator,
+        MappingNetwork,
+        MaskedStage,
+        MaskedTransformerBlock,
+        MaskedWindowAttention,
+        ModulatedConv2d,
+        PartialConv2d,
+        SABRGenerator,
+        SABRGeneratorOutput,
+        SABRNet,
+        SABRNetOutput,
+        SegDiscriminator,
+        build_discriminators,
+        build_sabrnet,
+    )
+
+_EXPORTS = {
+    "LIN": "cltnet",
+    "AdaLIN": "cltnet",
+    "clip_rho_": "cltnet",
+    "CLTGeneratorOutput": "cltnet",
+    "CLTGenerator": "cltnet",
+    "CAMDiscriminator": "cltnet",
+    "CLTNet": "cltnet",
+    "build_cltnet": "cltnet",
+    "BCMA_PRESETS": "dspnet",
+    "DATASET_GROUPS": "dspnet",
+    "bcma_hyperparameters": "dspnet",
+    "support_query_attention": "dspnet",
+    "SupportQueryAttention": "dspnet",
+    "distance_transform": "dspnet",
+    "fspa_seeds": "dspnet",
+    "soft_cluster": "dspnet",
+    "FSPA": "dspnet",
+    "BCMA": "dspnet",
+    "DSPNetHead": "dspnet",
+    "build_dspnet_segmentor": "dspnet",
+    "dspnet_param_groups": "dspnet",
+    "HEAD_LR_MULTIPLIER": "dspnet",
+    "DilatedResNet": "encoders",
+    "TinyEncoder": "encoders",
+    "PretrainedReport": "encoders",
+    "build_encoder": "encoders",
+    "ENCODER_NAMES": "encoders",
+    "FewShotOutput": "fewshot",
+    "SupportEncoding": "fewshot",
+    "FewShotSegmentor": "fewshot",
+    "SegmentorFeatures": "fewshot",
+    "build_fewshot_segmentor": "fewshot",
+    "VGGEncoder": "fsms",
+    "load_vgg16_weights": "fsms",
+    "masked_pool_k_shots": "fsms",
+    "support_masks_to_grid": "fsms",
+    "FSMSNet": "fsms",
+    "IMAGENET_MEAN": "fsms",
+    "IMAGENET_STD": "fsms",
+    "OUTPUT_STRIDE": "fsms",
+    "safe_normalize": "prototypes",
+    "masked_average_pooling": "prototypes",
+    "downsample_mask": "prototypes",
+    "local_prototypes": "prototypes",
+    "prototype_scores": "prototypes",
+    "fg_uses_local": "prototypes",
+    "bg_prototypes": "prototypes",
+    "fg_prototypes": "prototypes",
+    "ALPHead": "prototypes",
+    "LOCAL_THRESHOLD": "prototypes",
+    "FG_MODE_THRESHOLD": "prototypes",
+    "FG_MODE_WINDOW": "prototypes",
+    "SCALE": "prototypes",
+    "CrossNonLocalBlock": "psmnet",
+    "MCAM": "psmnet",
+    "PSMSplit": "psmnet",
+    "psm_split": "psmnet",
+    "PSMNetHead": "psmnet",
+    "build_psmnet_segmentor": "psmnet",
+    "PartialConv2d": "sabrnet",
+    "MaskedWindowAttention": "sabrnet",
+    "MaskedTransformerBlock": "sabrnet",
+    "MaskedStage": "sabrnet",
+    "ModulatedConv2d": "sabrnet",
+    "MappingNetwork": "sabrnet",
+    "SABRGeneratorOutput": "sabrnet",
+    "SABRGenerator": "sabrnet",
+    "BoundaryHeads": "sabrnet",
+    "SABRNetOutput": "sabrnet",
+    "SABRNet": "sabrnet",
+    "ImageDiscriminator": "sabrnet",
+    "SegDiscriminator": "sabrnet",
+    "SABRNET_PROFILES": "sabrnet",
+    "build_sabrnet": "sabrnet",
+    "build_discriminators": "sabrnet",
+}
+_SUBMODULES = (
+    "cltnet",
+    "dspnet",
+    "encoders",
+    "fewshot",
+    "fsms",
+    "prototypes",
+    "psmnet",
+    "sabrnet",
 )
 
 __all__ = [
@@ -146,3 +238,18 @@ __all__ = [
     "build_sabrnet",
     "build_discriminators",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

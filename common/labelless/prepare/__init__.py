@@ -3,23 +3,56 @@
 
 from __future__ import annotations
 
-from .chaos import CHAOS_PNG_LABELS, find_chaos_cases, prepare_chaos, read_chaos_case
-from .cmr import find_cmr_cases, prepare_cmr
-from .common import (
-    SIZE_RULES,
-    as_size2d,
-    check_output_dir,
-    clip_top_percentile,
-    crop_border,
-    crop_or_pad_center,
-    finish_dataset,
-    resample_image,
-    resample_labels,
-    resampled_size,
-    window_to_range,
-    write_case,
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names below, imported on first access by __getattr__
+    from .chaos import CHAOS_PNG_LABELS, find_chaos_cases, prepare_chaos, read_chaos_case
+    from .cmr import find_cmr_cases, prepare_cmr
+    from .common import (
+        SIZE_RULES,
+        as_size2d,
+        check_output_dir,
+        clip_top_percentile,
+        crop_border,
+        crop_or_pad_center,
+        finish_dataset,
+        resample_image,
+        resample_labels,
+        resampled_size,
+        window_to_range,
+        write_case,
+    )
+    from .synapse import find_synapse_cases, prepare_synapse
+
+_EXPORTS = {
+    "prepare_chaos": "chaos",
+    "find_chaos_cases": "chaos",
+    "read_chaos_case": "chaos",
+    "CHAOS_PNG_LABELS": "chaos",
+    "prepare_cmr": "cmr",
+    "find_cmr_cases": "cmr",
+    "SIZE_RULES": "common",
+    "clip_top_percentile": "common",
+    "window_to_range": "common",
+    "resampled_size": "common",
+    "resample_image": "common",
+    "resample_labels": "common",
+    "crop_or_pad_center": "common",
+    "crop_border": "common",
+    "as_size2d": "common",
+    "check_output_dir": "common",
+    "write_case": "common",
+    "finish_dataset": "common",
+    "prepare_synapse": "synapse",
+    "find_synapse_cases": "synapse",
+}
+_SUBMODULES = (
+    "chaos",
+    "cmr",
+    "common",
+    "synapse",
 )
-from .synapse import find_synapse_cases, prepare_synapse
 
 __all__ = [
     "prepare_chaos",
@@ -43,3 +76,18 @@ __all__ = [
     "prepare_synapse",
     "find_synapse_cases",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

@@ -32,6 +32,7 @@ from labelless.io.checkpoint import load_network_weights
 from labelless.io.readers import read_volume
 from labelless.io.suffixes import DICOM_SUFFIXES, NIFTI_SUFFIXES, has_suffix, strip_suffix
 from labelless.io.writers import write_image2d, write_volume
+from labelless.options import as_float, as_int
 from labelless.paths import check_output_outside_inputs, locked_output
 from labelless.semisup.data import load_ultrasound, ultrasound_size
 from labelless.semisup.hc import head_circumference_mm
@@ -138,9 +139,9 @@ class SemiSupInferenceRunner:
         self.output_dir = check_output_outside_inputs(output_dir, self.files)
         self.ckpt_path = None if is_unset(ckpt_path) else Path(ckpt_path)
         self.image_size, self.refine, self.offset_scale = (
-            int(image_size),
+            as_int(image_size, "image_size", 8),
             as_bool(refine, "refine"),
-            float(offset_scale),
+            as_float(offset_scale, "offset_scale", 0.0),
         )
         self.pixel_sizes = read_pixel_sizes(pixel_size)
         self.device = torch.device(device)

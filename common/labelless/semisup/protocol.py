@@ -32,6 +32,7 @@ from torch import nn
 from labelless.evaluation.metrics import confusion_counts, dice_from_counts, iou_from_counts, surface_distances
 from labelless.evaluation.overlays import rgb_overlay
 from labelless.io.checkpoint import load_network_weights
+from labelless.options import as_float, as_int
 from labelless.paths import locked_output
 from labelless.semisup.data import SEMISUP_EVAL_SPLITS, SemiSupDataset, SemiSupItem, SemiSupSplit
 from labelless.semisup.hc import head_circumference_mm
@@ -248,11 +249,11 @@ class SemiSupEvaluationRunner:
         if not self.items:
             raise ConfigError(f"the {eval_split!r} split of {split.root} holds no labelled image")
         self.image_size, self.refine, self.offset_scale = (
-            int(image_size),
+            as_int(image_size, "image_size", 8),
             as_bool(refine, "refine"),
-            float(offset_scale),
+            as_float(offset_scale, "offset_scale", 0.0),
         )
-        self.n_overlays, self.device = int(n_overlays), torch.device(device)
+        self.n_overlays, self.device = as_int(n_overlays, "n_overlays", 0), torch.device(device)
 
     @locked_output
     def run(self) -> dict[str, Any]:

@@ -3,87 +3,178 @@
 
 from __future__ import annotations
 
-from .augment import (
-    RandFewShotAugment,
-    RandFewShotAugmentD,
-    RandFewShotAugmentd,
-    RandFewShotAugmentDict,
-    fewshot_affine_matrix,
-    gamma_transform,
-    monai_fewshot_augment,
-)
-from .boundary import (
-    DIRECTION_IGNORE,
-    DIRECTION_OFFSETS,
-    BoundaryTargets,
-    BoundaryTargetsD,
-    BoundaryTargetsd,
-    BoundaryTargetsDict,
-    boundary_targets,
-    refine_with_offsets,
-)
-from .intensity import fold_statistics, slices_to_tensor_input, zscore
-from .noise import add_gaussian_noise, draw_sigma, surrogate_target
-from .postprocess import (
-    POSTPROCESS_MODES,
-    SoftMaskPostprocess,
-    binarize_soft_mask,
-    crf_mask,
-    watershed_mask,
-    zero_black_background,
-    zero_corners,
-)
-from .shadow import (
-    INFERENCE_MASK_MODES,
-    SHADOW_GEOMETRIES,
-    SHADOW_MODES,
-    AcousticShadowConfig,
-    GeometryCache,
-    InferenceKeepMask,
-    InferenceKeepMaskD,
-    InferenceKeepMaskd,
-    InferenceKeepMaskDict,
-    RandShadow,
-    RandShadowD,
-    RandShadowd,
-    RandShadowDict,
-    ShadowGeometry,
-    acoustic_shadow,
-    beam_coordinates,
-    default_geometry,
-    estimate_geometry,
-    freeform_hole_mask,
-    inference_keep_mask,
-    ramp_keep_mask,
-    valid_data_mask,
-)
-from .superpixel import (
-    SUPERPIXEL_METHODS,
-    BodyMask,
-    BodyMaskD,
-    BodyMaskd,
-    BodyMaskDict,
-    Superpixels,
-    SuperpixelsD,
-    Superpixelsd,
-    SuperpixelsDict,
-    body_mask,
-    body_mask_slice,
-    body_threshold,
-    compute_superpixels,
-    felzenszwalb_slices,
-    mask_superpixels,
-    preset_body_threshold,
-    relabel_within_body,
-    slic_slices,
-    slic_volume,
-)
-from .translation import (
-    RandTranslationAugment,
-    RandTranslationAugmentd,
-    TranslationInput,
-    TranslationInputd,
-    default_load_size,
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names below, imported on first access by __getattr__
+    from .augment import (
+        RandFewShotAugment,
+        RandFewShotAugmentD,
+        RandFewShotAugmentd,
+        RandFewShotAugmentDict,
+        fewshot_affine_matrix,
+        gamma_transform,
+        monai_fewshot_augment,
+    )
+    from .boundary import (
+        DIRECTION_IGNORE,
+        DIRECTION_OFFSETS,
+        BoundaryTargets,
+        BoundaryTargetsD,
+        BoundaryTargetsd,
+        BoundaryTargetsDict,
+        boundary_targets,
+        refine_with_offsets,
+    )
+    from .intensity import fold_statistics, slices_to_tensor_input, zscore
+    from .noise import add_gaussian_noise, draw_sigma, surrogate_target
+    from .postprocess import (
+        POSTPROCESS_MODES,
+        SoftMaskPostprocess,
+        binarize_soft_mask,
+        crf_mask,
+        watershed_mask,
+        zero_black_background,
+        zero_corners,
+    )
+    from .shadow import (
+        INFERENCE_MASK_MODES,
+        SHADOW_GEOMETRIES,
+        SHADOW_MODES,
+        AcousticShadowConfig,
+        GeometryCache,
+        InferenceKeepMask,
+        InferenceKeepMaskD,
+        InferenceKeepMaskd,
+        InferenceKeepMaskDict,
+        RandShadow,
+        RandShadowD,
+        RandShadowd,
+        RandShadowDict,
+        ShadowGeometry,
+        acoustic_shadow,
+        beam_coordinates,
+        default_geometry,
+        estimate_geometry,
+        freeform_hole_mask,
+        inference_keep_mask,
+        ramp_keep_mask,
+        valid_data_mask,
+    )
+    from .superpixel import (
+        SUPERPIXEL_METHODS,
+        BodyMask,
+        BodyMaskD,
+        BodyMaskd,
+        BodyMaskDict,
+        Superpixels,
+        SuperpixelsD,
+        Superpixelsd,
+        SuperpixelsDict,
+        body_mask,
+        body_mask_slice,
+        body_threshold,
+        compute_superpixels,
+        felzenszwalb_slices,
+        mask_superpixels,
+        preset_body_threshold,
+        relabel_within_body,
+        slic_slices,
+        slic_volume,
+    )
+    from .translation import (
+        RandTranslationAugment,
+        RandTranslationAugmentd,
+        TranslationInput,
+        TranslationInputd,
+        default_load_size,
+    )
+
+_EXPORTS = {
+    "RandFewShotAugment": "augment",
+    "RandFewShotAugmentd": "augment",
+    "RandFewShotAugmentD": "augment",
+    "RandFewShotAugmentDict": "augment",
+    "fewshot_affine_matrix": "augment",
+    "gamma_transform": "augment",
+    "monai_fewshot_augment": "augment",
+    "DIRECTION_OFFSETS": "boundary",
+    "DIRECTION_IGNORE": "boundary",
+    "boundary_targets": "boundary",
+    "refine_with_offsets": "boundary",
+    "BoundaryTargets": "boundary",
+    "BoundaryTargetsd": "boundary",
+    "BoundaryTargetsD": "boundary",
+    "BoundaryTargetsDict": "boundary",
+    "zscore": "intensity",
+    "fold_statistics": "intensity",
+    "slices_to_tensor_input": "intensity",
+    "draw_sigma": "noise",
+    "add_gaussian_noise": "noise",
+    "surrogate_target": "noise",
+    "POSTPROCESS_MODES": "postprocess",
+    "zero_black_background": "postprocess",
+    "zero_corners": "postprocess",
+    "watershed_mask": "postprocess",
+    "crf_mask": "postprocess",
+    "binarize_soft_mask": "postprocess",
+    "SoftMaskPostprocess": "postprocess",
+    "SHADOW_MODES": "shadow",
+    "SHADOW_GEOMETRIES": "shadow",
+    "INFERENCE_MASK_MODES": "shadow",
+    "freeform_hole_mask": "shadow",
+    "ShadowGeometry": "shadow",
+    "GeometryCache": "shadow",
+    "AcousticShadowConfig": "shadow",
+    "valid_data_mask": "shadow",
+    "estimate_geometry": "shadow",
+    "default_geometry": "shadow",
+    "beam_coordinates": "shadow",
+    "acoustic_shadow": "shadow",
+    "ramp_keep_mask": "shadow",
+    "inference_keep_mask": "shadow",
+    "RandShadow": "shadow",
+    "RandShadowd": "shadow",
+    "RandShadowD": "shadow",
+    "RandShadowDict": "shadow",
+    "InferenceKeepMask": "shadow",
+    "InferenceKeepMaskd": "shadow",
+    "InferenceKeepMaskD": "shadow",
+    "InferenceKeepMaskDict": "shadow",
+    "SUPERPIXEL_METHODS": "superpixel",
+    "felzenszwalb_slices": "superpixel",
+    "slic_slices": "superpixel",
+    "slic_volume": "superpixel",
+    "compute_superpixels": "superpixel",
+    "body_threshold": "superpixel",
+    "preset_body_threshold": "superpixel",
+    "body_mask_slice": "superpixel",
+    "body_mask": "superpixel",
+    "relabel_within_body": "superpixel",
+    "mask_superpixels": "superpixel",
+    "Superpixels": "superpixel",
+    "BodyMask": "superpixel",
+    "Superpixelsd": "superpixel",
+    "SuperpixelsD": "superpixel",
+    "SuperpixelsDict": "superpixel",
+    "BodyMaskd": "superpixel",
+    "BodyMaskD": "superpixel",
+    "BodyMaskDict": "superpixel",
+    "default_load_size": "translation",
+    "TranslationInput": "translation",
+    "TranslationInputd": "translation",
+    "RandTranslationAugment": "translation",
+    "RandTranslationAugmentd": "translation",
+}
+_SUBMODULES = (
+    "augment",
+    "boundary",
+    "intensity",
+    "noise",
+    "postprocess",
+    "shadow",
+    "superpixel",
+    "translation",
 )
 
 __all__ = [
@@ -162,3 +253,18 @@ __all__ = [
     "RandTranslationAugment",
     "RandTranslationAugmentd",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

@@ -3,32 +3,76 @@
 
 from __future__ import annotations
 
-from .data import UnpairedDomainDataset
-from .domains import (
-    WEAK_IMAGE_SUFFIXES,
-    DomainSlice,
-    WeakDomainFolders,
-    find_volume_cases,
-    lesion_free_patches,
-    split_cases,
-    volume_domain_slices,
-    write_image_domains,
-    write_tagged_domains,
-    write_volume_domains,
-)
-from .inference import OUTPUT_SUFFIXES, WeakSegmentationInferenceRunner, list_weak_inputs
-from .synthetic import SYNTHETIC_WEAK_VERSION, default_weak_data, make_weak_image, write_weak_phantoms
-from .workflow import (
-    EVAL_SPLITS,
-    WeakSegmentationEvaluationRunner,
-    WeakValidationHandler,
-    evaluate_images,
-    export_generator,
-    inference_images,
-    load_weak_weights,
-    resolve_domains,
-    soft_mask,
-    training_dataset,
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names below, imported on first access by __getattr__
+    from .data import UnpairedDomainDataset
+    from .domains import (
+        WEAK_IMAGE_SUFFIXES,
+        DomainSlice,
+        WeakDomainFolders,
+        find_volume_cases,
+        lesion_free_patches,
+        split_cases,
+        volume_domain_slices,
+        write_image_domains,
+        write_tagged_domains,
+        write_volume_domains,
+    )
+    from .inference import OUTPUT_SUFFIXES, WeakSegmentationInferenceRunner, list_weak_inputs
+    from .synthetic import SYNTHETIC_WEAK_VERSION, default_weak_data, make_weak_image, write_weak_phantoms
+    from .workflow import (
+        EVAL_SPLITS,
+        WeakSegmentationEvaluationRunner,
+        WeakValidationHandler,
+        check_image_size,
+        evaluate_images,
+        export_generator,
+        inference_images,
+        load_weak_weights,
+        resolve_domains,
+        soft_mask,
+        training_dataset,
+    )
+
+_EXPORTS = {
+    "UnpairedDomainDataset": "data",
+    "WEAK_IMAGE_SUFFIXES": "domains",
+    "DomainSlice": "domains",
+    "volume_domain_slices": "domains",
+    "find_volume_cases": "domains",
+    "split_cases": "domains",
+    "write_volume_domains": "domains",
+    "lesion_free_patches": "domains",
+    "write_image_domains": "domains",
+    "write_tagged_domains": "domains",
+    "WeakDomainFolders": "domains",
+    "OUTPUT_SUFFIXES": "inference",
+    "list_weak_inputs": "inference",
+    "WeakSegmentationInferenceRunner": "inference",
+    "SYNTHETIC_WEAK_VERSION": "synthetic",
+    "make_weak_image": "synthetic",
+    "write_weak_phantoms": "synthetic",
+    "default_weak_data": "synthetic",
+    "EVAL_SPLITS": "workflow",
+    "resolve_domains": "workflow",
+    "check_image_size": "workflow",
+    "training_dataset": "workflow",
+    "soft_mask": "workflow",
+    "inference_images": "workflow",
+    "export_generator": "workflow",
+    "load_weak_weights": "workflow",
+    "evaluate_images": "workflow",
+    "WeakValidationHandler": "workflow",
+    "WeakSegmentationEvaluationRunner": "workflow",
+}
+_SUBMODULES = (
+    "data",
+    "domains",
+    "inference",
+    "synthetic",
+    "workflow",
 )
 
 __all__ = [
@@ -52,6 +96,7 @@ __all__ = [
     "default_weak_data",
     "EVAL_SPLITS",
     "resolve_domains",
+    "check_image_size",
     "training_dataset",
     "soft_mask",
     "inference_images",
@@ -61,3 +106,18 @@ __all__ = [
     "WeakValidationHandler",
     "WeakSegmentationEvaluationRunner",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

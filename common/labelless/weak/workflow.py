@@ -26,6 +26,7 @@ from labelless.evaluation.overlays import rgb_overlay
 from labelless.evaluation.reports import write_image_reports
 from labelless.io.checkpoint import load_network_weights
 from labelless.networks.cltnet import CAMDiscriminator, CLTGenerator
+from labelless.options import as_float, as_int
 from labelless.paths import locked_output
 from labelless.transforms.postprocess import SoftMaskPostprocess
 from labelless.transforms.translation import TranslationInput
@@ -324,8 +325,9 @@ class WeakSegmentationEvaluationRunner:
             raise ConfigError(f"output_dir {self.output_dir} lies inside the dataset {root}; choose another folder")
         self.ckpt_path = None if is_unset(ckpt_path) else Path(ckpt_path)
         self.eval_split = eval_split
-        self.post = SoftMaskPostprocess(postprocess, zero_black_background, zero_corners, crf_alpha)
-        self.image_size, self.n_overlays = int(image_size), int(n_overlays)
+        self.post = SoftMaskPostprocess(postprocess, zero_black_background, zero_corners,
+                                        as_float(crf_alpha, "crf_alpha", 0.0))  # fmt: skip
+        self.image_size, self.n_overlays = as_int(image_size, "image_size", 8), as_int(n_overlays, "n_overlays", 0)
         self.device = torch.device(device)
         self.pairs = {"test": folders.test, "val": folders.val, "all": folders.test + folders.val}[eval_split]
         if not self.pairs:

@@ -13,30 +13,91 @@
 
 from __future__ import annotations
 
-from .classes import ClassFolderDataset, read_exclude_list, skin_pools
-from .episodes import ClassPairSource, ImagePool, MetaTrainEpisodes, as_image_tensor, as_mask_tensor, class_ids
-from .export import EXPORT_CLASSES, EXPORT_SOURCES, export_classes
-from .inference import FewShotImageInferenceRunner, list_query_files, support_mask_at
-from .protocol import Predictor, TestEpisode, draw_test_episodes, episode_dice, evaluate_episodes, network_predictor
-from .synthetic import (
-    SHAPE_FAMILIES,
-    SYNTHETIC_VERSION,
-    TEXTURE_KINDS,
-    default_fsms_data,
-    make_shape_class,
-    make_skin_phantom,
-    render_shape_instance,
-    write_shape_classes,
-    write_skin_phantoms,
-)
-from .workflow import (
-    FewShotImageEvaluationRunner,
-    UnionClassSource,
-    evaluate_pools,
-    image_mask_pool,
-    inference_inputs,
-    meta_class_source,
-    target_pools,
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names below, imported on first access by __getattr__
+    from .classes import ClassFolderDataset, read_exclude_list, skin_pools
+    from .episodes import ClassPairSource, ImagePool, MetaTrainEpisodes, as_image_tensor, as_mask_tensor, class_ids
+    from .export import EXPORT_CLASSES, EXPORT_SOURCES, export_classes
+    from .inference import (
+        MIN_IMAGE_SIDE,
+        OUTPUT_SUFFIXES,
+        FewShotImageInferenceRunner,
+        list_query_files,
+        support_mask_at,
+    )
+    from .protocol import Predictor, TestEpisode, draw_test_episodes, episode_dice, evaluate_episodes, network_predictor
+    from .synthetic import (
+        SHAPE_FAMILIES,
+        SYNTHETIC_VERSION,
+        TEXTURE_KINDS,
+        default_fsms_data,
+        make_shape_class,
+        make_skin_phantom,
+        render_shape_instance,
+        write_shape_classes,
+        write_skin_phantoms,
+    )
+    from .workflow import (
+        FewShotImageEvaluationRunner,
+        UnionClassSource,
+        evaluate_pools,
+        image_mask_pool,
+        inference_inputs,
+        meta_class_source,
+        target_pools,
+    )
+
+_EXPORTS = {
+    "read_exclude_list": "classes",
+    "ClassFolderDataset": "classes",
+    "skin_pools": "classes",
+    "ClassPairSource": "episodes",
+    "ImagePool": "episodes",
+    "class_ids": "episodes",
+    "MetaTrainEpisodes": "episodes",
+    "as_image_tensor": "episodes",
+    "as_mask_tensor": "episodes",
+    "EXPORT_SOURCES": "export",
+    "EXPORT_CLASSES": "export",
+    "export_classes": "export",
+    "MIN_IMAGE_SIDE": "inference",
+    "OUTPUT_SUFFIXES": "inference",
+    "support_mask_at": "inference",
+    "list_query_files": "inference",
+    "FewShotImageInferenceRunner": "inference",
+    "Predictor": "protocol",
+    "TestEpisode": "protocol",
+    "draw_test_episodes": "protocol",
+    "episode_dice": "protocol",
+    "network_predictor": "protocol",
+    "evaluate_episodes": "protocol",
+    "SHAPE_FAMILIES": "synthetic",
+    "TEXTURE_KINDS": "synthetic",
+    "SYNTHETIC_VERSION": "synthetic",
+    "make_shape_class": "synthetic",
+    "render_shape_instance": "synthetic",
+    "make_skin_phantom": "synthetic",
+    "write_shape_classes": "synthetic",
+    "write_skin_phantoms": "synthetic",
+    "default_fsms_data": "synthetic",
+    "UnionClassSource": "workflow",
+    "meta_class_source": "workflow",
+    "target_pools": "workflow",
+    "image_mask_pool": "workflow",
+    "inference_inputs": "workflow",
+    "evaluate_pools": "workflow",
+    "FewShotImageEvaluationRunner": "workflow",
+}
+_SUBMODULES = (
+    "classes",
+    "episodes",
+    "export",
+    "inference",
+    "protocol",
+    "synthetic",
+    "workflow",
 )
 
 __all__ = [
@@ -52,6 +113,8 @@ __all__ = [
     "EXPORT_SOURCES",
     "EXPORT_CLASSES",
     "export_classes",
+    "MIN_IMAGE_SIDE",
+    "OUTPUT_SUFFIXES",
     "support_mask_at",
     "list_query_files",
     "FewShotImageInferenceRunner",
@@ -78,3 +141,18 @@ __all__ = [
     "evaluate_pools",
     "FewShotImageEvaluationRunner",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

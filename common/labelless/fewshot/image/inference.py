@@ -24,20 +24,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from labelless.data.images import image_size as image_file_size
 from labelless.data.images import list_images, load_mask, load_rgb, resize_image, resize_mask
 from labelless.errors import ConfigError, DataError
 from labelless.evaluation.overlays import rgb_overlay
 from labelless.fewshot.image.protocol import network_predictor
 from labelless.io.suffixes import IMAGE_2D_SUFFIXES
 from labelless.io.writers import write_image2d
-from labelless.paths import locked_output
+from labelless.options import as_float, as_int
+from labelless.paths import check_output_outside_inputs, locked_output
 from labelless.utils import atomic_path, write_json_atomic
 
 __all__ = [
+    "MIN_IMAGE_SIDE",
+    "OUTPUT_SUFFIXES",
     "support_mask_at",
     "list_query_files",
     "FewShotImageInferenceRunner",
 ]
+
+
+#: the smallest height and width of a support or query image (pixels); smaller images are refused before any work
+MIN_IMAGE_SIDE = 8
+#: name endings of the files this runner writes; a query folder's files named so are not taken as queries
+OUTPUT_SUFFIXES = ("_mask", "_overlay")
 
 
 def support_mask_at(mask: torch.Tensor, size: int, source: str | os.PathLike | None = None) -> torch.Tensor:
@@ -60,7 +70,8 @@ def support_mask_at(mask: torch.Tensor, size: int, source: str | os.PathLike | N
 
 
 def list_query_files(queries: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
-    """The query files: a folder's image files (``IMAGE_2D_SUFFIXES``, hidden files skipped, natural order) or a list.
+    """The query files: a folder's image files (``IMAGE_2D_SUFFIXES``, hidden files and this runner's outputs
+    ``*_mask`` / ``*_overlay`` skipped, natural order) or a list.
 
     Raises:
         DataError: a missing folder/file, or no query at all.
@@ -68,7 +79,7 @@ def list_query_files(queries: str | os.PathLike | Sequence[str | os.PathLike]) -
     if isinstance(queries, (str, os.PathLike)):
         q = Path(queries)
         if q.is_dir():
-            files = list(list_images(q).values())
+            files = [f for i, f in list_images(q).items() if not i.endswith(OUTPUT_SUFFIXES)]
             if not files:
                 raise DataError(q, f"no query images ({', '.join(IMAGE_2D_SUFFIXES)}) in the folder")
             return files
@@ -102,9 +113,10 @@ class FewShotImageInferenceRunner:
             the network does not apply it).
 
     Raises:
-        DataError: no supports, different numbers of support images and masks, missing files, no queries, two
-            queries with the same file stem.
-        ConfigError: invalid ``image_size``, ``threshold``, ``n_overlays`` or ``batch_size``.
+        DataError: no supports, different numbers of support images and masks, missing or unreadable files, an image
+            smaller than :data:`MIN_IMAGE_SIDE` pixels on a side, no queries, two queries with the same file stem.
+        ConfigError: invalid ``image_size``, ``threshold``, ``n_overlays`` or ``batch_size``; ``output_dir`` inside
+            the folder of a query or a support.
 
     Examples::
 
@@ -146,19 +158,16 @@ class FewShotImageInferenceRunner:
             if q.stem in stems:
                 raise DataError(q, f"has the same stem as {stems[q.stem]}; the output masks would overwrite each other")
             stems[q.stem] = q
-        if isinstance(image_size, bool) or int(image_size) != image_size or int(image_size) < 8:
-            raise ConfigError(f"image_size must be an integer >= 8, got {image_size!r}")
-        if not 0.0 < float(threshold) < 1.0:
-            raise ConfigError(f"threshold must be in (0, 1), got {threshold!r}")
-        if n_overlays is not None and (isinstance(n_overlays, bool) or int(n_overlays) < 0):
-            raise ConfigError(f"n_overlays must be None or an integer >= 0, got {n_overlays!r}")
-        if isinstance(batch_size, bool) or int(batch_size) < 1:
-            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        self.output_dir = Path(output_dir)
-        self.image_size = int(image_size)
-        self.threshold = float(threshold)
-        self.n_overlays = len(self.queries) if n_overlays is None else int(n_overlays)
-        self.batch_size = int(batch_size)
+        self.image_size = as_int(image_size, "image_size", 8)
+        self.threshold = as_float(threshold, "threshold", 0.0, 1.0, lo_open=True, hi_open=True)
+        self.n_overlays = len(self.queries) if n_overlays is None else as_int(n_overlays, "n_overlays", 0)
+        self.batch_size = as_int(batch_size, "batch_size", 1)
+        inputs = self.queries + self.support_images + self.support_masks
+        self.output_dir = check_output_outside_inputs(output_dir, inputs)
+        for f in self.support_images + self.queries:  # headers only: a 1-px image fails here, not after the supports
+            h, w = image_file_size(f)
+            if min(h, w) < MIN_IMAGE_SIDE:
+                raise DataError(f, f"image of {h}x{w} px is too small; images need at least {MIN_IMAGE_SIDE} px a side")
         self.device = (
             torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         )

@@ -27,7 +27,8 @@ from labelless.data.images import ImageFolderPool, split_pool
 from labelless.errors import ConfigError, DataError
 from labelless.fewshot.image.classes import ClassFolderDataset, skin_pools
 from labelless.fewshot.image.protocol import evaluate_episodes, network_predictor
-from labelless.paths import locked_output
+from labelless.options import as_int, as_int_list
+from labelless.paths import check_output_outside_inputs, locked_output
 from labelless.utils import is_unset, write_json_atomic, write_text_atomic
 
 __all__ = [
@@ -216,18 +217,23 @@ def inference_inputs(
     support_images: Sequence[str | os.PathLike] | str | None = None,
     support_masks: Sequence[str | os.PathLike] | str | None = None,
     queries: Sequence[str | os.PathLike] | str | None = None,
-    n_shots: int = 1,
+    n_shots: int | None = None,
     n_queries: int = 8,
 ) -> dict[str, Any]:
     """The inputs of ``inference.json``: the given files, or (nothing given) a demo on the embedded skin phantoms —
-    the first ``n_shots`` labelled test-split phantoms as supports and the next ``n_queries`` as queries.
+    the first ``n_shots`` (default 1) labelled test-split phantoms as supports and the next ``n_queries`` as queries.
+
+    With explicit supports, K is the number of support images; ``n_shots``, when given too, must equal it (it is never
+    silently ignored).
 
     Returns:
         ``{"support_images": [...], "support_masks": [...], "queries": [...] or a folder}``.
 
     Raises:
-        ConfigError: only some of the three inputs given.
+        ConfigError: only some of the three inputs given, ``n_shots`` not a positive integer or different from the
+            number of support images.
     """
+    shots = None if is_unset(n_shots) else as_int(n_shots, "n_shots", 1)
     given = [not is_unset(v) for v in (support_images, support_masks, queries)]
     if all(given):
 
@@ -235,9 +241,16 @@ def inference_inputs(
             return [str(v)] if isinstance(v, (str, os.PathLike)) else [str(x) for x in v]
 
         q = queries if isinstance(queries, (str, os.PathLike)) else as_list(queries)
-        return {"support_images": as_list(support_images), "support_masks": as_list(support_masks), "queries": q}
+        sup_images = as_list(support_images)
+        if shots is not None and shots != len(sup_images):
+            raise ConfigError(
+                f"n_shots={shots} but {len(sup_images)} support image(s) were given; give n_shots support images and "
+                "masks, or leave n_shots unset (K = the number of supports)"
+            )
+        return {"support_images": sup_images, "support_masks": as_list(support_masks), "queries": q}
     if any(given):
         raise ConfigError("give support_images, support_masks and queries together (or none of them for the demo)")
+    n_shots = 1 if shots is None else shots
     from labelless.fewshot.image.synthetic import default_fsms_data
 
     pool = image_mask_pool(default_fsms_data()["skin"])
@@ -326,7 +339,8 @@ class FewShotImageEvaluationRunner:
 
     Raises:
         ConfigError: no pool to evaluate (``split="val"`` without a validation pool: it exists with
-            ``shared_data_dir`` only), or an unknown ``split``.
+            ``shared_data_dir`` only), an unknown ``split``, ``shots`` that are not positive integers, negative
+            ``n_overlays``, or an ``output_dir`` inside a pool's data set folder.
     """
 
     def __init__(
@@ -346,7 +360,7 @@ class FewShotImageEvaluationRunner:
     ) -> None:
         self.network = network
         if split not in ("test", "val"):
-            raise ConfigError(f"split={split!r}: expected 'test' or 'val'")
+            raise ConfigError(f"eval_split (split) {split!r}: expected 'test' or 'val'")
         if split == "val":
             val = pools.get("val") if isinstance(pools, Mapping) else None
             if val is None:
@@ -360,12 +374,22 @@ class FewShotImageEvaluationRunner:
         if not isinstance(test, Mapping) or not test:
             raise ConfigError("no labelled test pool to evaluate")
         self.pools = {k: v for k, v in test.items() if v is not None}
-        self.output_dir = Path(output_dir)
-        self.shots = [int(k) for k in ([shots] if isinstance(shots, int) else shots)]
-        self.n_episodes, self.n_tasks, self.seed = int(n_episodes), int(n_tasks), int(seed)
+        # the reports must not go into a pool's data set: its image and mask folders and, for the images/ + masks/
+        # layout of a dataset_dir, the folder holding them
+        folders: set[Path] = set()
+        for pool in self.pools.values():
+            for f in (getattr(pool, "root", None), getattr(pool, "masks_dir", None)):
+                if f is not None:
+                    folders |= {Path(f), Path(f).parent} if Path(f).name in ("images", "masks") else {Path(f)}
+        # check_output_outside_inputs compares the folders of the files it is given: one (unread) name per folder
+        self.output_dir = check_output_outside_inputs(output_dir, [f / "_" for f in folders])
+        self.shots = as_int_list(shots, "eval_shots", 1)
+        self.n_episodes = as_int(n_episodes, "n_eval_episodes", 1)
+        self.n_tasks = as_int(n_tasks, "n_tasks", 1)
+        self.seed = as_int(seed, "eval_seed", 0)
         self.ckpt_path = None if is_unset(ckpt_path) else Path(ckpt_path)
         self.device = torch.device(device)
-        self.n_overlays = int(n_overlays)
+        self.n_overlays = as_int(n_overlays, "n_overlays", 0)
         self.label = str(label)
 
     def _load(self) -> None:

@@ -18,18 +18,33 @@ from labelless.io.readers import read_volume
 from labelless.io.suffixes import VOLUME_SUFFIXES, has_suffix, strip_suffix
 from labelless.io.volume import Volume
 from labelless.io.writers import write_volume
-from labelless.paths import locked_output
+from labelless.options import as_float, as_int, as_int_list
+from labelless.paths import check_output_outside_inputs, locked_output
 from labelless.transforms.intensity import zscore
-from labelless.utils import as_bool
+from labelless.utils import as_bool, is_unset
 
-__all__ = ["list_query_files", "FewShotVolumeInferenceRunner"]
+__all__ = ["NOT_QUERY_PREFIXES", "NOT_QUERY_SUFFIXES", "list_query_files", "FewShotVolumeInferenceRunner"]
 
 logger = logging.getLogger("labelless.fewshot.volume")
 
 
+#: file-name starts of a prepared layout's labels and derived maps: never queries when a folder is listed
+NOT_QUERY_PREFIXES = ("label_", "superpix_", "superpixraw_", "bodymask_")
+#: name endings (before the suffix) of this runner's outputs: never queries when a folder is listed
+NOT_QUERY_SUFFIXES = ("_pred",)
+
+
 def list_query_files(queries: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """Query volumes from files and folders (a folder holding ``.dcm`` files is one DICOM series; other folders are
-    searched for volume files, sorted by name)."""
+    searched for volume files, sorted by name).
+
+    In a folder, labels and derived maps of the prepared layout (``label_*``, ``superpix_*``, ``bodymask_*``) and
+    previous outputs (``*_pred``) are skipped (logged): ``--queries <prepared folder>`` segments its images only.
+    Files named explicitly are always used.
+
+    Raises:
+        DataError: a missing file or folder, a folder without query volumes, no query at all.
+    """
     items = [queries] if isinstance(queries, (str, os.PathLike)) else list(queries)
     out: list[Path] = []
     for item in items:
@@ -44,6 +59,11 @@ def list_query_files(queries: str | os.PathLike | Sequence[str | os.PathLike]) -
             out.append(p)
             continue
         vols = [f for f in files if has_suffix(f, VOLUME_SUFFIXES)]
+        skipped = [f for f in vols if f.name.startswith(NOT_QUERY_PREFIXES) or strip_suffix(f).endswith(
+            NOT_QUERY_SUFFIXES)]  # fmt: skip
+        if skipped:
+            logger.info("%s: %d label/derived/output file(s) skipped (e.g. %s)", p, len(skipped), skipped[0].name)
+        vols = [f for f in vols if f not in skipped]
         if not vols:
             raise DataError(p, "query folder holds no image volumes")
         out.extend(vols)
@@ -59,7 +79,9 @@ class FewShotVolumeInferenceRunner:
 
     Queries of another in-plane size than the network input are resampled to ``image_size`` slice by slice
     (bilinear) and the prediction is resampled back (nearest) — documented fallback; queries whose in-plane size is
-    not a multiple of 8 are handled the same way. Volumes with NaN/inf are refused.
+    not a multiple of 8 are handled the same way. Volumes with NaN/inf are refused, and so is a support label whose
+    grid or affine differs from its image's. The options, the query list and the output folder (not inside the
+    folder of a query or of the support) are checked when the runner is built, before any work.
 
     Args:
         network: the few-shot network (placed on ``device``).
@@ -106,20 +128,32 @@ class FewShotVolumeInferenceRunner:
         self.network = network
         self.support_image = Path(support_image)
         self.support_label = Path(support_label)
-        self.label_value = float(label_value)
-        self.queries = queries
-        self.output_dir = Path(output_dir)
+        self.label_value = as_float(label_value, "label_value")
         self.normalization = str(normalization)
-        self.norm_stats = None if norm_stats is None else (float(norm_stats[0]), float(norm_stats[1]))
+        if self.normalization not in ("volume_zscore", "fixed"):
+            raise ConfigError(f"normalization must be 'volume_zscore' or 'fixed', got {self.normalization!r}")
+        self.norm_stats = None
+        if not is_unset(norm_stats):
+            pair = list(norm_stats) if isinstance(norm_stats, (Sequence, np.ndarray)) else []
+            if isinstance(norm_stats, (str, bytes)) or len(pair) != 2:
+                raise ConfigError(f"norm_stats must be [mean, std] of the training scans, got {norm_stats!r}")
+            self.norm_stats = (as_float(pair[0], "norm_stats mean"),
+                               as_float(pair[1], "norm_stats std", 0.0, lo_open=True))  # fmt: skip
         if self.normalization == "fixed" and self.norm_stats is None:
             raise ConfigError("normalization 'fixed' needs norm_stats=(mean, std) of the training scans")
-        self.n_chunks, self.n_shots = int(n_chunks), int(n_shots)
-        self.image_size = None if image_size is None else int(image_size)
-        self.batch_size = int(batch_size)
+        self.n_chunks, self.n_shots = as_int(n_chunks, "n_chunks", 1), as_int(n_shots, "n_shots", 1)
+        self.image_size = None if is_unset(image_size) else as_int(image_size, "image_size", 8)
+        self.batch_size = as_int(batch_size, "batch_size", 1)
         self.predict_outside_extent = as_bool(predict_outside_extent, "predict_outside_extent")
-        self.extent_margin = int(extent_margin)
-        self.n_overlays = int(n_overlays)
-        self.support_slices = None if support_slices is None else [int(z) for z in support_slices]
+        self.extent_margin = as_int(extent_margin, "extent_margin", 0)
+        self.n_overlays = as_int(n_overlays, "n_overlays", 0)
+        self.support_slices = None if is_unset(support_slices) else as_int_list(support_slices, "support_slices", 0)
+        for f, what in ((self.support_image, "support image"), (self.support_label, "support label")):
+            if not f.exists():
+                raise DataError(f, f"{what} does not exist")
+        self.queries = list_query_files(queries)
+        self.output_dir = check_output_outside_inputs(output_dir, [*self.queries, self.support_image,
+                                                                   self.support_label])  # fmt: skip
         self.output_suffix = output_suffix
         self.device = torch.device(device)
         self.outputs: list[Path] = []
@@ -153,6 +187,9 @@ class FewShotVolumeInferenceRunner:
         lab = read_volume(self.support_label, is_label=True, ndim=None)
         if lab.shape != img.shape:
             raise DataError(self.support_label, f"label grid {lab.shape} does not match support image {img.shape}")
+        if not np.allclose(lab.affine, img.affine, atol=1e-2):
+            raise DataError(self.support_label, f"label geometry (affine) differs from the support image's "
+                                                f"({self.support_image})")  # fmt: skip
         mask = np.isclose(lab.array.astype(np.float64), self.label_value)
         zs = [int(z) for z in np.nonzero(mask.reshape(mask.shape[0], -1).any(axis=1))[0]]
         if not zs:
@@ -197,7 +234,7 @@ class FewShotVolumeInferenceRunner:
         from labelless.evaluation.overlays import write_inference_overlay
         from labelless.fewshot.volume.protocol import segment_volume, support_relative_chunks, support_relative_slices
 
-        files = list_query_files(self.queries)
+        files = self.queries
         self.network.eval()
         sup_vol, extent, supports, per_chunk = self._support()
         logger.info(

@@ -143,7 +143,19 @@ def process_scan(
 
 
 def _process_task(task: tuple) -> dict[str, Any]:
-    return process_scan(*task)
+    try:
+        return process_scan(*task)
+    except (ConfigError, DataError) as exc:
+        # a DataError cannot be unpickled in the parent (its __init__ takes two arguments) and would break the worker
+        # pool with a BrokenProcessPool traceback: pass its parts and re-raise it there (_raise_task_error)
+        return {"_error": (type(exc).__name__, getattr(exc, "source", None), getattr(exc, "problem", str(exc)))}
+
+
+def _raise_task_error(result: dict[str, Any]) -> None:
+    """Re-raise the labelless error a worker returned from :func:`_process_task`."""
+    if isinstance(result, dict) and "_error" in result:
+        kind, source, problem = result["_error"]
+        raise DataError(source, problem) if kind == "DataError" else ConfigError(problem)
 
 
 def _n_workers(workers: int | None, n_tasks: int) -> int:
@@ -178,8 +190,8 @@ def precompute_superpixels(
 
     Args:
         dataset_dir: prepared folder (``image_<pid>.nii.gz`` ...); never written.
-        out_dir: output folder; default ``<cache>/derived/<name>-<hash>`` (see module docstring). Must differ from
-            ``dataset_dir``.
+        out_dir: output folder; default ``<cache>/derived/<name>-<hash>`` (see module docstring). Must not be
+            ``dataset_dir`` nor lie inside it.
         preset: dataset preset giving the body-mask threshold (``chaos`` 50.0001, ``synapse`` 1e-4, ``cmr``
             0.05 × 99.5th percentile).
         method: ``"felzenszwalb"`` (protocol), ``"slic"`` or ``"slic3d"``.
@@ -198,8 +210,8 @@ def precompute_superpixels(
         The output folder.
 
     Raises:
-        ConfigError: bad method, ``out_dir`` equal to the dataset folder, or existing outputs computed with other
-            parameters (without ``overwrite``).
+        ConfigError: bad method, ``out_dir`` equal to or inside the dataset folder, or existing outputs computed with
+            other parameters (without ``overwrite``).
         DataError: unreadable or invalid images (naming the file).
 
     Examples::
@@ -212,8 +224,9 @@ def precompute_superpixels(
     rule = _threshold_rule(p, body_threshold, body_threshold_rel)
     ds = PreparedVolumeDataset(dataset_dir, preset=p, cache=False)
     out = Path(out_dir) if out_dir is not None else default_derived_dir(dataset_dir, p.name, params)
-    if out.expanduser().resolve() == ds.root.expanduser().resolve():
-        raise ConfigError(f"out_dir must not be the dataset folder {ds.root} (derived files never go there)")
+    root = ds.root.expanduser().resolve()
+    if out.expanduser().resolve() == root or root in out.expanduser().resolve().parents:
+        raise ConfigError(f"out_dir {out} lies inside the dataset folder {ds.root} (derived files never go there)")
     out.mkdir(parents=True, exist_ok=True)
 
     source = str(ds.root.expanduser().resolve())
@@ -258,14 +271,15 @@ def precompute_superpixels(
     try:
         if n <= 1:
             for task in todo:
-                _process_task(task)
+                _raise_task_error(_process_task(task))
                 bar.update(1)
         else:
             if mp_context is None:
                 mp_context = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             ctx = multiprocessing.get_context(mp_context)
             with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
-                for _ in pool.map(_process_task, todo, chunksize=1):
+                for result in pool.map(_process_task, todo, chunksize=1):
+                    _raise_task_error(result)
                     bar.update(1)
     finally:
         bar.close()

@@ -24,7 +24,8 @@ from labelless.errors import ConfigError
 from labelless.fewshot.volume.episodes import SelfSupervisedEpisodeDataset
 from labelless.fewshot.volume.folds import fold_split
 from labelless.io.checkpoint import load_network_weights
-from labelless.paths import locked_output
+from labelless.options import as_float, as_int, as_int_list
+from labelless.paths import check_output_outside_inputs, locked_output
 from labelless.utils import as_bool, is_unset
 
 __all__ = [
@@ -92,9 +93,18 @@ def resolve_derived_dir(
     method: str = "felzenszwalb",
     workers: int | None = None,
 ) -> PreparedVolumeDataset:
-    """Make sure superpixel maps exist (computing the missing ones, cached) and point ``dataset`` at them."""
+    """Make sure superpixel maps exist (computing the missing ones, cached) and point ``dataset`` at them.
+
+    Raises:
+        ConfigError: ``derived_dir`` is the data set folder or lies inside it (derived files never go there).
+    """
     from labelless.fewshot.volume.superpixels import precompute_superpixels
 
+    if not is_unset(derived_dir):
+        root, out = Path(dataset.root).resolve(), Path(derived_dir).resolve()
+        if out == root or root in out.parents:
+            raise ConfigError(f"derived_dir {derived_dir} lies inside the dataset folder {dataset.root} (derived files "
+                              "never go there); choose another folder")  # fmt: skip
     out = precompute_superpixels(
         dataset.root,
         out_dir=None if is_unset(derived_dir) else derived_dir,
@@ -197,7 +207,7 @@ class FewShotVolumeEvaluationRunner:
         network: the few-shot network (placed on ``device``); used as the protocol's predictor in eval mode.
         ckpt_dir: folder of the per-fold checkpoints.
         output_dir: report folder.
-        folds: folds to visit.
+        folds: folds to visit (one fold or a list).
         setting, label_set: which models to evaluate and which test classes.
         classes: class names or ids overriding the setting's test classes.
         modes: ``protocol`` and/or ``gt_free``.
@@ -207,6 +217,10 @@ class FewShotVolumeEvaluationRunner:
         batch_size, n_overlays, save_predictions, predict_outside_extent, z_margin: options of
             :func:`~labelless.fewshot.volume.protocol.evaluate` (switches accept "true"/"false" from a command line).
         device: device of the network.
+
+    Raises:
+        ConfigError: an option of the wrong type or range (named), unknown modes, or an ``output_dir`` inside the
+            data set folder (checked here, before any work).
     """
 
     def __init__(
@@ -232,18 +246,23 @@ class FewShotVolumeEvaluationRunner:
         self.dataset = dataset
         self.network = network
         self.ckpt_dir = Path(ckpt_dir)
-        self.output_dir = Path(output_dir)
-        self.folds = [int(f) for f in folds]
-        self.setting, self.label_set = int(setting), int(label_set)
+        # the reports never go into the data set folder (they would be read back as data)
+        self.output_dir = check_output_outside_inputs(output_dir, [dataset.image_path(p) for p in dataset.pids])
+        self.folds = as_int_list(folds, "folds", 0, dataset.preset.n_folds - 1)
+        self.setting, self.label_set = as_int(setting, "setting", 1, 2), as_int(label_set, "label_set", 0)
         self.classes = _class_ids(dataset, classes, self.setting, self.label_set)
-        self.modes = list(modes)
-        self.n_shots = int(n_shots)
+        from labelless.fewshot.volume.protocol import MODES
+
+        self.modes = [modes] if isinstance(modes, str) else list(modes)
+        if not self.modes or any(m not in MODES for m in self.modes):
+            raise ConfigError(f"eval_modes must be one or more of {list(MODES)}, got {modes!r}")
+        self.n_shots = as_int(n_shots, "n_shots", 1)
         self.ckpt_path = None if is_unset(ckpt_path) else Path(ckpt_path)
         self.kwargs = {
-            "batch_size": int(batch_size), "n_overlays": int(n_overlays),
+            "batch_size": as_int(batch_size, "eval_batch_size", 1), "n_overlays": as_int(n_overlays, "n_overlays", 0),
             "save_predictions": as_bool(save_predictions, "save_predictions"),
             "predict_outside_extent": as_bool(predict_outside_extent, "predict_outside_extent"),
-            "z_margin": int(z_margin),
+            "z_margin": as_int(z_margin, "z_margin", 0),
         }  # fmt: skip
         self.device = torch.device(device)
         self.result = None
@@ -251,14 +270,18 @@ class FewShotVolumeEvaluationRunner:
     def check_checkpoints(self) -> None:
         """Fail before any work when ``ckpt_path`` is given and missing, or when no requested fold has a checkpoint
         (a mistyped path must not give an all-"n/a" report and exit 0). Folds whose checkpoint alone is missing are
-        skipped with a warning and listed as ``folds_missing`` in the report.
+        skipped with a warning and listed as ``folds_missing`` in the report. Every checkpoint that will be used is
+        loaded into the network once here, so that an unreadable one, or one of another network, fails now and not
+        after the folds before it were evaluated.
 
         Raises:
             ConfigError: naming the missing file(s).
+            DataError: an unreadable checkpoint or one that does not fit the network (naming the file).
         """
         if self.ckpt_path is not None:
             if not self.ckpt_path.is_file():
                 raise ConfigError(f"eval_ckpt_path {self.ckpt_path} does not exist (or is not a file)")
+            load_network_weights(self.network, self.ckpt_path, self.device)
             return
         paths = [self.checkpoint_for(f) for f in self.folds]
         if paths and not any(p.is_file() for p in paths):
@@ -267,6 +290,8 @@ class FewShotVolumeEvaluationRunner:
                 f"no checkpoint for any requested fold in ckpt_dir {self.ckpt_dir} (looked for {names}); train first "
                 "or pass --eval_ckpt_path"
             )
+        for path in dict.fromkeys(p for p in paths if p.is_file()):
+            load_network_weights(self.network, path, self.device)
 
     def checkpoint_for(self, fold: int) -> Path:
         return self.ckpt_path or self.ckpt_dir / checkpoint_name(self.setting, self.label_set, fold)
@@ -321,8 +346,10 @@ def inference_inputs(
         ``{"support_image", "support_label", "label_value", "queries"}``.
 
     Raises:
-        ConfigError: only some of the support inputs were given.
+        ConfigError: only some of the support inputs were given, or ``label_value`` is not a number.
     """
+    if not is_unset(label_value):
+        label_value = as_float(label_value, "label_value")
     given = [support_image, support_label]
     if any(not is_unset(g) for g in given) and any(is_unset(g) for g in given):
         raise ConfigError("give both support_image and support_label (or neither, to use a prepared dataset)")
