@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # the names below, imported on first access (labelless.lazy)
     from .base import EpisodicProgressBar, StepTrainer, StopAtIteration, average_gradients, optimizer_param_ids
     from .checkpoint import (
         CHECKPOINT_PATTERN,
+        BestSoFarState,
         TrainingCheckpoint,
         list_checkpoints,
         load_latest_checkpoint,
@@ -43,6 +44,7 @@ _EXPORTS = {
     "optimizer_param_ids": "base",
     "average_gradients": "base",
     "TrainingCheckpoint": "checkpoint",
+    "BestSoFarState": "checkpoint",
     "save_checkpoint_atomic": "checkpoint",
     "list_checkpoints": "checkpoint",
     "load_latest_checkpoint": "checkpoint",
@@ -85,6 +87,7 @@ __all__ = [
     "optimizer_param_ids",
     "average_gradients",
     "TrainingCheckpoint",
+    "BestSoFarState",
     "save_checkpoint_atomic",
     "list_checkpoints",
     "load_latest_checkpoint",

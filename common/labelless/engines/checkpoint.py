@@ -50,6 +50,7 @@ from labelless.utils import as_bool, atomic_path
 
 __all__ = [
     "TrainingCheckpoint",
+    "BestSoFarState",
     "save_checkpoint_atomic",
     "list_checkpoints",
     "load_latest_checkpoint",
@@ -155,6 +156,24 @@ def _unwrap(obj: Any) -> Any:
     if isinstance(obj, nn.parallel.DistributedDataParallel | nn.DataParallel):
         return obj.module
     return obj
+
+
+class BestSoFarState:
+    """``state_dict`` / ``load_state_dict`` of a validation handler that keeps ``best`` (the best score so far) and
+    ``history`` (one dict per evaluation): put the handler in a :class:`TrainingCheckpoint`'s ``save_dict`` and a
+    resumed run selects against the same best."""
+
+    best: float
+    history: list[dict[str, Any]]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The best score so far and the history."""
+        return {"best": float(self.best), "history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.best = float(state["best"])
+        self.history = [dict(h) for h in state["history"]]
 
 
 class _ResumedLoader:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from labelless.data.keys import SemiSupKeys
+from labelless.engines.checkpoint import BestSoFarState
 from labelless.engines.semisup import (
     EMAModel,
     MeanTeacherTrainer,
@@ -312,7 +313,7 @@ def predict_logits(network: nn.Module, images: torch.Tensor) -> Any:
     return net(images, torch.ones_like(images[:, :1]))
 
 
-class SemiSupValidationHandler:
+class SemiSupValidationHandler(BestSoFarState):
     """Foreground Dice/IoU (threshold by argmax, all-ones mask) of the EMA model on the validation images every
     ``interval`` iterations; the best is written as ``<ckpt_dir>/model.pt`` (state dict of the EMA network, atomic)
     with ``best_model.json``; ``val_mean_dice`` / ``val_mean_iou`` go to ``engine.state.metrics``. Never deletes a
@@ -354,16 +355,6 @@ class SemiSupValidationHandler:
     def _final(self, engine: Engine) -> None:
         if engine.state.iteration % self.interval != 0:
             self(engine)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The best validation score so far and the history (kept in training checkpoints, so that a resumed run
-        selects against the same best)."""
-        return {"best": float(self.best), "history": [dict(h) for h in self.history]}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        self.best = float(state["best"])
-        self.history = [dict(h) for h in state["history"]]
 
     def evaluate(self) -> dict[str, float]:
         """Mean foreground Dice and IoU over the validation images."""

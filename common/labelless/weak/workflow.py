@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events
 
 from labelless.data.images import load_mask, load_rgb
+from labelless.engines.checkpoint import BestSoFarState
 from labelless.errors import ConfigError, DataError
 from labelless.evaluation.metrics import segmentation_scores
 from labelless.evaluation.overlays import rgb_overlay
@@ -197,7 +198,7 @@ def load_weak_weights(network: torch.nn.Module, path: str | os.PathLike, device:
     load_network_weights(net, path, device, prefix=None if hasattr(net, "gen_ab") else "gen_ab.")
 
 
-class WeakValidationHandler:
+class WeakValidationHandler(BestSoFarState):
     """Evaluate the validation images every ``interval`` iterations during training (threshold post-processing by
     default), write overlay PNGs of M, put ``val_mean_ja`` / ``val_mean_dice`` into ``engine.state.metrics`` and keep
     the best model on the validation split only (cltnet.md §8): ``<ckpt_dir>/best_model.pt`` (state dict, atomic)
@@ -240,16 +241,6 @@ class WeakValidationHandler:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
         elif self.interval > 0:
             logger.warning("no validation images: model selection on the validation split is off")
-
-    def state_dict(self) -> dict[str, Any]:
-        """The best validation score so far and the history (kept in training checkpoints, so that a resumed run
-        selects against the same best)."""
-        return {"best": float(self.best), "history": [dict(h) for h in self.history]}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        self.best = float(state["best"])
-        self.history = [dict(h) for h in state["history"]]
 
     def __call__(self, engine: Engine) -> None:
         it = int(engine.state.iteration)
