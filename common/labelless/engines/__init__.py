@@ -10,7 +10,14 @@ from labelless.lazy import lazy_exports
 
 if TYPE_CHECKING:  # the names below, imported on first access (labelless.lazy)
     from .adversarial import DOMAIN_KEYS, CycleTranslationTrainer, prepare_domain_batch
-    from .base import EpisodicProgressBar, StepTrainer, StopAtIteration, average_gradients, optimizer_param_ids
+    from .base import (
+        EpisodicProgressBar,
+        StepTrainer,
+        StopAtIteration,
+        attach_after_engine,
+        average_gradients,
+        optimizer_param_ids,
+    )
     from .checkpoint import (
         CHECKPOINT_PATTERN,
         BestSoFarState,
@@ -22,6 +29,7 @@ if TYPE_CHECKING:  # the names below, imported on first access (labelless.lazy)
         set_rng_state,
     )
     from .episodic import EPISODE_KEYS, EpisodicTrainer, iteration_lr_schedule, prepare_episode_batch
+    from .handlers import LazySummaryWriter, rank_handlers, use_handler
     from .semisup import (
         PRETRAIN_PROFILES,
         PRETRAIN_WEIGHTS,
@@ -43,6 +51,7 @@ _EXPORTS = {
     "EpisodicProgressBar": "base",
     "optimizer_param_ids": "base",
     "average_gradients": "base",
+    "attach_after_engine": "base",
     "TrainingCheckpoint": "checkpoint",
     "BestSoFarState": "checkpoint",
     "save_checkpoint_atomic": "checkpoint",
@@ -55,6 +64,9 @@ _EXPORTS = {
     "prepare_episode_batch": "episodic",
     "iteration_lr_schedule": "episodic",
     "EPISODE_KEYS": "episodic",
+    "LazySummaryWriter": "handlers",
+    "rank_handlers": "handlers",
+    "use_handler": "handlers",
     "EMAModel": "semisup",
     "PRETRAIN_WEIGHTS": "semisup",
     "PRETRAIN_PROFILES": "semisup",
@@ -73,6 +85,7 @@ _SUBMODULES = (
     "base",
     "checkpoint",
     "episodic",
+    "handlers",
     "semisup",
     "surrogate",
 )
@@ -86,6 +99,7 @@ __all__ = [
     "EpisodicProgressBar",
     "optimizer_param_ids",
     "average_gradients",
+    "attach_after_engine",
     "TrainingCheckpoint",
     "BestSoFarState",
     "save_checkpoint_atomic",
@@ -98,6 +112,9 @@ __all__ = [
     "prepare_episode_batch",
     "iteration_lr_schedule",
     "EPISODE_KEYS",
+    "LazySummaryWriter",
+    "rank_handlers",
+    "use_handler",
     "EMAModel",
     "PRETRAIN_WEIGHTS",
     "PRETRAIN_PROFILES",

@@ -25,7 +25,34 @@ from torch.optim import Optimizer
 
 from labelless.errors import ConfigError
 
-__all__ = ["StepTrainer", "StopAtIteration", "EpisodicProgressBar", "optimizer_param_ids", "average_gradients"]
+__all__ = [
+    "StepTrainer",
+    "StopAtIteration",
+    "EpisodicProgressBar",
+    "optimizer_param_ids",
+    "average_gradients",
+    "attach_after_engine",
+]
+
+
+def attach_after_engine(engine: Engine, event: Any, handler: Callable[[Engine], None]) -> None:
+    """Add ``handler`` to ``event`` of ``engine`` when the engine starts, i.e. after every handler that the engine's
+    constructor and its builder attached (an EMA update, a learning-rate step...), so that it sees the iteration's
+    final state.
+
+    MONAI engines attach their ``handlers`` argument inside ``Workflow.__init__``, before the subclass and the
+    function that built the engine attach their own per-iteration handlers. A checkpoint or a validation handler
+    given in ``train#handlers`` would otherwise run before them and save or score a state that the same iteration
+    then changes. Idempotent: a second run of the engine does not add it twice.
+    """
+    added: list[bool] = []
+
+    def _add(e: Engine) -> None:
+        if not added:
+            e.add_event_handler(event, handler)
+            added.append(True)
+
+    engine.add_event_handler(Events.STARTED, _add)
 
 
 def optimizer_param_ids(optimizer: Optimizer) -> set[int]:

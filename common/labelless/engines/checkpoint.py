@@ -34,7 +34,7 @@ import logging
 import os
 import random
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 from torch.utils.data import DataLoader, SequentialSampler, Subset
 
+from labelless.engines.base import attach_after_engine
 from labelless.errors import ConfigError, DataError
 from labelless.paths import OutputLock
 from labelless.utils import as_bool, atomic_path
@@ -225,6 +226,10 @@ class TrainingCheckpoint:
         resume: continue from the newest readable checkpoint of ``save_dir`` when the run starts.
         map_location: device the checkpoint is read to (default: CPU; the state dicts move to their objects'
             devices when loaded).
+        engine_objects: attributes of the engine saved with ``save_dict`` when it is attached (e.g. ``["optimizer"]``
+            for a trainer that builds its own optimiser).
+        engine_name: the key of the engine's iteration/epoch when ``save_dict`` holds no engine.
+        save: write checkpoints (False: only resume, e.g. on the ranks > 0 of a distributed run).
 
     Raises:
         ConfigError: bad arguments (``save_interval`` < 0, ``n_saved`` < 1, an object without ``state_dict``).
@@ -247,13 +252,18 @@ class TrainingCheckpoint:
         final_filename: str = "model_final.pt",
         resume: bool = False,
         map_location: str | torch.device = "cpu",
+        engine_objects: Sequence[str] = (),
+        engine_name: str = "trainer",
+        save: bool = True,
     ) -> None:
         if isinstance(save_interval, bool) or int(save_interval) != save_interval or int(save_interval) < 0:
             raise ConfigError(f"save_interval must be an integer >= 0, got {save_interval!r}")
         if isinstance(n_saved, bool) or int(n_saved) != n_saved or int(n_saved) < 1:
             raise ConfigError(f"n_saved (keep_checkpoints) must be an integer >= 1, got {n_saved!r}")
-        if not isinstance(save_dict, Mapping) or not save_dict:
+        if not isinstance(save_dict, Mapping) or not (save_dict or engine_objects):
             raise ConfigError("save_dict must be a non-empty mapping of names to objects")
+        if isinstance(engine_objects, str) or not all(isinstance(n, str) and n for n in engine_objects):
+            raise ConfigError(f"engine_objects must be a list of engine attribute names, got {engine_objects!r}")
         for name, obj in save_dict.items():
             if not isinstance(obj, Engine) and not hasattr(_unwrap(obj), "state_dict"):
                 raise ConfigError(f"save_dict[{name!r}] ({type(obj).__name__}) has no state_dict()")
@@ -265,18 +275,29 @@ class TrainingCheckpoint:
         self.save_final = as_bool(save_final, "save_final")
         self.final_filename = str(final_filename)
         self.resume = as_bool(resume, "resume")
+        self.save = as_bool(save, "save")
         self.map_location = map_location
+        self.engine_objects = tuple(engine_objects)
         # the engine's iteration and epoch are stored under its save_dict name (MONAI's CheckpointSaver does the same)
-        self.engine_key = next((k for k, v in self.save_dict.items() if isinstance(v, Engine)), "trainer")
+        self.engine_key = next((k for k, v in self.save_dict.items() if isinstance(v, Engine)), str(engine_name))
         self.resumed_from: Path | None = None
         self.last_saved: Path | None = None
         self._lock: OutputLock | None = None
 
     # ------------------------------------------------------------------------------------------------ attach
-    def attach(self, engine: Engine, save: bool = True) -> None:
-        """Register the handlers on ``engine``: resume when it starts (when ``resume``), and, when ``save``, the
-        periodic and final checkpoints. Attach it after the handlers whose state it saves (validation), so that a
-        checkpoint taken at iteration n includes their work at n."""
+    def attach(self, engine: Engine, save: bool | None = None) -> None:
+        """Register the handlers on ``engine``: resume when it starts (when ``resume``), and, when ``save`` (default:
+        the constructor's ``save``), the periodic and final checkpoints. Attach it after the handlers whose state it
+        saves (validation), so that a checkpoint taken at iteration n includes their work at n: in a bundle config it
+        is the last entry of ``train#handlers``, which MONAI attaches in order when the trainer is built (at
+        ``run()``, so loading a config writes nothing).
+
+        ``engine_objects`` (constructor) names engine attributes saved with the ``save_dict``, e.g. ``["optimizer"]``:
+        a config cannot name ``@train#trainer`` in the ``save_dict`` of a handler that the trainer itself holds."""
+        save = self.save if save is None else as_bool(save, "save")
+        if self.engine_objects:
+            # read when the run starts: MONAI engines attach their handlers before their own __init__ sets them
+            engine.add_event_handler(Events.STARTED, self._take_engine_objects)
         if save:
             # one run per checkpoint folder: a second training into it fails when it starts, before it overwrites a
             # checkpoint (taken at STARTED, not here: loading a bundle config must not write anything)
@@ -285,11 +306,20 @@ class TrainingCheckpoint:
             engine.add_event_handler(Events.STARTED, self._resume)
         if not save:
             return
+        # registered when the run starts: after the engine's own per-iteration handlers (EMA update...), so that a
+        # checkpoint holds the iteration's final state
         if self.save_interval > 0:
-            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.save_interval), self._save_periodic)
+            attach_after_engine(engine, Events.ITERATION_COMPLETED(every=self.save_interval), self._save_periodic)
         if self.save_final:
-            engine.add_event_handler(Events.COMPLETED, self._save_final)
-        engine.add_event_handler(Events.COMPLETED, lambda _: self._lock.release() if self._lock else None)
+            attach_after_engine(engine, Events.COMPLETED, self._save_final)
+        attach_after_engine(engine, Events.COMPLETED, lambda _: self._lock.release() if self._lock else None)
+
+    def _take_engine_objects(self, engine: Engine) -> None:
+        for name in self.engine_objects:
+            obj = getattr(engine, name, None)
+            if obj is None or not hasattr(_unwrap(obj), "state_dict"):
+                raise ConfigError(f"engine_objects: {type(engine).__name__}.{name} is missing or has no state_dict()")
+            self.save_dict[name] = obj
 
     def _take_lock(self, engine: Engine) -> None:
         if self._lock is None:

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from labelless.data.keys import SemiSupKeys
+from labelless.engines.base import attach_after_engine
 from labelless.engines.checkpoint import BestSoFarState
 from labelless.engines.semisup import (
     EMAModel,
@@ -348,9 +349,9 @@ class SemiSupValidationHandler(BestSoFarState):
 
     def attach(self, engine: Engine) -> None:
         if self.interval > 0 and len(self.dataset) > 0:
-            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
-            if not engine.has_event_handler(self, Events.COMPLETED):
-                engine.add_event_handler(Events.COMPLETED, self._final)
+            # after the engine's own handlers (the EMA update of the teacher/model it scores)
+            attach_after_engine(engine, Events.ITERATION_COMPLETED(every=self.interval), self)
+            attach_after_engine(engine, Events.COMPLETED, self._final)
 
     def _final(self, engine: Engine) -> None:
         if engine.state.iteration % self.interval != 0:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events
 
 from labelless.data.images import load_mask, load_rgb
+from labelless.engines.base import attach_after_engine
 from labelless.engines.checkpoint import BestSoFarState
 from labelless.errors import ConfigError, DataError
 from labelless.evaluation.metrics import segmentation_scores
@@ -238,7 +239,7 @@ class WeakValidationHandler(BestSoFarState):
 
     def attach(self, engine: Engine) -> None:
         if self.interval > 0 and self.pairs:
-            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
+            attach_after_engine(engine, Events.ITERATION_COMPLETED(every=self.interval), self)
         elif self.interval > 0:
             logger.warning("no validation images: model selection on the validation split is off")
 
