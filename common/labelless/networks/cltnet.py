@@ -45,6 +45,7 @@ __all__ = [
     "clip_rho_",
     "CLTGeneratorOutput",
     "CLTGenerator",
+    "CLTMaskHead",
     "CAMDiscriminator",
     "CLTNet",
     "build_cltnet",
@@ -89,13 +90,13 @@ def _per_channel(v: torch.Tensor, ndim: int) -> torch.Tensor:
     """``[C]`` or ``[B, C]`` → broadcastable against a ``[B, C, *spatial]`` tensor of ``ndim`` dimensions."""
     if v.dim() == 1:
         v = v.unsqueeze(0)
-    return v.reshape(*v.shape, *([1] * (ndim - 2)))
+    return v.reshape(list(v.shape) + [1] * (ndim - 2))
 
 
 def _instance_layer_mix(x: torch.Tensor, rho: torch.Tensor, eps: float) -> torch.Tensor:
     """``rho · IN(x) + (1 − rho) · LN(x)`` with IN over the spatial axes and LN over (C, spatial); biased variance."""
-    in_dims = tuple(range(2, x.dim()))
-    ln_dims = tuple(range(1, x.dim()))
+    in_dims = list(range(2, x.dim()))
+    ln_dims = list(range(1, x.dim()))
     in_var, in_mean = torch.var_mean(x, dim=in_dims, correction=0, keepdim=True)
     ln_var, ln_mean = torch.var_mean(x, dim=ln_dims, correction=0, keepdim=True)
     out_in = (x - in_mean) * torch.rsqrt(in_var + eps)
@@ -154,7 +155,8 @@ class LIN(nn.Module):
         Returns:
             Tensor of the shape of ``x``.
         """
-        _check_features(x, self.num_features, "LIN")
+        if not torch.jit.is_scripting():
+            _check_features(x, self.num_features, "LIN")
         out = _instance_layer_mix(x, self.rho, self.eps)
         return out * _per_channel(self.gamma, x.dim()) + _per_channel(self.beta, x.dim())
 
@@ -196,11 +198,12 @@ class AdaLIN(nn.Module):
         Returns:
             Tensor of the shape of ``x``.
         """
-        _check_features(x, self.num_features, "AdaLIN")
-        expected = (x.shape[0], self.num_features)
-        for name, t in (("gamma", gamma), ("beta", beta)):
-            if tuple(t.shape) != expected:
-                raise DataError("input", f"AdaLIN {name} must have shape {expected}, got {tuple(t.shape)}")
+        if not torch.jit.is_scripting():
+            _check_features(x, self.num_features, "AdaLIN")
+            expected = (x.shape[0], self.num_features)
+            for name, t in (("gamma", gamma), ("beta", beta)):
+                if tuple(t.shape) != expected:
+                    raise DataError("input", f"AdaLIN {name} must have shape {expected}, got {tuple(t.shape)}")
         out = _instance_layer_mix(x, self.rho, self.eps)
         return out * _per_channel(gamma, x.dim()) + _per_channel(beta, x.dim())
 
@@ -323,6 +326,9 @@ class CLTGeneratorOutput(NamedTuple):
         mask: the soft mask ``M`` upsampled to the input size, ``[B, 1, *spatial]`` in [0, 1]: the segmentation.
         y_comp: composite ``y · mask + x · (1 − mask)`` ``[B, out_channels, *spatial]``.
         x_rec: reconstruction of the input from the complementary branch, ``[B, out_channels, *spatial]`` in [−1, 1].
+
+    ``shape`` and ``dtype`` are those of ``mask``, the segmentation output, so that MONAI's ``verify_net_in_out``
+    checks it against the metadata's ``pred``.
     """
 
     y: torch.Tensor
@@ -331,6 +337,16 @@ class CLTGeneratorOutput(NamedTuple):
     mask: torch.Tensor
     y_comp: torch.Tensor
     x_rec: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        """The shape of ``mask``, the segmentation output (what MONAI's ``verify_net_in_out`` reads)."""
+        return self.mask.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of ``mask``."""
+        return self.mask.dtype
 
 
 class CLTGenerator(nn.Module):
@@ -366,6 +382,9 @@ class CLTGenerator(nn.Module):
 
     Raises:
         ConfigError: invalid sizes, ``out_channels != in_channels``, or ``light=False``.
+
+    Export: ``torch.jit.script(gen)`` scripts :meth:`export_module`, the mask head image → M
+    (:class:`CLTMaskHead`); the translation branches are not exported.
 
     Examples::
 
@@ -469,6 +488,14 @@ class CLTGenerator(nn.Module):
                 f"got {spatial} (resize or crop, e.g. to 256)",
             )
 
+    def export_module(self) -> CLTMaskHead:
+        """The mask head image → M (:class:`CLTMaskHead`, shared layers) for TorchScript and ONNX."""
+        return CLTMaskHead(self).train(self.training)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script(generator)`` (MONAI's ``ckpt_export``) scripts :meth:`export_module`: image → M."""
+        return self.export_module()
+
     def cam(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CAM attention on the split features.
 
@@ -520,6 +547,58 @@ class CLTGenerator(nn.Module):
         mask = F.interpolate(m, size=x.shape[2:], mode=_INTERP_MODES[self.spatial_dims], align_corners=True)
         y_comp = y * mask + x * (1.0 - mask)
         return CLTGeneratorOutput(y=y, cam_logit=cam_logit, heatmap=heatmap, mask=mask, y_comp=y_comp, x_rec=x_rec)
+
+
+class CLTMaskHead(nn.Module):
+    """The segmentation part of a :class:`CLTGenerator`: image → soft mask M (what inference uses), for export.
+
+    Encoder, split, CAM and mask convolution of the generator (shared, not copied), so the state dict has the
+    generator's keys of these layers; ``forward(x)`` equals ``generator(x).mask``. TorchScript-compatible (MONAI's
+    ``ckpt_export`` of the generator scripts it) and traceable to ONNX.
+
+    Args:
+        generator: the A→B generator.
+
+    Examples::
+
+        mask = torch.jit.script(CLTMaskHead(gen))(torch.rand(1, 3, 128, 128) * 2 - 1)  # [1, 1, 128, 128] in [0, 1]
+    """
+
+    def __init__(self, generator: CLTGenerator) -> None:
+        super().__init__()
+        self.spatial_dims = int(generator.spatial_dims)
+        self.in_channels = int(generator.in_channels)
+        self.mode = _INTERP_MODES[self.spatial_dims]
+        self.encoder = generator.encoder
+        self.split = generator.split
+        self.gap_fc = generator.gap_fc
+        self.gmp_fc = generator.gmp_fc
+        self.cam_conv = generator.cam_conv
+        self.mask_head = generator.mask_head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in_channels, *S]`` in [−1, 1] (sizes multiples of 4, at least 8) → ``[B, 1, *S]`` in [0, 1].
+
+        Raises:
+            ValueError: wrong rank, channels or sizes (TorchScript).
+        """
+        if not torch.jit.is_tracing():
+            if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+                raise ValueError(
+                    "CLTGenerator expects [B, " + str(self.in_channels) + ", ...] images, got shape " + str(x.shape)
+                )
+            for v in x.shape[2:]:
+                if v % 4 != 0 or v < 8:
+                    raise ValueError(
+                        "CLTGenerator needs sizes that are multiples of 4 and at least 8, got " + str(x.shape)
+                    )
+        f = self.split(self.encoder(x))
+        w_gap, w_gmp = self.gap_fc.weight, self.gmp_fc.weight
+        fc = F.relu(
+            self.cam_conv(torch.cat([f * _per_channel(w_gap[0], f.dim()), f * _per_channel(w_gmp[0], f.dim())], dim=1))
+        )
+        m = torch.sigmoid(self.mask_head(fc))
+        return F.interpolate(m, size=x.shape[2:], mode=self.mode, align_corners=True)
 
 
 # ---------------------------------------------------------------------------------------------------- §3 discriminator
@@ -714,6 +793,14 @@ class CLTNet(nn.Module):
             :class:`CLTGeneratorOutput` of ``gen_ab``.
         """
         return self.gen_ab(x)
+
+    def export_module(self) -> CLTMaskHead:
+        """The A→B generator's mask head (:meth:`CLTGenerator.export_module`)."""
+        return self.gen_ab.export_module()
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script(net)`` scripts the A→B generator's mask head (image → M)."""
+        return self.export_module()
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
         """The soft lesion mask ``gen_ab(x).mask`` ``[B, 1, *S]`` in [0, 1].

@@ -46,11 +46,15 @@ from labelless.networks.prototypes import (
     SCALE,
     ALPHead,
     bg_prototypes,
+    check_support_mask,
+    fg_local_flag,
     fg_uses_local,
     local_prototypes,
     masked_average_pooling,
+    masked_softmax_score,
     prototype_scores,
     safe_normalize,
+    support_masks_on_grid,
 )
 from labelless.utils import as_bool
 
@@ -66,6 +70,9 @@ __all__ = [
     "FSPA",
     "BCMA",
     "DSPNetHead",
+    "DSPNetExportHead",
+    "fixed_fspa_seeds",
+    "fixed_soft_cluster",
     "build_dspnet_segmentor",
     "dspnet_param_groups",
     "HEAD_LR_MULTIPLIER",
@@ -138,6 +145,20 @@ def bcma_hyperparameters(
 
 
 # ---------------------------------------------------------------------------------------------------- §2 attention
+def _check_attention_inputs(support_features: torch.Tensor, query_features: torch.Tensor, temperature: float) -> None:
+    if support_features.dim() != 4 or query_features.dim() != 4:
+        raise ValueError(
+            f"support and query features must be [S, C, h, w] and [B, C, hq, wq], got "
+            f"{tuple(support_features.shape)} and {tuple(query_features.shape)}"
+        )
+    if support_features.shape[1] != query_features.shape[1]:
+        raise ValueError(
+            f"channel mismatch: support {support_features.shape[1]}, query {query_features.shape[1]} channels"
+        )
+    if not float(temperature) > 0.0:
+        raise ValueError(f"attention temperature must be positive, got {temperature!r}")
+
+
 def support_query_attention(
     support_features: torch.Tensor, query_features: torch.Tensor, temperature: float = 1.0, eps: float = 1e-5
 ) -> torch.Tensor:
@@ -158,18 +179,10 @@ def support_query_attention(
     Raises:
         ValueError: bad shapes, channel mismatch or a non-positive temperature.
     """
-    if support_features.dim() != 4 or query_features.dim() != 4:
-        raise ValueError(
-            f"support and query features must be [S, C, h, w] and [B, C, hq, wq], got "
-            f"{tuple(support_features.shape)} and {tuple(query_features.shape)}"
-        )
-    if support_features.shape[1] != query_features.shape[1]:
-        raise ValueError(
-            f"channel mismatch: support {support_features.shape[1]}, query {query_features.shape[1]} channels"
-        )
-    if not float(temperature) > 0.0:
-        raise ValueError(f"attention temperature must be positive, got {temperature!r}")
-    s, c, h, w = support_features.shape
+    if not torch.jit.is_scripting():
+        _check_attention_inputs(support_features, query_features, temperature)
+    s, c = support_features.shape[0], support_features.shape[1]
+    h, w = support_features.shape[2], support_features.shape[3]
     fs = support_features.reshape(s, c, h * w)
     fq = query_features.to(support_features.dtype).flatten(2)  # [B, C, HWq]
     cos = torch.einsum("scl,bck->bslk", safe_normalize(fs, 1, eps), safe_normalize(fq, 1, eps))
@@ -541,8 +554,9 @@ class BCMA(nn.Module):
 
     def mixing_matrix(self, prototypes: torch.Tensor, alpha: float | None = None) -> torch.Tensor:
         """``W = (1 + α (T ⊙ softmax_row(X Xᵀ))) ⊙ Cal`` for prototypes ``[N, C]``; ``[C, C]``."""
-        if prototypes.dim() != 2 or prototypes.shape[1] != self.channels:
-            raise ValueError(f"prototypes must be [N, {self.channels}], got {tuple(prototypes.shape)}")
+        if not torch.jit.is_scripting():
+            if prototypes.dim() != 2 or prototypes.shape[1] != self.channels:
+                raise ValueError(f"prototypes must be [N, {self.channels}], got {tuple(prototypes.shape)}")
         a = self.alpha if alpha is None else float(alpha)
         gram = prototypes.t() @ prototypes  # [C, C]
         att = 1.0 + a * (self.band.to(gram.dtype) * torch.softmax(gram, dim=1))
@@ -666,6 +680,11 @@ class DSPNetHead(ALPHead):
         """Optimiser groups of the head: ``Cal`` at ``base_lr × head_lr_multiplier`` (empty without BCMA)."""
         return [] if self.bcma is None else self.bcma.param_groups(base_lr)
 
+    def export_head(self, window: int) -> DSPNetExportHead:
+        """The fixed-size, TorchScript/ONNX-compatible twin of this head for one window (:class:`DSPNetExportHead`;
+        it shares ``Cal``)."""
+        return DSPNetExportHead(self, int(window))
+
     def _mixed_windows(self, features: torch.Tensor, window: int) -> torch.Tensor:
         """All ``Pool_k`` windows, shot-major then raster order, as ``[N, C]`` (the columns of X)."""
         c = features.shape[1]
@@ -779,6 +798,227 @@ class DSPNetHead(ALPHead):
             "fspa_empty_roi": empty_roi,
         }
         return logits
+
+
+# ---------------------------------------------------------------------------------------------------- export
+def fixed_fspa_seeds(
+    mask: torch.Tensor, region_area: float = 100.0, max_clusters: int = 5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fspa_seeds` with a fixed number of outputs (TorchScript-compatible, traceable to ONNX).
+
+    The crop to the foreground's bounding box becomes a box mask on the full grid (row-major order inside the box is
+    the crop's), the distance transform is the brute-force one of :func:`distance_transform` on the full grid, and
+    ``max_clusters`` seeds are always picked; the first ``n_seeds`` are :func:`fspa_seeds`' (0 when it gives none).
+
+    Args:
+        mask: ``[h, w]`` mask on the feature grid (cells ``> 0.5`` are foreground).
+        region_area: average area of a cluster in cells.
+        max_clusters: number of seeds picked (upper bound of J).
+
+    Returns:
+        ``([max_clusters] flat grid indices (int64), n_seeds)`` with ``n_seeds`` a 0-dim int64 tensor.
+    """
+    h, w = mask.shape[0], mask.shape[1]
+    device = mask.device
+    fg = mask > 0.5
+    area = fg.sum().to(torch.float64)
+    n = torch.clamp(torch.round(area / region_area), max=float(max_clusters))  # round half to even, as Python's
+    n_seeds = torch.where(n > 1.0, n, torch.zeros_like(n)).to(torch.int64)
+    coords = _grid_coords(h, w, device)
+    rr, cc = coords[:, 0], coords[:, 1]
+    rows = torch.arange(h, device=device, dtype=torch.float32)
+    cols = torch.arange(w, device=device, dtype=torch.float32)
+    row_any, col_any = fg.any(dim=1), fg.any(dim=0)
+    r0 = torch.where(row_any, rows, float(h + w)).amin()
+    r1 = torch.where(row_any, rows, -1.0).amax()
+    c0 = torch.where(col_any, cols, float(h + w)).amin()
+    c1 = torch.where(col_any, cols, -1.0).amax()
+    box = (rr >= r0) & (rr <= r1) & (cc >= c0) & (cc <= c1)
+    zero = box & ~fg.reshape(-1)
+    had_zero = zero.any()
+    pair = ((coords[:, None, :] - coords[None, :, :]) ** 2).sum(-1)  # [hw, hw] exact squared distances
+    to_zero = torch.where(zero[None, :], pair, float(4 * (h * h + w * w) + 4)).amin(dim=1)
+    to_virtual = (rr - (r0 - 1.0)) ** 2 + (cc - c0) ** 2  # scipy's virtual zero at crop (row -1, column 0)
+    d2 = torch.where(box, torch.where(had_zero, to_zero, to_virtual), -1.0)
+    picks: list[torch.Tensor] = []
+    for i in range(max_clusters):
+        k = torch.argmax(d2)  # first maximum in row-major order, box cells only (others are -1)
+        picks.append(k)
+        to_seed = ((coords - coords[k]) ** 2).sum(-1)
+        shorter = torch.minimum(d2, to_seed)
+        if i == 0:
+            shorter = torch.where(had_zero, shorter, to_seed)
+        d2 = torch.where(box, shorter, -1.0)
+    if max_clusters == 0:
+        return torch.zeros(0, dtype=torch.int64, device=device), n_seeds
+    return torch.stack(picks), n_seeds
+
+
+def fixed_soft_cluster(
+    features: torch.Tensor,
+    roi: torch.Tensor,
+    seeds: torch.Tensor,
+    iterations: int = 10,
+    feature_scale: float = 100.0,
+    coord_scale: float = 100.0,
+) -> torch.Tensor:
+    """:func:`soft_cluster` over the whole grid with the cells outside the ROI masked out of every soft-max
+    (TorchScript-compatible, traceable).
+
+    Args:
+        features: ``[C, h, w]`` features of one shot.
+        roi: ``[h, w]`` bool, the cells that take part (non-empty).
+        seeds: ``[J]`` flat grid indices of the initial centres.
+        iterations: number of updates.
+        feature_scale: divisor of the squared feature distance.
+        coord_scale: divisor of the squared coordinate distance.
+
+    Returns:
+        ``[J, C]`` centres (feature part).
+    """
+    c, h, w = features.shape[0], features.shape[1], features.shape[2]
+    f = features.reshape(c, h * w).t()
+    xy = _grid_coords(h, w, features.device, features.dtype)
+    outside = ~roi.reshape(1, -1)
+    c_f, c_xy = f[seeds], xy[seeds]
+    for _ in range(iterations):
+        d2 = ((f[None] - c_f[:, None]) ** 2).sum(-1) / feature_scale
+        d2 = d2 + ((xy[None] - c_xy[:, None]) ** 2).sum(-1) / coord_scale  # [J, HW]
+        a = torch.softmax((-torch.sqrt(d2)).masked_fill(outside, float("-inf")), dim=1)
+        c_f, c_xy = a @ f, a @ xy
+    return c_f
+
+
+class DSPNetExportHead(nn.Module):
+    """Fixed-size :class:`DSPNetHead` for export (TorchScript, ONNX), built by :meth:`DSPNetHead.export_head`.
+
+    Same logits as the eager head in evaluation (one window, FSPA clustering on when the support mask is not on the
+    feature grid): every candidate prototype is kept with a validity flag (BG: all BCMA-mixed windows and the global
+    fallback; FG: the mixed windows, FSPA's per-query prototype), FSPA always picks ``max_clusters`` seeds
+    (:func:`fixed_fspa_seeds`; unused ones get zero centres, which add exactly nothing to the attention read-out)
+    and clusters over the whole grid with the ROI masked (:func:`fixed_soft_cluster`); a shot without clusters takes
+    the fallback prototype by selection. ``Cal`` is the eager head's parameter (key ``bcma.cal``); the counters and
+    ``last_info`` are not kept.
+
+    Args:
+        head: the eager head (its switches, hyperparameters and ``Cal``).
+        window: local-prototype window (``test_window``).
+    """
+
+    def __init__(self, head: DSPNetHead, window: int) -> None:
+        super().__init__()
+        self.window = int(window)
+        self.threshold = float(head.threshold)
+        self.fg_mode_threshold = float(head.fg_mode_threshold)
+        self.fg_mode_window = int(head.fg_mode_window)
+        self.scale = float(head.scale)
+        self.channels = int(head.channels)
+        self.bcma = head.bcma
+        self.bcma_alpha = float(head.bcma_alpha)
+        self.bcma_alpha_bg = float(head.bcma_alpha_bg)
+        self.use_fspa = head.fspa is not None
+        fspa = head.fspa if head.fspa is not None else FSPA()
+        self.region_area = float(fspa.region_area)
+        self.max_clusters = int(fspa.max_clusters)
+        self.iterations = int(fspa.iterations)
+        self.roi_threshold = float(fspa.roi_threshold)
+        self.feature_scale = float(fspa.feature_scale)
+        self.coord_scale = float(fspa.coord_scale)
+        self.use_attention = head.attention is not None
+        attention = head.attention if head.attention is not None else SupportQueryAttention()
+        self.temperature = float(attention.temperature)
+        self.attention_eps = float(attention.eps)
+
+    def _fspa(
+        self, fs: torch.Tensor, m_fg: torch.Tensor, refined: torch.Tensor, fg: torch.Tensor, cluster: bool
+    ) -> torch.Tensor:
+        """FSPA prototypes ``[B', C]`` (see :class:`FSPA`), fixed size."""
+        s, c, h, w = fs.shape[0], fs.shape[1], fs.shape[2], fs.shape[3]
+        b = refined.shape[0]
+        mask = m_fg.to(fs.dtype)
+        rows = torch.arange(h, device=fg.device) * fg.shape[-2] // h
+        cols = torch.arange(w, device=fg.device) * fg.shape[-1] // w
+        protos: list[torch.Tensor] = []
+        for k in range(s):
+            fsu = refined[:, k].flatten(2)  # [B, C, HW]
+            m_flat = mask[k, 0].reshape(1, 1, h * w)
+            p0 = (fsu * m_flat).sum(-1) / (m_flat.sum(-1) + 1e-5)
+            att0 = torch.softmax(torch.einsum("bc,bcx->bx", p0, fsu), dim=-1)
+            r = p0[:, :, None] * att0[:, None, :]
+            if cluster and self.max_clusters >= 2:
+                grid = fg[k, 0].index_select(0, rows).index_select(1, cols)  # nearest-neighbour subsampling
+                seeds, n_seeds = fixed_fspa_seeds(grid, self.region_area, self.max_clusters)
+                roi = mask[k, 0] >= self.roi_threshold
+                has_roi = roi.any()
+                ctr = fixed_soft_cluster(
+                    fs[k], roi | ~has_roi, seeds, self.iterations, self.feature_scale, self.coord_scale
+                )
+                used = torch.arange(self.max_clusters, device=fs.device) < n_seeds
+                ctr = torch.where(used[:, None], ctr, torch.zeros_like(ctr))
+                att = torch.softmax(torch.einsum("jc,bcx->bjx", ctr, fsu), dim=-1)
+                r_clusters = torch.einsum("jc,bjx->bcx", ctr, att)
+                r = torch.where((n_seeds >= 2) & has_roi, r_clusters, r)
+            fused = r.reshape(b, c, h, w) + fs[k : k + 1]
+            protos.append(masked_average_pooling(fused, mask[k : k + 1].expand(b, 1, h, w)))
+        return torch.stack(protos, dim=0).mean(dim=0)
+
+    def forward(
+        self, support_features: torch.Tensor, support_fg_mask: torch.Tensor, query_features: torch.Tensor
+    ) -> torch.Tensor:
+        """``[S, C, h, w]``, ``[S, 1, H, W]`` FG masks, ``[B, C, hq, wq]`` -> ``[B, 2, hq, wq]`` [BG, FG] logits.
+
+        Raises:
+            ValueError: features without the BCMA channels, bad support masks (TorchScript).
+        """
+        fs, fq = support_features, query_features
+        if self.bcma is not None and fs.shape[1] != self.channels:
+            raise ValueError(
+                "DSPNetHead was built for " + str(self.channels) + " channels (BCMA), the features have "
+                + str(fs.shape[1])
+            )  # fmt: skip
+        fg, m_fg, m_bg = support_masks_on_grid(fs, support_fg_mask)
+        check_support_mask(fg)
+        s, c, h, w = fs.shape[0], fs.shape[1], fs.shape[2], fs.shape[3]
+        k = self.window
+        fits = h >= k and w >= k
+        one = torch.ones(1, dtype=torch.bool, device=fs.device)
+        glb_bg = masked_average_pooling(fs, m_bg).mean(dim=0, keepdim=True)
+        use_local = fg_local_flag(m_fg, self.fg_mode_threshold, self.fg_mode_window)
+        bg, bg_valid = glb_bg, one
+        local_fg, local_valid = fs.new_zeros((0, c)), torch.zeros(0, dtype=torch.bool, device=fs.device)
+        if fits:
+            windows = F.avg_pool2d(fs, k).permute(0, 2, 3, 1).reshape(-1, c)
+            mixed_bg, mixed_fg = windows, windows
+            bcma = self.bcma
+            if bcma is not None:
+                mixed_bg = bcma(windows, self.bcma_alpha_bg)
+                mixed_fg = mixed_bg if self.bcma_alpha == self.bcma_alpha_bg else bcma(windows, self.bcma_alpha)
+            ok_bg = F.avg_pool2d(m_bg, k).reshape(-1) > self.threshold
+            bg = torch.cat([mixed_bg, glb_bg], dim=0)
+            bg_valid = torch.cat([ok_bg, (~ok_bg.any()).reshape(1)], dim=0)
+            local_fg = mixed_fg
+            local_valid = (F.avg_pool2d(m_fg, k).reshape(-1) > self.threshold) & use_local
+        q = safe_normalize(fq, 1, 1e-4)
+        a_bg = F.conv2d(q, safe_normalize(bg, 1, 1e-4)[:, :, None, None]) * self.scale
+        bg_score = masked_softmax_score(a_bg, bg_valid.reshape(1, -1, 1, 1))
+        if self.use_fspa:
+            if self.use_attention:
+                refined = support_query_attention(fs, fq, self.temperature, self.attention_eps)
+            else:
+                refined = fs.unsqueeze(0)
+            cluster = fg.shape[-2] != h or fg.shape[-1] != w
+            glb = self._fspa(fs, m_fg, refined, fg, cluster)  # [B or 1, C]
+            a_glb = (q * safe_normalize(glb, 1, 1e-4)[:, :, None, None]).sum(dim=1, keepdim=True) * self.scale
+            a_loc = F.conv2d(q, safe_normalize(local_fg, 1, 1e-4)[:, :, None, None]) * self.scale
+            a_fg = torch.cat([a_loc, a_glb.expand(q.shape[0], 1, q.shape[2], q.shape[3])], dim=1)
+            fg_valid = torch.cat([local_valid, one], dim=0)
+        else:
+            glb = masked_average_pooling(fs, m_fg)
+            cand = torch.cat([local_fg, glb, glb.mean(dim=0, keepdim=True)], dim=0)
+            fg_valid = torch.cat([local_valid, use_local.reshape(1).expand(s), (~use_local).reshape(1)], dim=0)
+            a_fg = F.conv2d(q, safe_normalize(cand, 1, 1e-4)[:, :, None, None]) * self.scale
+        fg_score = masked_softmax_score(a_fg, fg_valid.reshape(1, -1, 1, 1))
+        return torch.cat([bg_score, fg_score], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------------- builders

@@ -14,6 +14,14 @@
 
 ``return_aux=True`` returns a :class:`FewShotOutput` with the low-resolution logits and the feature maps that the
 prototype alignment loss (PAR, :mod:`labelless.losses`) needs.
+
+Single-input call and export: ``model(image)`` segments the query images with the support stored by
+:meth:`FewShotSegmentor.set_support` (non-persistent buffers: the state dict and the checkpoints do not change);
+without a stored support the result is the documented empty one, every pixel background with the logits
+``[+scale, -scale]`` (there is no class to segment). :meth:`FewShotSegmentor.export_module` gives the
+:class:`FewShotExport` twin of the network: the same encoder and a fixed-size head (``head.export_head``), the same
+two call forms, TorchScript-compatible and traceable to ONNX; ``torch.jit.script(model)`` (MONAI's ``ckpt_export``)
+scripts it.
 """
 
 from __future__ import annotations
@@ -30,10 +38,18 @@ from torch import nn
 
 from labelless.errors import ConfigError, DataError
 from labelless.networks.encoders import build_encoder
-from labelless.networks.prototypes import LOCAL_THRESHOLD, ALPHead
+from labelless.networks.prototypes import LOCAL_THRESHOLD, SCALE, ALPHead
 from labelless.utils import as_bool
 
-__all__ = ["FewShotOutput", "SupportEncoding", "FewShotSegmentor", "SegmentorFeatures", "build_fewshot_segmentor"]
+__all__ = [
+    "FewShotOutput",
+    "SupportEncoding",
+    "FewShotSegmentor",
+    "FewShotExport",
+    "SegmentorFeatures",
+    "build_fewshot_segmentor",
+    "empty_fewshot_logits",
+]
 
 
 class FewShotOutput(NamedTuple):
@@ -80,6 +96,21 @@ def _shape(x: object) -> object:
     return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
 
 
+def empty_fewshot_logits(query_images: torch.Tensor, scale: float = SCALE) -> torch.Tensor:
+    """The result without a support: ``[B, 2, H, W]`` float32 logits ``[+scale, -scale]`` (every pixel background).
+
+    Args:
+        query_images: ``[B, C, H, W]``.
+        scale: the head's cosine scale (the largest logit a prototype head gives).
+
+    Returns:
+        ``[B, 2, H, W]`` on the query's device.
+    """
+    b, h, w = query_images.shape[0], query_images.shape[-2], query_images.shape[-1]
+    ones = torch.ones(b, 1, h, w, dtype=torch.float32, device=query_images.device)
+    return torch.cat([ones * scale, ones * -scale], dim=1)
+
+
 class FewShotSegmentor(nn.Module):
     """Encoder + parameter-free prototype head: 1-way, S-shot segmentation of query slices (ssl_alpnet.md §1, §5).
 
@@ -98,6 +129,10 @@ class FewShotSegmentor(nn.Module):
 
     Raises:
         ConfigError: non-positive windows or an encoder that is not a module.
+
+    Call forms: ``model(support_images, support_masks, query_images)``, or ``model(image)`` with the support stored
+    by :meth:`set_support` (none stored: :func:`empty_fewshot_logits`). ``torch.jit.script(model)`` scripts
+    :meth:`export_module` (MONAI's ``ckpt_export``); the stored support travels with it.
 
     Examples::
 
@@ -137,6 +172,9 @@ class FewShotSegmentor(nn.Module):
         self._cache = collections.OrderedDict()
         self.support_encodings = 0  # encode_support calls made for the cache (benchmarks count them per evaluation)
         self._register_load_state_dict_pre_hook(self._drop_cache_hook)
+        # the stored support of the single-input call (set_support); not in the state dict
+        self.register_buffer("support_image", torch.zeros(0), persistent=False)
+        self.register_buffer("support_mask", torch.zeros(0), persistent=False)
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _drop_cache_hook(self, *args: object, **kwargs: object) -> None:
@@ -150,6 +188,64 @@ class FewShotSegmentor(nn.Module):
         """Set the training mode (also drops the cached support encodings)."""
         self._cache.clear()
         return super().train(mode)
+
+    @property
+    def has_support(self) -> bool:
+        """Whether a support is stored for the single-input call (:meth:`set_support`)."""
+        return self.support_image.numel() > 0
+
+    def set_support(self, support_images: torch.Tensor, support_masks: torch.Tensor) -> None:
+        """Store the support that ``model(image)`` (and the exported network) segments with.
+
+        Args:
+            support_images: ``[S, C, H, W]`` support slices, preprocessed as the query slices will be.
+            support_masks: ``[S, 1, H, W]`` (or ``[S, H, W]``) binary FG masks, every shot with foreground.
+
+        Raises:
+            DataError: bad shapes, mask values outside [0, 1], or a shot without foreground.
+        """
+        masks = self._check_support(support_images, support_masks)
+        m = masks.detach().float()
+        if not bool(torch.isfinite(m).all()) or float(m.min()) < 0.0 or float(m.max()) > 1.0:
+            raise DataError("support masks", "mask values must be finite and within [0, 1]")
+        empty = [i for i, v in enumerate(m.flatten(1).amax(dim=1).tolist()) if v <= 0]
+        if empty:
+            raise DataError("support masks", f"empty support mask: shot(s) {empty} have no foreground pixels")
+        device = self.support_image.device
+        self.support_image = support_images.detach().float().clone().to(device)
+        self.support_mask = m.clone().to(device)
+        self._cache.clear()
+
+    def clear_support(self) -> None:
+        """Forget the stored support (``model(image)`` gives the empty result again)."""
+        self.support_image = self.support_image.new_zeros(0)
+        self.support_mask = self.support_mask.new_zeros(0)
+        self._cache.clear()
+
+    def export_module(self) -> FewShotExport:
+        """The TorchScript/ONNX twin of this network (:class:`FewShotExport`): the same encoder (shared, not
+        copied), the head's fixed-size twin for ``test_window`` and the stored support.
+
+        Returns:
+            the export module, in this network's training mode (call it on an ``eval()`` network).
+
+        Raises:
+            ConfigError: the head has no ``export_head``.
+        """
+        make_head = getattr(self.head, "export_head", None)
+        if make_head is None:
+            raise ConfigError(f"{type(self.head).__name__} has no export_head(window): it cannot be exported")
+        module = FewShotExport(
+            self.encoder, make_head(self.test_window), self.support_image, self.support_mask, self._empty_scale()
+        )
+        return module.train(self.training)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script(model)`` scripts :meth:`export_module` (the eager forward is not scriptable)."""
+        return self.export_module()
+
+    def _empty_scale(self) -> float:
+        return float(getattr(self.head, "scale", SCALE))
 
     @property
     def window(self) -> int:
@@ -328,15 +424,19 @@ class FewShotSegmentor(nn.Module):
     def forward(
         self,
         support_images: torch.Tensor,
-        support_masks: torch.Tensor,
-        query_images: torch.Tensor,
+        support_masks: torch.Tensor | None = None,
+        query_images: torch.Tensor | None = None,
         window: int | None = None,
         return_aux: bool = False,
     ) -> torch.Tensor | FewShotOutput:
         """Two-channel [BG, FG] logits of the query slices at their input size.
 
+        ``model(image)`` (one tensor) segments the query images ``image`` with the stored support
+        (:meth:`set_support`); without one it returns :func:`empty_fewshot_logits`.
+
         Args:
-            support_images: ``[S, C, H, W]`` support slices (S shots of one class).
+            support_images: ``[S, C, H, W]`` support slices (S shots of one class), or the query images when it is
+                the only tensor given.
             support_masks: ``[S, 1, H, W]`` (or ``[S, H, W]``) binary FG masks of the support slices.
             query_images: ``[B, C, H, W]``; B must be 1 in training mode (1 query per episode).
             window: local-prototype window; default ``train_window`` in training mode, ``test_window`` in eval mode.
@@ -347,8 +447,23 @@ class FewShotSegmentor(nn.Module):
 
         Raises:
             DataError: bad shapes: batched episodes, multi-way masks, several queries in training, channel or size
-                mismatches, empty support masks (from the head).
+                mismatches, empty support masks (from the head), only one of ``support_masks``/``query_images``.
+            ConfigError: ``return_aux`` without a support.
         """
+        if support_masks is None and query_images is None:
+            query_images = support_images
+            if not self.has_support:
+                self._check_query(query_images)
+                if return_aux:
+                    raise ConfigError("return_aux=True needs a support: pass one or store it with set_support()")
+                return empty_fewshot_logits(query_images, self._empty_scale())
+            support_images, support_masks = self.support_image, self.support_mask
+        elif support_masks is None or query_images is None:
+            raise DataError(
+                "FewShotSegmentor",
+                "pass the query images alone (segmented with the support stored by set_support) or support images, "
+                "support masks and query images",
+            )
         masks = self._check_support(support_images, support_masks)
         self._check_query(query_images)
         win = self.window if window is None else int(window)
@@ -381,13 +496,88 @@ class FewShotSegmentor(nn.Module):
         return self.segment_with(enc, query_images, window=win, return_aux=return_aux)
 
 
-class SegmentorFeatures(nn.Module):
-    """The trainable part of a :class:`FewShotSegmentor` (its encoder), as a single-input module for export.
+class FewShotExport(nn.Module):
+    """The exportable few-shot network (from :meth:`FewShotSegmentor.export_module`): TorchScript and ONNX.
 
-    Its state dict has the segmentor's keys (``encoder.*``), so a bundle checkpoint loads into it unchanged and MONAI's
-    ``ckpt_export`` can write it to TorchScript. The prototype heads have data-dependent control flow (a variable number
-    of prototypes); they stay in Python, applied to the exported features: ``ALPHead`` has no parameters, the heads
-    with parameters (DSPNet's ``Cal``, PSMNet's MCAM) load them from the same checkpoint (``head.*`` keys).
+    ``forward(image)`` segments ``image`` with the stored support (none: :func:`empty_fewshot_logits`);
+    ``forward(support_images, support_masks, query_images)`` with the given one: the call forms of the eager network,
+    evaluation mode only (one window, ``test_window``). Support and query slices are encoded separately (as the
+    eager network's support cache does) and the fixed-size head (e.g.
+    :class:`~labelless.networks.prototypes.ALPExportHead`) gives the eager head's logits. The state dict has the
+    segmentor's keys (``encoder.*``, ``head.*``); the stored support is kept in non-persistent buffers, which
+    TorchScript saves with the module.
+
+    Args:
+        encoder: the segmentor's encoder (shared).
+        head: fixed-size head called as ``head(support_features, support_masks, query_features)``.
+        support_image: stored support ``[S, C, H, W]`` (empty tensor: none).
+        support_mask: its FG masks ``[S, 1, H, W]``.
+        empty_scale: logit magnitude of the empty result.
+
+    Examples::
+
+        export = model.eval().export_module()
+        scripted = torch.jit.script(export)       # == torch.jit.script(model)
+        logits = scripted(support_images, support_masks, query_images)  # [B, 2, H, W]
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        head: nn.Module,
+        support_image: torch.Tensor | None = None,
+        support_mask: torch.Tensor | None = None,
+        empty_scale: float = SCALE,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        none = torch.zeros(0)
+        self.register_buffer("support_image", none if support_image is None else support_image, persistent=False)
+        self.register_buffer("support_mask", none.clone() if support_mask is None else support_mask, persistent=False)
+        self.empty_scale = float(empty_scale)
+
+    def forward(
+        self, x: torch.Tensor, support_masks: torch.Tensor | None = None, query_images: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[B, 2, H, W]`` [BG, FG] logits of the query images.
+
+        Args:
+            x: the query images ``[B, C, H, W]`` when given alone, else the support images ``[S, C, H', W']``.
+            support_masks: ``[S, 1, H', W']`` FG masks.
+            query_images: ``[B, C, H, W]``.
+
+        Returns:
+            ``[B, 2, H, W]`` float32 logits.
+
+        Raises:
+            ValueError: only one of ``support_masks``/``query_images``, or bad support masks (TorchScript).
+        """
+        if support_masks is None and query_images is None:
+            query = x
+            if self.support_image.numel() == 0:
+                return empty_fewshot_logits(query, self.empty_scale)
+            support = self.support_image
+            masks = self.support_mask
+        elif support_masks is not None and query_images is not None:
+            support = x
+            masks = support_masks
+            query = query_images
+        else:
+            raise ValueError("give the query images alone (stored support) or support images, masks and query images")
+        fs = self.encoder(support).float()
+        fq = self.encoder(query).float()
+        low = self.head(fs, masks, fq)
+        return F.interpolate(low, size=[query.shape[-2], query.shape[-1]], mode="bilinear", align_corners=False)
+
+
+class SegmentorFeatures(nn.Module):
+    """The encoder of a :class:`FewShotSegmentor` as a single-input module: image -> features (``export_def``).
+
+    The whole network exports from the segmentor itself (``ckpt_export network_def``, :class:`FewShotExport`); this
+    module exports the features only, for callers that apply a prototype head in Python. It also holds the head's
+    export twin (unused by ``forward``) so that its state dict has the segmentor's keys (``encoder.*`` and
+    ``head.*``, e.g. DSPNet's ``Cal``, PSMNet's MCAM): a bundle checkpoint loads into it strictly.
 
     Args:
         segmentor: the few-shot segmentor whose encoder is exported (shared, not copied).
@@ -400,6 +590,7 @@ class SegmentorFeatures(nn.Module):
     def __init__(self, segmentor: FewShotSegmentor) -> None:
         super().__init__()
         self.encoder = segmentor.encoder
+        self.head = segmentor.export_module().head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` -> ``[B, C, H/8, W/8]`` features."""

@@ -15,6 +15,12 @@
 
 Shapes (2D): images float32 RGB in [0, 1], ``[.., 3, H, W]``; masks float32 {0, 1}, ``[.., 1, H, W]``; H and W
 multiples of 4 (224 by default).
+
+Single-input call and export: ``net(image)`` segments query images ``[B, 3, H, W]`` with the K-shot support stored
+by :meth:`FSMSNet.set_support` (non-persistent buffers: checkpoints do not change); without one the result is the
+documented empty one, the logit :data:`EMPTY_LOGIT` everywhere (no class to segment). :meth:`FSMSNet.export_module`
+gives :class:`FSMSExport`, the segmentation branch with the same call forms, TorchScript-compatible and traceable to
+ONNX; ``torch.jit.script(net)`` (MONAI's ``ckpt_export``) scripts it.
 """
 
 from __future__ import annotations
@@ -38,7 +44,10 @@ __all__ = [
     "load_vgg16_weights",
     "masked_pool_k_shots",
     "support_masks_to_grid",
+    "binary_masks_on_grid",
     "FSMSNet",
+    "FSMSExport",
+    "EMPTY_LOGIT",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "OUTPUT_STRIDE",
@@ -47,6 +56,8 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OUTPUT_STRIDE = 4
+#: the logit of every pixel without a support (sigmoid ≈ 2e-9: nothing is segmented)
+EMPTY_LOGIT = -20.0
 # Keras BatchNormalization defaults (momentum 0.99 of the running average ⇒ PyTorch momentum 0.01; epsilon 1e-3)
 BN_MOMENTUM = 0.01
 BN_EPS = 1e-3
@@ -166,8 +177,9 @@ class VGGEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_channels, *S]`` (sizes multiples of 4) -> ``[B, out_channels, *S/4]``."""
-        for b in range(1, self.blocks + 1):
-            x = getattr(self, f"block{b}")(x)
+        x = self.block4(self.block3(self.block2(self.block1(x))))
+        if hasattr(self, "block5"):  # static in TorchScript
+            x = self.block5(x)
         return x
 
 
@@ -290,15 +302,43 @@ def support_masks_to_grid(masks: torch.Tensor, size: int | Sequence[int]) -> tor
     if not bool(nonempty.all()):
         i = int((~nonempty).nonzero()[0])
         raise DataError("support_masks", f"empty support mask: task {i // K} shot {i % K} (no foreground pixel)")
-    resized = (F.interpolate(flat, size=grid, mode=_interp_mode(spatial_dims), align_corners=False) > 0.5).to(
-        flat.dtype
-    )
+    return binary_masks_on_grid(flat, list(grid), always_soft=False).reshape(T, K, 1, *grid)
+
+
+def binary_masks_on_grid(masks: torch.Tensor, grid: list[int], always_soft: bool = True) -> torch.Tensor:
+    """The resizing rule of :func:`support_masks_to_grid` for ``[N, 1, *S]`` binary masks (TorchScript, traceable).
+
+    Args:
+        masks: ``[N, 1, *S]`` {0, 1} float masks.
+        grid: grid size, one entry per spatial dim.
+        always_soft: compute the area-downsampled fallback even when no mask needs it (fixed graph for export;
+            the result is the same).
+
+    Returns:
+        ``[N, 1, *grid]``: bilinear resize thresholded at 0.5, or the area-downsampled soft mask for masks that the
+        threshold empties.
+    """
+    mode = _interp_mode(masks.dim() - 2)
+    resized = (F.interpolate(masks, size=grid, mode=mode, align_corners=False) > 0.5).to(masks.dtype)
     emptied = resized.flatten(1).amax(dim=1) <= 0
-    if bool(emptied.any()):
-        soft = F.interpolate(flat, size=grid, mode="area")
-        sel = emptied.view(-1, *([1] * (flat.dim() - 1)))
+    if always_soft or bool(emptied.any()):
+        soft = F.interpolate(masks, size=grid, mode="area")
+        sel = emptied.reshape([-1] + [1] * (masks.dim() - 1))
         resized = torch.where(sel, soft, resized)
-    return resized.reshape(T, K, 1, *grid)
+    return resized
+
+
+def _check_pool_inputs(features: torch.Tensor, masks: torch.Tensor) -> None:
+    if features.dim() < 4 or masks.dim() != features.dim() or masks.shape[2] != 1:
+        raise DataError(
+            "support features",
+            f"features {tuple(features.shape)} / masks {tuple(masks.shape)} must be [T, K, C, *s] / [T, K, 1, *s]",
+        )
+    if masks.shape[:2] != features.shape[:2] or masks.shape[3:] != features.shape[3:]:
+        raise DataError(
+            "support features",
+            f"masks {tuple(masks.shape)} do not fit the features {tuple(features.shape)} (same T, K and grid)",
+        )
 
 
 def masked_pool_k_shots(features: torch.Tensor, masks: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -315,16 +355,8 @@ def masked_pool_k_shots(features: torch.Tensor, masks: torch.Tensor, eps: float 
     Raises:
         DataError: the shapes do not fit.
     """
-    if features.dim() < 4 or masks.dim() != features.dim() or masks.shape[2] != 1:
-        raise DataError(
-            "support features",
-            f"features {tuple(features.shape)} / masks {tuple(masks.shape)} must be [T, K, C, *s] / [T, K, 1, *s]",
-        )
-    if masks.shape[:2] != features.shape[:2] or masks.shape[3:] != features.shape[3:]:
-        raise DataError(
-            "support features",
-            f"masks {tuple(masks.shape)} do not fit the features {tuple(features.shape)} (same T, K and grid)",
-        )
+    if not torch.jit.is_scripting():
+        _check_pool_inputs(features, masks)
     # accumulate in float32: under autocast a float16 sum over K·h·w positions can overflow
     f32, m32 = features.float(), masks.float()
     dims = [1] + list(range(3, features.dim()))
@@ -424,6 +456,9 @@ class FSMSNet(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(shape), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(shape), persistent=False)
         self.register_buffer("input_normalization", torch.tensor(False))
+        # the stored K-shot support of the single-input call (set_support); not in the state dict
+        self.register_buffer("support_image", torch.zeros(0), persistent=False)
+        self.register_buffer("support_mask", torch.zeros(0), persistent=False)
         self.pretrained_mapping: dict[str, str] = {}
         if pretrained_path is not None:
             self.load_pretrained(pretrained_path)
@@ -461,6 +496,53 @@ class FSMSNet(nn.Module):
     def surrogate_parameters(self) -> list[nn.Parameter]:
         """Parameters of the encoder and the surrogate (denoising) head."""
         return [p for m in (self.encoder, self.surrogate_head) for p in m.parameters()]
+
+    # ------------------------------------------------------------------------------------------- stored support
+    @property
+    def has_support(self) -> bool:
+        """Whether a support is stored for the single-input call (:meth:`set_support`)."""
+        return self.support_image.numel() > 0
+
+    def set_support(self, support_images: torch.Tensor, support_masks: torch.Tensor) -> None:
+        """Store the K-shot support that ``net(image)`` (and the exported network) segments with.
+
+        Args:
+            support_images: ``[K, 3, H, W]`` RGB in [0, 1] (queries of ``net(image)`` must have the same H×W).
+            support_masks: ``[K, 1, H, W]`` {0, 1}, none empty.
+
+        Raises:
+            DataError: wrong shapes or channels, non-finite values, an empty support mask.
+        """
+        if not isinstance(support_images, torch.Tensor) or not isinstance(support_masks, torch.Tensor):
+            raise DataError("support", "support images and masks must be tensors")
+        self._check_images("support_images", support_images.unsqueeze(0), 2)
+        k = support_images.shape[0]
+        spatial = tuple(support_images.shape[2:])
+        if tuple(support_masks.shape) != (k, 1, *spatial):
+            raise DataError(
+                "support_masks",
+                f"shape {tuple(support_masks.shape)} does not fit support_images {tuple(support_images.shape)} "
+                f"(expected {(k, 1, *spatial)})",
+            )
+        grid = tuple(v // OUTPUT_STRIDE for v in spatial)
+        support_masks_to_grid(support_masks[None].float(), grid)  # the checks: finite, none empty
+        device = self.support_image.device
+        self.support_image = support_images.detach().float().clone().to(device)
+        self.support_mask = (support_masks.detach() > 0.5).float().to(device)
+
+    def clear_support(self) -> None:
+        """Forget the stored support (``net(image)`` gives the empty result again)."""
+        self.support_image = self.support_image.new_zeros(0)
+        self.support_mask = self.support_mask.new_zeros(0)
+
+    def export_module(self) -> FSMSExport:
+        """The segmentation branch as :class:`FSMSExport` (shared layers, the stored support), for TorchScript and
+        ONNX; in this network's training mode (call it on an ``eval()`` network)."""
+        return FSMSExport(self).train(self.training)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script(net)`` scripts :meth:`export_module` (the eager forward is not scriptable)."""
+        return self.export_module()
 
     # ------------------------------------------------------------------------------------------------- checks
     def _check_images(self, name: str, x: torch.Tensor, lead: int) -> None:
@@ -501,10 +583,11 @@ class FSMSNet(nn.Module):
 
         ``task="denoise"`` runs the surrogate branch instead (``forward(noisy, task="denoise")`` ==
         ``denoise(noisy)``), so that a ``DistributedDataParallel`` wrapper, which only forwards ``forward``, can run
-        both branches.
+        both branches. ``forward(image)`` (one tensor ``[B, 3, H, W]``) segments each query image with the stored
+        support (:meth:`set_support`; none: :data:`EMPTY_LOGIT` everywhere).
 
         Args:
-            support_images: ``[T, K, 3, H, W]`` RGB in [0, 1].
+            support_images: ``[T, K, 3, H, W]`` RGB in [0, 1] (the query images when given alone).
             support_masks: ``[T, K, 1, H, W]`` {0, 1}; none may be empty.
             query_images: ``[T, 3, H, W]`` RGB in [0, 1] (same H×W as the supports).
             task: ``"segment"`` (default) or ``"denoise"``.
@@ -520,6 +603,15 @@ class FSMSNet(nn.Module):
             return self.denoise(support_images)
         if task != "segment":
             raise ConfigError(f"task must be 'segment' or 'denoise', got {task!r}")
+        if support_masks is None and query_images is None:
+            query_images = support_images
+            self._check_images("query_images", query_images, 1)
+            if not self.has_support:
+                return torch.full((query_images.shape[0], 1, *query_images.shape[2:]), EMPTY_LOGIT,
+                                  dtype=torch.float32, device=query_images.device)  # fmt: skip
+            b = query_images.shape[0]
+            support_images = self.support_image[None].expand(b, *self.support_image.shape)
+            support_masks = self.support_mask[None].expand(b, *self.support_mask.shape)
         if support_masks is None or query_images is None:
             raise DataError("FSMSNet", "segmentation needs support_images, support_masks and query_images")
         self._check_images("support_images", support_images, 2)
@@ -574,3 +666,96 @@ class FSMSNet(nn.Module):
         The caller sets the mode (``net.eval()`` for evaluation: BN running statistics).
         """
         return torch.sigmoid(self.forward(support_images, support_masks, query_images))
+
+
+class FSMSExport(nn.Module):
+    """The segmentation branch of an :class:`FSMSNet` for export (TorchScript, ONNX), from
+    :meth:`FSMSNet.export_module`.
+
+    ``forward(image)`` segments ``[B, 3, H, W]`` query images with the stored K-shot support (none:
+    :data:`EMPTY_LOGIT` everywhere); ``forward(support_images, support_masks, query_images)`` with ``[T, K, 3, H, W]``,
+    ``[T, K, 1, H, W]`` and ``[T, 3, H, W]``: the eager call forms. The layers are the network's (shared), so the
+    state dict has its keys except the surrogate head's; the stored support is kept in non-persistent buffers,
+    which TorchScript saves with the module. Input checks are TorchScript ``ValueError`` (not while tracing).
+
+    Args:
+        net: the FSMS network.
+    """
+
+    def __init__(self, net: FSMSNet) -> None:
+        super().__init__()
+        self.spatial_dims = int(net.spatial_dims)
+        self.feature_channels = int(net.feature_channels)
+        self.encoder = net.encoder
+        self.reduce = net.reduce
+        self.relation = net.relation
+        self.decoder = net.decoder
+        self.register_buffer("mean", net.mean, persistent=False)
+        self.register_buffer("std", net.std, persistent=False)
+        self.register_buffer("input_normalization", net.input_normalization)
+        self.register_buffer("support_image", net.support_image, persistent=False)
+        self.register_buffer("support_mask", net.support_mask, persistent=False)
+        self.empty_logit = float(EMPTY_LOGIT)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(self.input_normalization):
+            return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        return x
+
+    def _check(self, x: torch.Tensor, lead: int) -> None:
+        if torch.jit.is_tracing():
+            return
+        if x.dim() != lead + 1 + self.spatial_dims or x.shape[lead] != 3:
+            raise ValueError("FSMS expects RGB images with 3 channels, got shape " + str(x.shape))
+        for v in x.shape[lead + 1 :]:
+            if v < 4 or v % 4 != 0:
+                raise ValueError("FSMS image sizes must be positive multiples of 4, got shape " + str(x.shape))
+
+    def forward(
+        self, x: torch.Tensor, support_masks: torch.Tensor | None = None, query_images: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[T, 1, H, W]`` lesion logits (pre-sigmoid) of the query images.
+
+        Args:
+            x: the query images ``[B, 3, H, W]`` when given alone, else the support images ``[T, K, 3, H, W]``.
+            support_masks: ``[T, K, 1, H, W]``.
+            query_images: ``[T, 3, H, W]``.
+
+        Returns:
+            ``[T, 1, H, W]`` float logits.
+
+        Raises:
+            ValueError: bad shapes, only one of ``support_masks``/``query_images``, an empty support mask
+                (TorchScript).
+        """
+        if support_masks is None and query_images is None:
+            query = x
+            self._check(query, 1)
+            if self.support_image.numel() == 0:
+                shape = [query.shape[0], 1] + list(query.shape[2:])
+                return torch.full(shape, self.empty_logit, dtype=torch.float32, device=query.device)
+            b = query.shape[0]
+            support = self.support_image.unsqueeze(0).expand([b] + list(self.support_image.shape))
+            masks = self.support_mask.unsqueeze(0).expand([b] + list(self.support_mask.shape))
+        elif support_masks is not None and query_images is not None:
+            support = x
+            masks = support_masks
+            query = query_images
+        else:
+            raise ValueError("give the query images alone (stored support) or support images, masks and query images")
+        self._check(support, 2)
+        self._check(query, 1)
+        t, k = support.shape[0], support.shape[1]
+        spatial = list(support.shape[3:])
+        grid = [v // 4 for v in spatial]
+        flat_masks = (masks.flatten(0, 1) > 0.5).to(support.dtype)
+        if not torch.jit.is_tracing():
+            if bool((flat_masks.flatten(1).amax(dim=1) <= 0).any()):
+                raise ValueError("empty support mask: every support shot must contain the lesion")
+        on_grid = binary_masks_on_grid(flat_masks, grid, always_soft=True).reshape([t, k, 1] + grid)
+        feats = self.reduce(self.encoder(self._normalize(torch.cat([support.flatten(0, 1), query], dim=0))))
+        f_s = feats[: t * k].reshape([t, k, self.feature_channels] + grid)
+        f_q = feats[t * k :]
+        proto = masked_pool_k_shots(f_s, on_grid)
+        tiled = proto.reshape([t, self.feature_channels] + [1] * self.spatial_dims).expand_as(f_q)
+        return self.decoder(self.relation(torch.cat([tiled, f_q], dim=1)))

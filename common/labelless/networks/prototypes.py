@@ -4,6 +4,12 @@
 All functions are plain differentiable torch operations that follow the device and dtype of their inputs. Feature
 grids are always read from the tensors. Shapes: support features ``[S, C, h, w]`` (S shots), support masks
 ``[S, 1, h, w]`` (soft, on the feature grid unless stated otherwise), query features ``[B, C, h, w]``.
+
+Export (TorchScript, ONNX): the eager head selects a data-dependent number of prototypes. The fixed-size functions
+(:func:`window_prototypes`, :func:`alp_prototype_sets`, :func:`masked_prototype_scores`) keep every candidate
+prototype with a validity flag and give invalid ones zero soft-max weight, which is the same score in exact
+arithmetic; :class:`ALPExportHead` (from :meth:`ALPHead.export_head`) uses them. They are TorchScript-compatible and
+trace to ONNX without data-dependent shapes or branches.
 """
 
 from __future__ import annotations
@@ -29,6 +35,14 @@ __all__ = [
     "bg_prototypes",
     "fg_prototypes",
     "ALPHead",
+    "window_prototypes",
+    "fg_local_flag",
+    "alp_prototype_sets",
+    "masked_prototype_scores",
+    "masked_softmax_score",
+    "support_masks_on_grid",
+    "check_support_mask",
+    "ALPExportHead",
     "LOCAL_THRESHOLD",
     "FG_MODE_THRESHOLD",
     "FG_MODE_WINDOW",
@@ -79,7 +93,8 @@ def masked_average_pooling(features: torch.Tensor, mask: torch.Tensor, eps: floa
     Raises:
         ValueError: mismatched shapes.
     """
-    _check_feature_mask(features, mask)
+    if not torch.jit.is_scripting():
+        _check_feature_mask(features, mask)
     mask = mask.to(features.dtype)
     return (features * mask).sum(dim=(-2, -1)) / (mask.sum(dim=(-2, -1)) + eps)
 
@@ -381,6 +396,17 @@ class ALPHead(nn.Module):
 
         return fg, m_fg, m_bg, empty, vanished
 
+    def export_head(self, window: int) -> ALPExportHead:
+        """The fixed-size, TorchScript/ONNX-compatible twin of this head for one window (see :class:`ALPExportHead`).
+
+        Args:
+            window: local-prototype window (the segmentor's ``test_window``).
+
+        Returns:
+            an :class:`ALPExportHead` with this head's thresholds and scale.
+        """
+        return ALPExportHead(int(window), self.threshold, self.fg_mode_threshold, self.fg_mode_window, self.scale)
+
     def forward(
         self,
         support_features: torch.Tensor,
@@ -437,3 +463,222 @@ class ALPHead(nn.Module):
             "vanished_fg_shots": vanished,
         }
         return logits
+
+
+# ---------------------------------------------------------------------------------------------------- export
+def support_masks_on_grid(
+    support_features: torch.Tensor, support_fg_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Support FG mask in the features' dtype and its FG/BG masks on the feature grid (what :meth:`ALPHead.forward`
+    prepares, without the checks; TorchScript-compatible).
+
+    Args:
+        support_features: ``[S, C, h, w]``.
+        support_fg_mask: ``[S, 1, H, W]`` (or ``[S, H, W]``) FG mask at image resolution, or on the feature grid.
+
+    Returns:
+        ``(fg [S, 1, H, W], m_fg [S, 1, h, w], m_bg [S, 1, h, w])``; ``m_bg`` is ``1 - fg`` brought to the grid
+        separately, as in the eager head.
+    """
+    fg = support_fg_mask.unsqueeze(1) if support_fg_mask.dim() == 3 else support_fg_mask
+    fg = fg.to(device=support_features.device, dtype=support_features.dtype)
+    bg = 1.0 - fg
+    h, w = support_features.shape[-2], support_features.shape[-1]
+    return fg, _on_grid(fg, h, w), _on_grid(bg, h, w)
+
+
+def _on_grid(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    if mask.shape[-2] == h and mask.shape[-1] == w:
+        return mask
+    return F.interpolate(mask, size=[h, w], mode="bilinear", align_corners=False)
+
+
+def check_support_mask(fg: torch.Tensor) -> None:
+    """The eager head's support-mask checks for the exported networks (TorchScript-compatible; skipped while tracing,
+    so an ONNX graph does not check its inputs).
+
+    Args:
+        fg: ``[S, 1, H, W]`` support FG masks.
+
+    Raises:
+        ValueError: values not finite or outside [0, 1], or a shot without foreground.
+    """
+    if torch.jit.is_tracing():
+        return
+    if not bool(torch.isfinite(fg).all()) or bool((fg < 0.0).any()) or bool((fg > 1.0).any()):
+        raise ValueError("support mask values must be finite and within [0, 1]")
+    if bool((fg.flatten(1).amax(dim=1) <= 0.0).any()):
+        raise ValueError("empty support mask: every support shot must contain the class (foreground pixels)")
+
+
+def window_prototypes(
+    features: torch.Tensor, mask: torch.Tensor, window: int, threshold: float = LOCAL_THRESHOLD
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every ``window``-pooled feature window with the flag of :func:`local_prototypes` (fixed size).
+
+    Args:
+        features: ``[S, C, h, w]`` with ``h, w >= window``.
+        mask: ``[S, 1, h, w]`` soft mask on the same grid.
+        window: pooling window k.
+        threshold: strict lower bound of the window's mean mask value.
+
+    Returns:
+        ``([N, C] windows (shot-major, raster order), [N] bool flags)``; the flagged rows are
+        :func:`local_prototypes`.
+    """
+    c = features.shape[1]
+    pooled = F.avg_pool2d(features, window).permute(0, 2, 3, 1).reshape(-1, c)
+    frac = F.avg_pool2d(mask.to(features.dtype), window).reshape(-1)
+    return pooled, frac > threshold
+
+
+def fg_local_flag(
+    mask_fg: torch.Tensor, threshold: float = FG_MODE_THRESHOLD, window: int = FG_MODE_WINDOW
+) -> torch.Tensor:
+    """:func:`fg_uses_local` as a 0-dim bool tensor (no host synchronisation; TorchScript, traceable).
+
+    Args:
+        mask_fg: ``[S, 1, h, w]`` FG mask on the feature grid.
+        threshold: non-strict lower bound.
+        window: mode-test window.
+
+    Returns:
+        0-dim bool tensor.
+    """
+    if mask_fg.shape[-2] < window or mask_fg.shape[-1] < window:
+        return torch.zeros((), dtype=torch.bool, device=mask_fg.device)
+    return F.avg_pool2d(mask_fg.float(), window).max() >= threshold
+
+
+def alp_prototype_sets(
+    features: torch.Tensor,
+    mask_fg: torch.Tensor,
+    mask_bg: torch.Tensor,
+    window: int,
+    threshold: float = LOCAL_THRESHOLD,
+    mode_threshold: float = FG_MODE_THRESHOLD,
+    mode_window: int = FG_MODE_WINDOW,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fixed-size candidates of :func:`bg_prototypes` and :func:`fg_prototypes` with validity flags.
+
+    BG: all windows (flag ``> threshold``) and the shot-averaged global BG prototype (flag: no window passes). FG: all
+    windows (flag ``> threshold`` and the mode test), the per-shot global prototypes (flag: mode test) and their mean
+    (flag: not the mode test). The flagged rows are the eager sets, in the same order.
+
+    Args:
+        features: ``[S, C, h, w]`` support features.
+        mask_fg: ``[S, 1, h, w]`` FG mask on the feature grid.
+        mask_bg: ``[S, 1, h, w]`` BG mask on the feature grid.
+        window: local window k.
+        threshold: strict local threshold.
+        mode_threshold: non-strict threshold of the FG mode test.
+        mode_window: window of the FG mode test.
+
+    Returns:
+        ``(bg [Nb, C], bg_valid [Nb], fg [Nf, C], fg_valid [Nf])``.
+    """
+    s = features.shape[0]
+    fits = features.shape[-2] >= window and features.shape[-1] >= window
+    glb_bg = masked_average_pooling(features, mask_bg).mean(dim=0, keepdim=True)
+    one = torch.ones(1, dtype=torch.bool, device=features.device)
+    if fits:
+        loc_bg, ok_bg = window_prototypes(features, mask_bg, window, threshold)
+        bg = torch.cat([loc_bg, glb_bg], dim=0)
+        bg_valid = torch.cat([ok_bg, (~ok_bg.any()).reshape(1)], dim=0)
+    else:
+        bg, bg_valid = glb_bg, one
+    use_local = fg_local_flag(mask_fg, mode_threshold, mode_window)
+    glb_fg = masked_average_pooling(features, mask_fg)
+    fg = torch.cat([glb_fg, glb_fg.mean(dim=0, keepdim=True)], dim=0)
+    fg_valid = torch.cat([use_local.reshape(1).expand(s), (~use_local).reshape(1)], dim=0)
+    if fits:
+        loc_fg, ok_fg = window_prototypes(features, mask_fg, window, threshold)
+        fg = torch.cat([loc_fg, fg], dim=0)
+        fg_valid = torch.cat([ok_fg & use_local, fg_valid], dim=0)
+    return bg, bg_valid, fg, fg_valid
+
+
+def masked_softmax_score(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``Σ_k softmax_k(a) · a_k`` over the valid candidates only (dim 1), the rule of :func:`prototype_scores`.
+
+    Args:
+        logits: ``[B, N, h, w]`` scaled cosines ``a``.
+        valid: bool mask broadcastable to ``logits`` (at least one valid candidate per position).
+
+    Returns:
+        ``[B, 1, h, w]``.
+    """
+    # -1e4 (a literal: TorchScript does not read module-level floats) is far below any cosine logit (|a| <= scale),
+    # so an invalid candidate gets exactly zero weight
+    weights = torch.softmax(logits.masked_fill(~valid, -1.0e4), dim=1)
+    return torch.sum(weights * logits.masked_fill(~valid, 0.0), dim=1, keepdim=True)
+
+
+def masked_prototype_scores(
+    query: torch.Tensor, prototypes: torch.Tensor, valid: torch.Tensor, scale: float = SCALE
+) -> torch.Tensor:
+    """:func:`prototype_scores` against the valid rows of a fixed-size candidate matrix.
+
+    Args:
+        query: ``[B, C, h, w]`` query features.
+        prototypes: ``[N, C]`` candidates.
+        valid: ``[N]`` bool flags (at least one true).
+        scale: cosine scale.
+
+    Returns:
+        ``[B, 1, h, w]`` scores, equal (up to rounding) to ``prototype_scores(query, prototypes[valid], scale)``.
+    """
+    q = safe_normalize(query, 1, 1e-4)
+    p = safe_normalize(prototypes.to(query.dtype), 1, 1e-4)
+    a = F.conv2d(q, p[:, :, None, None]) * scale
+    return masked_softmax_score(a, valid.reshape(1, -1, 1, 1))
+
+
+class ALPExportHead(nn.Module):
+    """Fixed-size :class:`ALPHead` for export: same logits, TorchScript-compatible and traceable to ONNX.
+
+    Built by :meth:`ALPHead.export_head` for one window (evaluation: ``test_window``). Candidates come from
+    :func:`alp_prototype_sets` and are scored by :func:`masked_prototype_scores`. It keeps the eager head's input
+    checks as ``ValueError`` (:func:`check_support_mask`, not while tracing) but not its counters, ``last_info`` or
+    the warning about FG masks that vanish on the grid.
+
+    Args:
+        window: local-prototype window.
+        threshold: strict threshold of local prototypes.
+        fg_mode_threshold: non-strict threshold of the FG mode test.
+        fg_mode_window: window of the FG mode test.
+        scale: cosine scale.
+
+    Examples::
+
+        head = ALPHead().export_head(window=2)
+        low = torch.jit.script(head)(torch.randn(1, 256, 32, 32), mask, torch.randn(4, 256, 32, 32))  # [4, 2, 32, 32]
+    """
+
+    def __init__(
+        self,
+        window: int = 2,
+        threshold: float = LOCAL_THRESHOLD,
+        fg_mode_threshold: float = FG_MODE_THRESHOLD,
+        fg_mode_window: int = FG_MODE_WINDOW,
+        scale: float = SCALE,
+    ) -> None:
+        super().__init__()
+        self.window = int(window)
+        self.threshold = float(threshold)
+        self.fg_mode_threshold = float(fg_mode_threshold)
+        self.fg_mode_window = int(fg_mode_window)
+        self.scale = float(scale)
+
+    def forward(
+        self, support_features: torch.Tensor, support_fg_mask: torch.Tensor, query_features: torch.Tensor
+    ) -> torch.Tensor:
+        """``[S, C, h, w]``, ``[S, 1, H, W]`` FG masks, ``[B, C, hq, wq]`` -> ``[B, 2, hq, wq]`` [BG, FG] logits."""
+        fg, m_fg, m_bg = support_masks_on_grid(support_features, support_fg_mask)
+        check_support_mask(fg)
+        bg_p, bg_v, fg_p, fg_v = alp_prototype_sets(
+            support_features, m_fg, m_bg, self.window, self.threshold, self.fg_mode_threshold, self.fg_mode_window
+        )
+        bg_score = masked_prototype_scores(query_features, bg_p, bg_v, self.scale)
+        fg_score = masked_prototype_scores(query_features, fg_p, fg_v, self.scale)
+        return torch.cat([bg_score, fg_score], dim=1)

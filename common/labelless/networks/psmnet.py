@@ -40,13 +40,19 @@ from labelless.networks.prototypes import (
     LOCAL_THRESHOLD,
     SCALE,
     ALPHead,
+    alp_prototype_sets,
     bg_prototypes,
+    check_support_mask,
+    fg_local_flag,
     fg_prototypes,
     fg_uses_local,
     local_prototypes,
     masked_average_pooling,
+    masked_prototype_scores,
     prototype_scores,
     safe_normalize,
+    support_masks_on_grid,
+    window_prototypes,
 )
 from labelless.utils import as_bool
 
@@ -56,6 +62,8 @@ __all__ = [
     "PSMSplit",
     "psm_split",
     "PSMNetHead",
+    "PSMNetExportHead",
+    "fixed_psm_split",
     "build_psmnet_segmentor",
 ]
 
@@ -135,7 +143,8 @@ class CrossNonLocalBlock(nn.Module):
         Raises:
             ValueError: wrong ranks, channels or batch sizes.
         """
-        self._check(x, y)
+        if not torch.jit.is_scripting():
+            self._check(x, y)
         q = self.theta(x).flatten(2)  # [B, C, Nx]
         k = self.phi(y).flatten(2)  # [By, C, Ny]
         v = self.g(y).flatten(2)  # [By, C, Ny]
@@ -441,6 +450,11 @@ class PSMNetHead(ALPHead):
         self.use_mcam = as_bool(use_mcam, "use_mcam")
         self.mcam = MCAM(2, self.channels) if self.use_mcam else None
 
+    def export_head(self, window: int) -> PSMNetExportHead:
+        """The fixed-size, TorchScript/ONNX-compatible twin of this head for one window (:class:`PSMNetExportHead`;
+        it shares the MCAM blocks)."""
+        return PSMNetExportHead(self, int(window))
+
     def _psm_sets(
         self, fs: torch.Tensor, m: torch.Tensor, other: torch.Tensor, split: bool
     ) -> tuple[torch.Tensor, list[int]]:
@@ -548,6 +562,208 @@ class PSMNetHead(ALPHead):
             "vanished_fg_shots": vanished,
         }
         return logits
+
+
+# ---------------------------------------------------------------------------------------------------- export
+def _dfs_order(depth: int) -> list[int]:
+    """Breadth-first indices of a complete binary tree of ``depth`` in depth-first (pre-)order."""
+    order: list[int] = []
+
+    def visit(i: int, level: int) -> None:
+        order.append(i)
+        if level < depth:
+            visit(2 * i + 1, level + 1)
+            visit(2 * i + 2, level + 1)
+
+    visit(0, 0)
+    return order
+
+
+def fixed_psm_split(
+    features: torch.Tensor,
+    mask: torch.Tensor,
+    other_global: torch.Tensor,
+    order: torch.Tensor,
+    depth: int = 2,
+    tau: float = 0.0,
+    min_mass: float = 2.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`psm_split` as the complete tree of ``depth`` with a flag per node (TorchScript-compatible, traceable).
+
+    Every node of the complete binary tree is computed (breadth-first); a node is valid when its parent is and the
+    parent's split conditions hold (masses compared in float64, as the eager function does with Python floats). The
+    rows are returned in depth-first order (``order``, from the tree shape), so the valid rows are :func:`psm_split`'s
+    prototypes in its order.
+
+    Args:
+        features: ``[C, h, w]`` support features of one shot.
+        mask: ``[1, h, w]`` soft class mask on the feature grid.
+        other_global: ``[C]`` global prototype of the complementary class.
+        order: ``[2^(depth+1) - 1]`` int64 depth-first permutation of the breadth-first nodes.
+        depth: recursion depth D.
+        tau: threshold on δ.
+        min_mass: minimum mass of a sub-mask.
+
+    Returns:
+        ``([2^(depth+1) - 1, C] prototypes, [2^(depth+1) - 1] bool flags)``.
+    """
+    f4 = features.unsqueeze(0)
+    fn = safe_normalize(features, 0, 1e-4)
+    cos_other = torch.einsum("chw,c->hw", fn, safe_normalize(other_global.reshape(-1).to(features.dtype), 0, 1e-4))
+    level_masks = [mask]
+    level_valid = [torch.ones((), dtype=torch.bool, device=features.device)]
+    protos: list[torch.Tensor] = []
+    valid: list[torch.Tensor] = []
+    for level in range(depth + 1):
+        next_masks: list[torch.Tensor] = []
+        next_valid: list[torch.Tensor] = []
+        for i in range(len(level_masks)):
+            mk, ok = level_masks[i], level_valid[i]
+            p = masked_average_pooling(f4, mk.unsqueeze(0))[0]
+            protos.append(p)
+            valid.append(ok)
+            if level < depth:
+                delta = torch.einsum("chw,c->hw", fn, safe_normalize(p, 0, 1e-4)) - cos_other
+                seg_ind = (delta > tau).unsqueeze(0)
+                seg = torch.where(seg_ind, mk, torch.zeros_like(mk))
+                uns = torch.where(seg_ind, torch.zeros_like(mk), mk)
+                mass = mk.sum().double()
+                low = torch.minimum(seg.sum(), uns.sum()).double()
+                split = ok & (mass > 0.0) & (mass >= 2.0 * min_mass) & (low > 0.0) & (low >= min_mass)
+                next_masks += [seg, uns]
+                next_valid += [split, split]
+        level_masks, level_valid = next_masks, next_valid
+    order = order.to(features.device)
+    return torch.stack(protos, dim=0).index_select(0, order), torch.stack(valid, dim=0).index_select(0, order)
+
+
+class _MCAMBlocks(nn.Module):
+    """Holds MCAM's blocks under ``blocks`` (state-dict keys ``mcam.blocks.*``) without MCAM's eager forward."""
+
+    def __init__(self, blocks: nn.ModuleList) -> None:
+        super().__init__()
+        self.blocks = blocks
+
+
+class PSMNetExportHead(nn.Module):
+    """Fixed-size :class:`PSMNetHead` for export (TorchScript, ONNX), built by :meth:`PSMNetHead.export_head`.
+
+    Same logits as the eager head in evaluation (one window): the PSM sets are the complete trees of
+    :func:`fixed_psm_split` with a flag per node, the ALP local prototypes all windows with their flags, and MCAM's
+    prototype guidance takes the arg-max over the valid FG prototypes only. The MCAM blocks are the eager head's
+    (keys ``mcam.blocks.*``); the counters and ``last_info`` are not kept.
+
+    Args:
+        head: the eager head (its switches, hyperparameters and MCAM blocks).
+        window: local-prototype window (``test_window``).
+    """
+
+    def __init__(self, head: PSMNetHead, window: int) -> None:
+        super().__init__()
+        self.window = int(window)
+        self.threshold = float(head.threshold)
+        self.fg_mode_threshold = float(head.fg_mode_threshold)
+        self.fg_mode_window = int(head.fg_mode_window)
+        self.scale = float(head.scale)
+        self.channels = int(head.channels)
+        self.psm_depth = int(head.psm_depth)
+        self.psm_tau = float(head.psm_tau)
+        self.psm_min_mass = float(head.psm_min_mass)
+        self.psm_on_background = bool(head.psm_on_background)
+        self.psm_with_local = bool(head.psm_with_local)
+        self.use_psm = bool(head.use_psm)
+        self.mcam = None if head.mcam is None else _MCAMBlocks(head.mcam.blocks)
+        self.register_buffer("order", torch.tensor(_dfs_order(self.psm_depth), dtype=torch.long), persistent=False)
+
+    def _psm_sets(
+        self, fs: torch.Tensor, m: torch.Tensor, other: torch.Tensor, split: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        parts: list[torch.Tensor] = []
+        flags: list[torch.Tensor] = []
+        for s in range(fs.shape[0]):
+            if split:
+                p, v = fixed_psm_split(
+                    fs[s], m[s], other[s], self.order, self.psm_depth, self.psm_tau, self.psm_min_mass
+                )
+            else:
+                p = masked_average_pooling(fs[s : s + 1], m[s : s + 1])
+                v = torch.ones(1, dtype=torch.bool, device=fs.device)
+            parts.append(p)
+            flags.append(v)
+        return torch.cat(parts, dim=0), torch.cat(flags, dim=0)
+
+    def _guided_query(
+        self,
+        query: torch.Tensor,
+        fs: torch.Tensor,
+        m_fg: torch.Tensor,
+        g_fg: torch.Tensor,
+        protos: torch.Tensor,
+        valid: torch.Tensor,
+    ) -> torch.Tensor:
+        """MCAM (:class:`MCAM`) with the arg-max of level 2 over the valid prototypes."""
+        mcam = self.mcam
+        if mcam is None:
+            return query
+        s, c, h, w = fs.shape[0], fs.shape[1], fs.shape[2], fs.shape[3]
+        m = m_fg.to(fs.dtype)
+        p = protos.to(fs.dtype)
+        y1 = g_fg.to(fs.dtype).reshape(s, c, 1, 1) * m
+        cos = torch.einsum("schw,nc->snhw", safe_normalize(fs, 1, 1e-4), safe_normalize(p, 1, 1e-4))
+        idx = cos.masked_fill(~valid.reshape(1, -1, 1, 1), float("-inf")).argmax(dim=1)  # [S, h, w]
+        y2 = p.index_select(0, idx.reshape(-1)).reshape(s, h, w, c).permute(0, 3, 1, 2) * m
+        y3 = fs * m
+        guidance = [
+            torch.cat(y1.unbind(0), dim=-1).unsqueeze(0),
+            torch.cat(y2.unbind(0), dim=-1).unsqueeze(0),
+            torch.cat(y3.unbind(0), dim=-1).unsqueeze(0),
+        ]
+        x = query
+        for i, block in enumerate(mcam.blocks):
+            x = block(x, guidance[i].to(x.dtype))
+        return x
+
+    def forward(
+        self, support_features: torch.Tensor, support_fg_mask: torch.Tensor, query_features: torch.Tensor
+    ) -> torch.Tensor:
+        """``[S, C, h, w]``, ``[S, 1, H, W]`` FG masks, ``[B, C, hq, wq]`` -> ``[B, 2, hq, wq]`` [BG, FG] logits.
+
+        Raises:
+            ValueError: features without the MCAM channels, bad support masks (TorchScript).
+        """
+        fs = support_features
+        if self.mcam is not None and fs.shape[1] != self.channels:
+            raise ValueError(
+                "PSMNetHead was built for " + str(self.channels) + " channels (MCAM), the features have "
+                + str(fs.shape[1])
+            )  # fmt: skip
+        fg, m_fg, m_bg = support_masks_on_grid(fs, support_fg_mask)
+        check_support_mask(fg)
+        k = self.window
+        fits = fs.shape[-2] >= k and fs.shape[-1] >= k
+        g_fg = masked_average_pooling(fs, m_fg)
+        g_bg = masked_average_pooling(fs, m_bg)
+        if self.use_psm:
+            fg_p, fg_v = self._psm_sets(fs, m_fg, g_bg, self.psm_depth > 0)
+            bg_p, bg_v = self._psm_sets(fs, m_bg, g_fg, self.psm_depth > 0 and self.psm_on_background)
+            if self.psm_with_local and fits:
+                use_local = fg_local_flag(m_fg, self.fg_mode_threshold, self.fg_mode_window)
+                loc_bg, ok_bg = window_prototypes(fs, m_bg, k, self.threshold)
+                loc_fg, ok_fg = window_prototypes(fs, m_fg, k, self.threshold)
+                bg_p, bg_v = torch.cat([loc_bg, bg_p], dim=0), torch.cat([ok_bg, bg_v], dim=0)
+                fg_p, fg_v = torch.cat([loc_fg, fg_p], dim=0), torch.cat([ok_fg & use_local, fg_v], dim=0)
+        elif self.psm_with_local:
+            bg_p, bg_v, fg_p, fg_v = alp_prototype_sets(
+                fs, m_fg, m_bg, k, self.threshold, self.fg_mode_threshold, self.fg_mode_window
+            )
+        else:
+            one = torch.ones(1, dtype=torch.bool, device=fs.device)
+            bg_p, bg_v = g_bg.mean(dim=0, keepdim=True), one
+            fg_p, fg_v = g_fg.mean(dim=0, keepdim=True), one
+        query = self._guided_query(query_features, fs, m_fg, g_fg, fg_p, fg_v)
+        bg_score = masked_prototype_scores(query, bg_p, bg_v, self.scale)
+        fg_score = masked_prototype_scores(query, fg_p, fg_v, self.scale)
+        return torch.cat([bg_score, fg_score], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------------- builder

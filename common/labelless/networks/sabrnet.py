@@ -69,6 +69,7 @@ __all__ = [
     "BoundaryHeads",
     "SABRNetOutput",
     "SABRNet",
+    "SABRSegmenter",
     "ImageDiscriminator",
     "SegDiscriminator",
     "SABRNET_PROFILES",
@@ -130,8 +131,15 @@ def _check_positive(what: str, **values: int | float) -> None:
             raise ConfigError(f"{what}: {name} must be positive, got {value}")
 
 
-def _lrelu(x: torch.Tensor) -> torch.Tensor:
-    return F.leaky_relu(x, _LRELU)
+def _lrelu(x: torch.Tensor, slope: float = _LRELU) -> torch.Tensor:
+    return F.leaky_relu(x, slope)
+
+
+def _require_mask(mask: torch.Tensor | None) -> torch.Tensor:
+    """The mask a partial conv or stage returns when it is given one (a type refinement for TorchScript)."""
+    if mask is None:
+        raise RuntimeError("SABR-Net lost the keep-mask")
+    return mask
 
 
 def _drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -155,7 +163,7 @@ def _to_map(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
 
 def _window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
     """``[B, H, W, C]`` (H, W multiples of ``ws``) → ``[B · nW, ws², C]`` (windows in row-major order)."""
-    b, h, w, c = x.shape
+    b, h, w, c = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
     x = x.reshape(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(-1, ws * ws, c)
 
@@ -167,7 +175,9 @@ def _window_reverse(windows: torch.Tensor, ws: int, h: int, w: int) -> torch.Ten
     return x.reshape(-1, h, w, c)
 
 
-def _shift_bias(hp: int, wp: int, ws: int, shift: int, device: torch.device) -> torch.Tensor:
+def _shift_bias(
+    hp: int, wp: int, ws: int, shift: int, device: torch.device, hole_bias: float = _HOLE_BIAS
+) -> torch.Tensor:
     """Swin shift mask ``[nW, ws², ws²]``: −100 between tokens of different regions of a cyclically shifted map."""
     labels = torch.zeros(hp, wp, device=device)
     bounds = ((0, hp - ws), (hp - ws, hp - shift), (hp - shift, hp))
@@ -179,7 +189,7 @@ def _shift_bias(hp: int, wp: int, ws: int, shift: int, device: torch.device) -> 
             region += 1
     lw = _window_partition(labels[None, :, :, None], ws).squeeze(-1)  # [nW, N]
     diff = lw[:, None, :] != lw[:, :, None]
-    return torch.zeros(diff.shape, device=device).masked_fill(diff, _HOLE_BIAS)
+    return torch.zeros(diff.shape, device=device).masked_fill(diff, hole_bias)
 
 
 class _EqualLinear(nn.Module):
@@ -207,8 +217,9 @@ class _EqualLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight * self.weight_gain, self.bias * self.lr_mul)
-        if self.act_gain is not None:
-            y = _lrelu(y) * self.act_gain
+        gain = self.act_gain
+        if gain is not None:
+            y = _lrelu(y) * gain
         return y
 
     def extra_repr(self) -> str:
@@ -267,10 +278,15 @@ class PartialConv2d(nn.Module):
 
         Computed without gradient in float32 (also under autocast: ``1e-8`` vanishes in float16).
         """
+        if torch.jit.is_scripting():  # exported networks run in float32 without gradients
+            return self._update(mask)
         with torch.no_grad(), torch.autocast(device_type=mask.device.type, enabled=False):
-            count = F.conv2d(mask.float(), self.mask_kernel.float(), stride=self.stride, padding=self.kernel_size // 2)
-            update = count.clamp(0.0, 1.0)
-            ratio = self.kernel_size**2 / (count + 1e-8) * update
+            return self._update(mask)
+
+    def _update(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count = F.conv2d(mask.float(), self.mask_kernel.float(), stride=self.stride, padding=self.kernel_size // 2)
+        update = count.clamp(0.0, 1.0)
+        ratio = self.kernel_size**2 / (count + 1e-8) * update
         return update.to(mask.dtype), ratio
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -352,6 +368,8 @@ class MaskedWindowAttention(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj_drop = nn.Dropout(proj_drop)
         self.rel_pos_bias = bool(rel_pos_bias)
+        self.hole_bias = _HOLE_BIAS
+        self.rel_pos_table: nn.Parameter | None = None
         if self.rel_pos_bias:
             self.rel_pos_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
             nn.init.trunc_normal_(self.rel_pos_table, std=0.02)
@@ -360,17 +378,18 @@ class MaskedWindowAttention(nn.Module):
         """``(ws, shift)`` used on a map of size ``hw`` (see the class docstring)."""
         h, w = hw
         ws = min(self.window_size, max(h, w))
-        hp, wp = math.ceil(h / ws) * ws, math.ceil(w / ws) * ws
+        hp, wp = (h + ws - 1) // ws * ws, (w + ws - 1) // ws * ws  # ceil(h / ws) · ws
         shift = min(self.shift_size, ws // 2) if (hp > ws or wp > ws) else 0
         return ws, shift
 
-    def _relative_bias(self, ws: int, device: torch.device) -> torch.Tensor:
-        """``[h, ws², ws²]`` relative position bias for an actual window ``ws`` ≤ the configured one."""
+    def _relative_bias(self, ws: int, device: torch.device, table: torch.Tensor) -> torch.Tensor:
+        """``[h, ws², ws²]`` relative position bias (from ``table``) for an actual window ``ws`` ≤ the configured
+        one."""
         coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)  # [2, N]
         rel = coords[:, :, None] - coords[:, None, :] + (self.window_size - 1)
         index = (rel[0] * (2 * self.window_size - 1) + rel[1]).to(device)
         n = ws * ws
-        return self.rel_pos_table[index.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
+        return table[index.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
 
     def attend(
         self, windows: torch.Tensor, mask_windows: torch.Tensor, bias: torch.Tensor | None = None
@@ -385,13 +404,13 @@ class MaskedWindowAttention(nn.Module):
         Returns:
             ``(out [B', N, C], new_mask [B', N, 1], attention weights [B', h, N, N])``.
         """
-        bw, n, c = windows.shape
+        bw, n, c = windows.shape[0], windows.shape[1], windows.shape[2]
         normed = F.normalize(windows.float(), p=2.0, dim=-1).to(windows.dtype)  # float32: zero tokens in holes
         q = self.q(normed).reshape(bw, n, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k(normed).reshape(bw, n, self.num_heads, self.head_dim).transpose(1, 2)
         v = self.v(windows).reshape(bw, n, self.num_heads, self.head_dim).transpose(1, 2)
         logits = (q @ k.transpose(-2, -1)) * self.scale
-        hole = (mask_windows.reshape(bw, 1, 1, n) <= 0).to(logits.dtype) * _HOLE_BIAS
+        hole = (mask_windows.reshape(bw, 1, 1, n) <= 0).to(logits.dtype) * self.hole_bias
         logits = logits + hole
         if bias is not None:
             logits = logits + bias
@@ -420,46 +439,59 @@ class MaskedWindowAttention(nn.Module):
             ``(out [B, H·W, C], new_mask [B, H·W, 1])``, plus the weights ``[B · nW, h, ws², ws²]`` when
             ``return_attention`` (windows of the padded, shifted map in row-major order per sample).
         """
-        b, length, c = x.shape
+        out, new_mask, attn = self.attend_tokens(x, mask, hw)
+        if return_attention:
+            return out, new_mask, attn
+        return out, new_mask
+
+    def attend_tokens(
+        self, x: torch.Tensor, mask: torch.Tensor | None, hw: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` with the attention weights always returned (one return type, for TorchScript).
+
+        Returns:
+            ``(out [B, H·W, C], new_mask [B, H·W, 1], weights [B · nW, h, ws², ws²])``.
+        """
+        b, length, c = x.shape[0], x.shape[1], x.shape[2]
         h, w = hw
-        if length != h * w or c != self.dim:
-            raise DataError(
-                "input", f"MaskedWindowAttention expects [B, {h}·{w}, {self.dim}] tokens, got {tuple(x.shape)}"
-            )
+        if not torch.jit.is_scripting():
+            if length != h * w or c != self.dim:
+                raise DataError(
+                    "input", f"MaskedWindowAttention expects [B, {h}·{w}, {self.dim}] tokens, got {tuple(x.shape)}"
+                )
         if mask is None:
             mask = x.new_ones(b, length, 1)
         ws, shift = self.effective_window(hw)
-        hp, wp = math.ceil(h / ws) * ws, math.ceil(w / ws) * ws
+        hp, wp = (h + ws - 1) // ws * ws, (w + ws - 1) // ws * ws
         xm = x.reshape(b, h, w, c)
         mm = mask.to(x.dtype).reshape(b, h, w, 1)
         if hp != h or wp != w:
-            xm = F.pad(xm, (0, 0, 0, wp - w, 0, hp - h))
-            mm = F.pad(mm, (0, 0, 0, wp - w, 0, hp - h))
+            xm = F.pad(xm, [0, 0, 0, wp - w, 0, hp - h])
+            mm = F.pad(mm, [0, 0, 0, wp - w, 0, hp - h])
         if shift:
-            xm = torch.roll(xm, shifts=(-shift, -shift), dims=(1, 2))
-            mm = torch.roll(mm, shifts=(-shift, -shift), dims=(1, 2))
+            xm = torch.roll(xm, shifts=[-shift, -shift], dims=[1, 2])
+            mm = torch.roll(mm, shifts=[-shift, -shift], dims=[1, 2])
         windows = _window_partition(xm, ws)
         mask_windows = _window_partition(mm, ws)
         n_win = (hp // ws) * (wp // ws)
         n = ws * ws
-        bias = None
+        bias: torch.Tensor | None = None
         if shift:
-            bias = _shift_bias(hp, wp, ws, shift, x.device).to(x.dtype)  # [nW, N, N]
-            bias = bias[:, None].repeat(b, 1, 1, 1)  # [B·nW, 1, N, N]
-        if self.rel_pos_bias:
-            rel = self._relative_bias(ws, x.device).to(x.dtype)[None]
+            shift_bias = _shift_bias(hp, wp, ws, shift, x.device, self.hole_bias).to(x.dtype)  # [nW, N, N]
+            bias = shift_bias[:, None].repeat(b, 1, 1, 1)  # [B·nW, 1, N, N]
+        table = self.rel_pos_table
+        if table is not None:
+            rel = self._relative_bias(ws, x.device, table).to(x.dtype)[None]
             bias = rel if bias is None else bias + rel
         out, new_mask, attn = self.attend(windows, mask_windows, bias)
         out = _window_reverse(out, ws, hp, wp)
         new_mask = _window_reverse(new_mask, ws, hp, wp)
         if shift:
-            out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
-            new_mask = torch.roll(new_mask, shifts=(shift, shift), dims=(1, 2))
+            out = torch.roll(out, shifts=[shift, shift], dims=[1, 2])
+            new_mask = torch.roll(new_mask, shifts=[shift, shift], dims=[1, 2])
         out = out[:, :h, :w].reshape(b, length, c)
         new_mask = new_mask[:, :h, :w].reshape(b, length, 1)
-        if return_attention:
-            return out, new_mask, attn.reshape(b * n_win, self.num_heads, n, n)
-        return out, new_mask
+        return out, new_mask, attn.reshape(b * n_win, self.num_heads, n, n)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.num_heads}, window={self.window_size}, shift={self.shift_size}"
@@ -520,11 +552,11 @@ class MaskedTransformerBlock(nn.Module):
         Returns:
             ``(tokens [B, H·W, C], mask [B, H·W, 1])``.
         """
-        a, mask = self.attn(x, mask, hw)
+        a, new_mask, _ = self.attn.attend_tokens(x, mask, hw)
         a = _drop_path(a, self.drop_path, self.training)
         y = _lrelu(self.fuse(torch.cat([x, a], dim=-1)))
         y = self.fc2(_lrelu(self.fc1(y)))
-        return y, mask
+        return y, new_mask
 
 
 class MaskedStage(nn.Module):
@@ -582,10 +614,13 @@ class MaskedStage(nn.Module):
         """
         hw = (x.shape[2], x.shape[3])
         tokens = _to_tokens(x)
-        tmask = None if mask is None else _to_tokens(mask)
+        tmask: torch.Tensor | None = None if mask is None else _to_tokens(mask)
         for blk in self.blocks:
             tokens, tmask = blk(tokens, tmask, hw)
-        y, new_mask = self.conv(_to_map(tokens, hw), None if mask is None else _to_map(tmask, hw))
+        map_mask: torch.Tensor | None = None
+        if mask is not None and tmask is not None:
+            map_mask = _to_map(tmask, hw)
+        y, new_mask = self.conv(_to_map(tokens, hw), map_mask)
         return y + x, new_mask
 
 
@@ -617,8 +652,9 @@ class MappingNetwork(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Map ``z`` ``[B, z_dim]`` to ``w`` ``[B, w_dim]``."""
-        if z.dim() != 2 or z.shape[1] != self.z_dim:
-            raise DataError("input", f"MappingNetwork expects z of shape [B, {self.z_dim}], got {tuple(z.shape)}")
+        if not torch.jit.is_scripting():
+            if z.dim() != 2 or z.shape[1] != self.z_dim:
+                raise DataError("input", f"MappingNetwork expects z of shape [B, {self.z_dim}], got {tuple(z.shape)}")
         x = z * torch.rsqrt(z.square().mean(dim=1, keepdim=True) + 1e-8)
         for layer in self.layers:
             x = layer(x)
@@ -704,9 +740,10 @@ class ModulatedConv2d(nn.Module):
         if self.demodulate:
             d = torch.rsqrt((w[None] * s[:, None, :, None, None]).square().sum(dim=(2, 3, 4)) + 1e-8)  # [B, out]
             y = y * d[:, :, None, None].to(y.dtype)
-        if self.noise_strength is not None and self.training:
+        strength = self.noise_strength
+        if strength is not None and self.training:
             y = y + torch.randn(y.shape[0], 1, y.shape[2], y.shape[3], device=y.device, dtype=y.dtype) * (
-                self.noise_strength.to(y.dtype)
+                strength.to(y.dtype)
             )
         y = y + self.bias[None, :, None, None].to(y.dtype)
         return _lrelu(y) if self.activation else y
@@ -932,30 +969,33 @@ class SABRGenerator(nn.Module):
         skip3, mask = self.stage1(f, mask)
         f, mask = self.merge2(skip3, mask)
         bottleneck, mask = self.stage2(f, mask)
-        return _Encoded(skip0, skip1, conv64, skip2, skip3, bottleneck, mask)
+        return _Encoded(skip0, skip1, conv64, skip2, skip3, bottleneck, _require_mask(mask))
 
     def style(self, bottleneck: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
         """The style vector ``[B, style_dim]`` from the bottleneck map (and ``w`` with ``use_latent``)."""
         f = bottleneck
         for conv in self.style_convs:
-            if f.shape[2] == 1 and f.shape[3] == 1:
-                break
-            f = _lrelu(conv(f))
+            if f.shape[2] != 1 or f.shape[3] != 1:  # down to 1×1, then the remaining convs are skipped
+                f = _lrelu(conv(f))
         gs = self.style_fc(f.mean(dim=(2, 3)))
-        if not self.use_latent:
+        w_fc = self.w_fc
+        if not self.use_latent or w_fc is None:
             return gs
         if w is None:
             raise ConfigError("SABRGenerator.style: use_latent=True needs w")
-        return torch.cat([gs, self.w_fc(w)], dim=1)
+        return torch.cat([gs, w_fc(w)], dim=1)
 
     def latent(self, batch: int, z: torch.Tensor | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """``w`` for a batch: ``mapping(z)``; ``z = 0`` in eval mode and ``z ~ N(0, I)`` in training when ``None``."""
-        if self.mapping is None:
+        mapping = self.mapping
+        if mapping is None:
             raise ConfigError("SABRGenerator.latent: the generator was built with use_latent=False")
         if z is None:
-            z = torch.zeros if not self.training else torch.randn
-            z = z(batch, self.latent_dim, device=device, dtype=dtype)
-        return self.mapping(z.to(device=device, dtype=dtype))
+            if self.training:
+                z = torch.randn(batch, self.latent_dim, device=device, dtype=dtype)
+            else:
+                z = torch.zeros(batch, self.latent_dim, device=device, dtype=dtype)
+        return mapping(z.to(device=device, dtype=dtype))
 
     def forward(
         self,
@@ -978,7 +1018,8 @@ class SABRGenerator(nn.Module):
         Raises:
             DataError: wrong input shapes. ConfigError: H or W not a multiple of 16.
         """
-        self.check_input(x, keep_mask)
+        if not torch.jit.is_scripting():
+            self.check_input(x, keep_mask)
         enc = self.encode(x, keep_mask)
         if self.use_latent and w is None:
             w = self.latent(x.shape[0], z, x.device, x.dtype)
@@ -988,7 +1029,7 @@ class SABRGenerator(nn.Module):
         f, mask = self.up3(f, F.interpolate(mask, scale_factor=2.0, mode="nearest"))
         f, mask = self.stage3(f + enc.skip3, mask)
         f = F.interpolate(f, scale_factor=2.0, mode="nearest")
-        f, mask = self.up4(f, F.interpolate(mask, scale_factor=2.0, mode="nearest"))
+        f, mask = self.up4(f, F.interpolate(_require_mask(mask), scale_factor=2.0, mode="nearest"))
         x64, _ = self.stage4(f + enc.skip2, mask)
 
         rgb = self.to_rgb0(x64, style)
@@ -1069,12 +1110,25 @@ class SABRNetOutput(NamedTuple):
         boundary: boundary logits ``[B, 2, H, W]`` (``None`` without heads).
         direction: direction logits ``[B, 8, H, W]`` (``None`` without heads).
         rgb: the generator's image output ``[B, in_channels, H, W]``.
+
+    ``shape`` and ``dtype`` are those of ``seg``, so that MONAI's ``verify_net_in_out`` checks the segmentation output
+    against the metadata's ``pred``.
     """
 
     seg: torch.Tensor
     boundary: torch.Tensor | None
     direction: torch.Tensor | None
     rgb: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        """The shape of ``seg``, the segmentation output (what MONAI's ``verify_net_in_out`` reads)."""
+        return self.seg.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of ``seg``."""
+        return self.seg.dtype
 
 
 class SABRNet(nn.Module):
@@ -1102,6 +1156,15 @@ class SABRNet(nn.Module):
             heads = BoundaryHeads(2 * generator.dim)
         self.heads = heads
 
+    def export_module(self) -> SABRSegmenter:
+        """The segmentation network image → ``seg`` logits (:class:`SABRSegmenter`, shared generator) for TorchScript
+        and ONNX."""
+        return SABRSegmenter(self).train(self.training)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script(net)`` (MONAI's ``ckpt_export``) scripts :meth:`export_module`: image → ``seg``."""
+        return self.export_module()
+
     def forward(self, x: torch.Tensor, keep_mask: torch.Tensor | None = None) -> SABRNetOutput:
         """Segment ``x``.
 
@@ -1120,6 +1183,44 @@ class SABRNet(nn.Module):
             return SABRNetOutput(seg=out.seg, boundary=None, direction=None, rgb=out.rgb)
         boundary, direction = self.heads(out.features, out.features_half)
         return SABRNetOutput(seg=out.seg, boundary=boundary, direction=direction, rgb=out.rgb)
+
+
+class SABRSegmenter(nn.Module):
+    """The segmentation network of a :class:`SABRNet` for export: image → ``seg`` logits, all-ones keep-mask.
+
+    Runs the (shared) generator exactly as ``SABRNet.forward(x).seg``; the boundary and direction heads of the
+    refinement stage (SegFix offsets, applied in post-processing) are not part of it. TorchScript-compatible (MONAI's
+    ``ckpt_export`` of the network scripts it) and traceable to ONNX at a fixed input size (the windows and paddings
+    of the transformer stages depend on it).
+
+    Args:
+        net: the SABR-Net.
+
+    Examples::
+
+        seg = torch.jit.script(SABRSegmenter(net.eval()))(torch.rand(1, 3, 128, 128) * 2 - 1)  # [1, 2, 128, 128]
+    """
+
+    def __init__(self, net: SABRNet) -> None:
+        super().__init__()
+        self.generator = net.generator
+        self.in_channels = int(net.generator.in_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in_channels, H, W]`` in [−1, 1] (H, W multiples of 16) → ``[B, n_classes, H, W]`` logits.
+
+        Raises:
+            ValueError: wrong rank, channels or sizes (TorchScript).
+        """
+        if not torch.jit.is_tracing():
+            if x.dim() != 4 or x.shape[1] != self.in_channels:
+                raise ValueError(
+                    "SABR-Net expects [B, " + str(self.in_channels) + ", H, W] images, got " + str(x.shape)
+                )
+            if x.shape[2] % 16 != 0 or x.shape[3] % 16 != 0 or x.shape[2] < 16 or x.shape[3] < 16:
+                raise ValueError("SABR-Net needs H and W to be multiples of 16, got " + str(x.shape))
+        keep = torch.ones(x.shape[0], 1, x.shape[2], x.shape[3], dtype=x.dtype, device=x.device)
+        return self.generator(x, keep).seg
 
 
 # ---------------------------------------------------------------------------------------------------- §5
