@@ -83,3 +83,16 @@ def test_bad_arguments(tmp_path: Path):
         run_zoo_checks(tmp_path)
     with pytest.raises(ConfigError, match="unknown check"):
         run_zoo_checks(BUNDLES / ALL[0], ["nope"])
+
+
+def test_bundle_check_command(tmp_path: Path, capsys):
+    from labelless.bundle_tools import BundleCommands
+    from labelless.errors import DataError
+
+    b = _copy("cltnet_weakly_supervised_segmentation", tmp_path)
+    table = BundleCommands().check(str(b), checks="files,version,readme")
+    assert "| cltnet_weakly_supervised_segmentation | pass | pass | pass |" in table
+    (b / "docs" / "README.md").write_text("# nothing\n\n## Data\n")
+    with pytest.raises(DataError, match="Model Zoo checks failed"):
+        BundleCommands().check(str(b), checks=("readme",))
+    assert "Model overview" in capsys.readouterr().out

@@ -622,3 +622,36 @@ class BundleCommands:
         path, summary = pack_bundle(name, out, overwrite=as_bool(overwrite, "overwrite"))
         pins = ", ".join(f"{k}=={v}" for k, v in summary["packages"].items())
         return f"packed {summary['bundle']} into {path}\nrequired_packages_version: {pins}"
+
+    def check(self, *names: str, checks: str | None = None) -> str:
+        """Run the Model Zoo's bundle checks (``labelless.zoo``) offline and print a bundle × check table.
+
+        Args:
+            names: bundles of the repository's bundles/ or bundle folders (default: every bundle of bundles/).
+            checks: comma-separated subset of the checks (files, version, metadata, large_files, readme,
+                properties, load, net_in_out, torchscript).
+
+        Raises:
+            DataError: when a check fails (the table is printed first).
+        """
+        from labelless.zoo import format_check_table, run_zoo_checks
+
+        if not names:
+            repo = _repo_bundles_dir()
+            if repo is None:
+                raise ConfigError("give one or more bundle folders (no repository bundles/ folder here)")
+            names = tuple(sorted(p.name for p in repo.iterdir() if (p / "configs" / "metadata.json").is_file()))
+        if checks is None:
+            wanted = None
+        else:  # fire turns "a,b" into a tuple
+            items = checks if isinstance(checks, (list, tuple)) else str(checks).split(",")
+            wanted = [str(c).strip() for c in items if str(c).strip()]
+        results = {}
+        for name in names:
+            path = find_bundle(name)
+            results[path.name] = run_zoo_checks(path, wanted)
+        table = format_check_table(results)
+        if any(not r["ok"] for res in results.values() for r in res.values()):
+            print(table)
+            raise DataError(", ".join(results), "Model Zoo checks failed (see the table above)")
+        return table
