@@ -184,7 +184,7 @@ WORK = [
     ("labelless.semisup.protocol", "evaluate_items"),
     ("labelless.semisup.inference", "predict_masks"),
     ("labelless.weak.workflow", "evaluate_images"),
-    ("labelless.weak.inference", "soft_mask"),
+    ("labelless.weak.inference", "WeakSegmentationInferenceRunner.predict"),
 ]
 
 

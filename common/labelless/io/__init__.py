@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # the names below, imported on first access (labelless.lazy)
         sitk_geometry_from_affine,
         volume_to_sitk,
     )
+    from .loading import META_POSTFIX, LoadFile, LoadFileD, LoadFiled, LoadFileDict, loaded_meta
     from .readers import image_format, read_image2d, read_volume
     from .sitk_reader import SimpleITKReader, dicom_series_files, read_dicom_series
     from .suffixes import (
@@ -49,6 +50,12 @@ _EXPORTS = {
     "affine_2d_to_3d": "geometry",
     "flip_rows": "geometry",
     "shift_origin": "geometry",
+    "META_POSTFIX": "loading",
+    "loaded_meta": "loading",
+    "LoadFile": "loading",
+    "LoadFiled": "loading",
+    "LoadFileD": "loading",
+    "LoadFileDict": "loading",
     "read_volume": "readers",
     "read_image2d": "readers",
     "image_format": "readers",
@@ -76,6 +83,7 @@ _EXPORTS = {
 _SUBMODULES = (
     "checkpoint",
     "geometry",
+    "loading",
     "readers",
     "sitk_reader",
     "suffixes",
@@ -94,6 +102,12 @@ __all__ = [
     "affine_2d_to_3d",
     "flip_rows",
     "shift_origin",
+    "META_POSTFIX",
+    "loaded_meta",
+    "LoadFile",
+    "LoadFiled",
+    "LoadFileD",
+    "LoadFileDict",
     "read_volume",
     "read_image2d",
     "image_format",

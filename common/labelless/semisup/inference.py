@@ -8,6 +8,10 @@ network grid (sabrnet.md §2.3), segmented with an all-ones keep-mask (§3.3), r
 probability, 0..255) and ``<stem>_overlay.png``; with ``pixel_size`` (mm, or a CSV ``filename,pixel size(mm)`` as
 HC18's) also the head circumference of the fitted ellipse. ``inference_summary.json`` lists everything. Files are
 written atomically; the output folder may not lie inside an input folder.
+
+Reading and the network input (``preprocessing``) and resizing the label map and the probability back
+(``postprocessing``) are MONAI transforms that a bundle config can spell out
+(:meth:`SemiSupInferenceRunner.default_preprocessing`, :meth:`~SemiSupInferenceRunner.default_postprocessing`).
 """
 
 from __future__ import annotations
@@ -16,28 +20,35 @@ import csv
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.transforms import Compose, RepeatChanneld
+from monai.utils import convert_to_numpy, convert_to_tensor
 from torch import nn
 
 from labelless.data.images import list_images
 from labelless.errors import ConfigError, DataError
 from labelless.evaluation.overlays import rgb_overlay
 from labelless.io.checkpoint import load_network_weights
+from labelless.io.loading import LoadFiled, loaded_meta
 from labelless.io.readers import read_volume
 from labelless.io.suffixes import DICOM_SUFFIXES, NIFTI_SUFFIXES, has_suffix, strip_suffix
 from labelless.io.writers import write_image2d, write_volume
 from labelless.options import as_float, as_int
 from labelless.paths import check_output_outside_inputs, locked_output
-from labelless.semisup.data import load_ultrasound, ultrasound_size
+from labelless.semisup.data import read_ultrasound
 from labelless.semisup.hc import head_circumference_mm
 from labelless.semisup.protocol import predict_masks
 from labelless.semisup.synthetic import default_ultrasound_dir
+from labelless.transforms.postprocess import Binarized
+from labelless.transforms.spatial import ResizeInPlaned
+from labelless.transforms.translation import TranslationInputd
+from labelless.transforms.utility import LogItemd, run_transform, runner_items
 from labelless.utils import as_bool, atomic_path, is_unset, write_json_atomic
 
 __all__ = ["inference_inputs", "list_ultrasound_inputs", "read_pixel_sizes", "SemiSupInferenceRunner"]
@@ -120,6 +131,17 @@ class SemiSupInferenceRunner:
         offset_scale: refinement offset in pixels.
         pixel_size: mm per pixel, or a CSV of them (head circumference output), or unset.
         device: torch device.
+        preprocessing: callable on ``{"image": file}`` (a MONAI ``Compose`` of dict transforms) giving the network
+            input ``[3, S, S]`` in [−1, 1] in ``"image"`` and the ``"image_meta_dict"`` of
+            :class:`~labelless.io.loading.LoadFiled`. Default: :meth:`default_preprocessing`.
+        postprocessing: callable on the item whose ``"pred"`` is the label map ``[S, S]`` (refined or coarse) and
+            ``"prob"`` the foreground probability ``[S, S]``; it must leave the binary mask and the probability at the
+            image's size in ``"pred"`` and ``"prob"``. Default: :meth:`default_postprocessing`.
+        dataloader: the preprocessed items (e.g. a MONAI ``DataLoader`` over ``Dataset([{"image": file}, ...],
+            transform=preprocessing)`` with ``collate_fn=no_collation``); every item must be one of ``images``.
+            Default: ``preprocessing`` applied to each image in turn.
+        handlers: callables called with each image's summary record plus ``index`` and ``total`` after its files
+            are written; default: one :class:`~labelless.transforms.utility.LogItemd` line per image.
     """
 
     def __init__(
@@ -133,6 +155,10 @@ class SemiSupInferenceRunner:
         offset_scale: float = 1.0,
         pixel_size: float | str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
+        preprocessing: Callable[[dict], dict] | None = None,
+        postprocessing: Callable[[dict], dict] | None = None,
+        dataloader: Iterable[Any] | None = None,
+        handlers: Sequence[Callable[[dict], Any]] | None = None,
     ) -> None:
         self.network = network
         self.files = list_ultrasound_inputs(images)
@@ -145,6 +171,39 @@ class SemiSupInferenceRunner:
         )
         self.pixel_sizes = read_pixel_sizes(pixel_size)
         self.device = torch.device(device)
+        self.preprocessing = preprocessing or self.default_preprocessing(self.image_size)
+        self.postprocessing = postprocessing or self.default_postprocessing()
+        self.dataloader = dataloader
+        default = [LogItemd("{input} -> {mask} ({foreground_px} foreground pixels)", logger.name)]
+        self.handlers = default if handlers is None else ([handlers] if callable(handlers) else list(handlers))
+        for h in self.handlers:
+            if not callable(h):
+                raise ConfigError(f"handlers must be callables on an image's record, got {type(h).__name__}")
+
+    @staticmethod
+    def default_preprocessing(image_size: int = 128) -> Compose:
+        """The built-in ``preprocessing`` (sabrnet.md §2.3): grey in [0, 1]
+        (:func:`~labelless.semisup.data.read_ultrasound`), resized to ``image_size`` and brought to [−1, 1]
+        (:class:`~labelless.transforms.translation.TranslationInputd`), three channels."""
+        return Compose([
+            LoadFiled("image", reader=read_ultrasound, ensure_channel_first=True),
+            TranslationInputd("image", image_size),
+            RepeatChanneld("image", repeats=3),
+        ])  # fmt: skip
+
+    @staticmethod
+    def default_postprocessing() -> Compose:
+        """The built-in ``postprocessing``: the label map back to the image's size (nearest) as a binary mask, the
+        probability back to it (bilinear)."""
+        return Compose([
+            ResizeInPlaned("pred", size_of="image", mode="nearest"),
+            Binarized("pred", threshold=0.5),
+            ResizeInPlaned("prob", size_of="image", mode="bilinear"),
+        ])  # fmt: skip
+
+    def _items(self) -> Iterator[dict[Hashable, Any]]:
+        """The preprocessed items: from ``dataloader``, or ``preprocessing`` applied to each image."""
+        return runner_items(self.files, self.preprocessing, self.dataloader, "images")
 
     def _pixel_size(self, f: Path) -> float | None:
         if isinstance(self.pixel_sizes, dict):
@@ -159,14 +218,20 @@ class SemiSupInferenceRunner:
         self.network.to(self.device).eval()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         records = []
-        for f in self.files:
-            x = load_ultrasound(f, self.image_size)
-            h, w = ultrasound_size(f)
+        for index, item in enumerate(self._items(), 1):
+            meta = loaded_meta(item, "image")
+            f, (h, w) = Path(meta["filename_or_obj"]), meta["spatial_shape"][-2:]
+            x = convert_to_tensor(item["image"], track_meta=False)
             masks = predict_masks(self.network, x[None].to(self.device), self.refine, self.offset_scale)
-            label = masks["refined" if self.refine else "coarse"][0].cpu()
-            prob = masks["probability"][0, 1:].sum(0).cpu()
-            mask = F.interpolate(label[None, None].float(), size=(h, w), mode="nearest")[0, 0].numpy() > 0.5
-            prob_o = F.interpolate(prob[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+            item["pred"] = masks["refined" if self.refine else "coarse"][0].cpu()
+            item["prob"] = masks["probability"][0, 1:].sum(0).cpu()
+            item = run_transform(self.postprocessing, item)
+            mask = np.asarray(convert_to_numpy(item["pred"])).astype(bool)
+            prob_o = np.asarray(convert_to_numpy(item["prob"]))
+            if mask.size != h * w or prob_o.size != h * w:
+                raise DataError(f, f"postprocessing gave a mask {mask.shape} and a probability {prob_o.shape}; "
+                                   f"expected the image's size {(h, w)}")  # fmt: skip
+            mask, prob_o = mask.reshape(h, w), prob_o.reshape(h, w)
             stem = strip_suffix(f)
             rec: dict[str, Any] = {"input": str(f), "size": [h, w], "foreground_px": int(mask.sum())}
             if has_suffix(f, NIFTI_SUFFIXES) or has_suffix(f, DICOM_SUFFIXES):
@@ -189,7 +254,8 @@ class SemiSupInferenceRunner:
                 rec["pixel_size_mm"] = float(spacing)
                 rec["head_circumference_mm"] = None if hc is None or math.isnan(hc) else float(hc)
             records.append(rec)
-            logger.info("%s -> %s (%d foreground pixels)", f, rec["mask"], rec["foreground_px"])
+            for handler in self.handlers:
+                handler({**rec, "index": index, "total": len(self.files)})
         summary = {"checkpoint": None if self.ckpt_path is None else str(self.ckpt_path),
                    "image_size": self.image_size, "refine": self.refine, "images": records}  # fmt: skip
         write_json_atomic(self.output_dir / "inference_summary.json", summary)

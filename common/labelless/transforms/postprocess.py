@@ -7,18 +7,28 @@
 - :func:`binarize_soft_mask`: ``threshold`` (M ≥ 0.5), ``watershed`` (Otsu + marker watershed on 1 − M; every
   marker region ≥ 2 is foreground, the reference bug of keeping markers ≥ 5 as grey values is not copied) or ``crf``
   (dense CRF, optional ``pydensecrf``; a clear error when it is missing).
-- :class:`SoftMaskPostprocess`: the three steps with config switches, as a MONAI ``Transform``.
+- :class:`SoftMaskPostprocess`: the three steps with config switches, as a MONAI ``Transform``;
+  :class:`SoftMaskPostprocessd` its dictionary twin (the CLTNet inference runner's ``postprocessing`` step).
+- :class:`Binarize` / :class:`Binarized`: a probability map → a binary mask at a threshold (``p > t``, or ``p ≥ t``),
+  the last step of the other inference runners' ``postprocessing``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
-from monai.transforms import Transform
+import torch
+from monai.config import KeysCollection
+from monai.config.type_definitions import NdarrayOrTensor
+from monai.transforms import MapTransform, Transform
+from monai.utils import TransformBackends
 from scipy import ndimage
 
 from labelless.errors import ConfigError, DataError
+from labelless.io.loading import loaded_meta
+from labelless.options import as_float
 from labelless.utils import as_bool
 
 __all__ = [
@@ -29,6 +39,13 @@ __all__ = [
     "crf_mask",
     "binarize_soft_mask",
     "SoftMaskPostprocess",
+    "SoftMaskPostprocessd",
+    "SoftMaskPostprocessD",
+    "SoftMaskPostprocessDict",
+    "Binarize",
+    "Binarized",
+    "BinarizeD",
+    "BinarizeDict",
 ]
 
 POSTPROCESS_MODES = ("threshold", "watershed", "crf")
@@ -181,3 +198,109 @@ class SoftMaskPostprocess(Transform):
             img = np.asarray(image.detach().cpu().numpy() if hasattr(image, "detach") else image)
             rgb = np.round((np.moveaxis(img, 0, -1) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
         return soft, binarize_soft_mask(soft, self.mode, rgb, self.crf_alpha)
+
+
+class SoftMaskPostprocessd(MapTransform):
+    """Dictionary version of :class:`SoftMaskPostprocess`: ``data[key]`` (a soft mask at the input's size) becomes the
+    soft mask after zeroing and ``data[output_key]`` the binary mask. The reference image is the input as
+    :class:`~labelless.io.loading.LoadFiled` read it (``[3, H, W]`` in [0, 1], the ``"original"`` of ``image_key``),
+    brought to [−1, 1] as the translation networks see it.
+
+    Args:
+        keys: the soft-mask key (one).
+        image_key: the loaded image the mask belongs to.
+        output_key: where the binary (bool) mask goes.
+        mode, zero_black_background, zero_corners, crf_alpha: see :class:`SoftMaskPostprocess`.
+        allow_missing_keys: skip missing keys instead of raising.
+
+    Examples::
+
+        post = SoftMaskPostprocessd("prob", image_key="image", output_key="pred", zero_corners=True)
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        image_key: str = "image",
+        output_key: str = "pred",
+        mode: str = "threshold",
+        zero_black_background: bool | str = True,
+        zero_corners: bool | str = False,
+        crf_alpha: float = 1.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ConfigError(f"SoftMaskPostprocessd takes one soft-mask key, got {list(self.keys)}")
+        self.image_key, self.output_key = image_key, output_key
+        self.post = SoftMaskPostprocess(mode, zero_black_background, zero_corners, crf_alpha)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = loaded_meta(d, self.image_key)["original"]
+            d[key], d[self.output_key] = self.post(d[key], image * 2.0 - 1.0)
+        return d
+
+
+class Binarize(Transform):
+    """A probability (or soft) map → a binary mask: ``img > threshold`` (``inclusive``: ``>=``), as bool or ``dtype``
+    (numpy in → numpy out, tensor in → tensor out).
+
+    Args:
+        threshold: the threshold.
+        inclusive: use ``>=`` instead of ``>``.
+        dtype: output dtype (e.g. ``"uint8"``); ``None`` keeps bool.
+
+    Examples::
+
+        mask = Binarize(0.5, dtype="uint8")(prob)
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, threshold: float = 0.5, inclusive: bool = False, dtype: Any = None) -> None:
+        self.threshold = as_float(threshold, "threshold")
+        self.inclusive = as_bool(inclusive, "inclusive")
+        self.dtype = None if dtype is None else np.dtype(dtype)
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        out = img >= self.threshold if self.inclusive else img > self.threshold
+        if self.dtype is None:
+            return out
+        if isinstance(out, torch.Tensor):
+            return out.to(torch.from_numpy(np.zeros(0, dtype=self.dtype)).dtype)
+        return np.asarray(out).astype(self.dtype)
+
+
+class Binarized(MapTransform):
+    """Dictionary version of :class:`Binarize`.
+
+    Args:
+        keys: maps to binarise.
+        threshold, inclusive, dtype: see :class:`Binarize`.
+        allow_missing_keys: skip missing keys instead of raising.
+    """
+
+    backend = Binarize.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        threshold: float = 0.5,
+        inclusive: bool = False,
+        dtype: Any = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.binarizer = Binarize(threshold, inclusive, dtype)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.binarizer(d[key])
+        return d
+
+
+SoftMaskPostprocessD = SoftMaskPostprocessDict = SoftMaskPostprocessd
+BinarizeD = BinarizeDict = Binarized

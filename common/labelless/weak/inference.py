@@ -10,30 +10,42 @@ and the binarisation of cltnet.md §6, written at the input's size and geometry:
 
 ``inference_summary.json`` lists the files and options. Outputs are written atomically; the output folder must not lie
 inside the input folder, and files this runner wrote are never read back as inputs.
+
+Reading and the network input (``preprocessing``: RGB in [0, 1], resized to ``image_size`` and brought to [−1, 1]) and
+the steps after the network (``postprocessing``: M resized back to the image and clipped to [0, 1], then
+:class:`~labelless.transforms.postprocess.SoftMaskPostprocessd`) are MONAI transforms that a bundle config can spell
+out (:meth:`WeakSegmentationInferenceRunner.default_preprocessing`,
+:meth:`~WeakSegmentationInferenceRunner.default_postprocessing`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from monai.transforms import Compose
+from monai.utils import convert_to_numpy, convert_to_tensor
 
 from labelless.data.images import list_images, load_rgb
-from labelless.errors import DataError
+from labelless.errors import ConfigError, DataError
 from labelless.evaluation.overlays import rgb_overlay
+from labelless.io.loading import LoadFiled, loaded_meta
 from labelless.io.readers import read_volume
 from labelless.io.suffixes import NIFTI_SUFFIXES, strip_suffix
 from labelless.io.writers import write_image2d, write_volume
 from labelless.paths import check_output_outside_inputs, locked_output
-from labelless.transforms.postprocess import SoftMaskPostprocess
+from labelless.transforms.postprocess import POSTPROCESS_MODES, SoftMaskPostprocessd
+from labelless.transforms.spatial import ResizeInPlaned
+from labelless.transforms.translation import TranslationInputd
+from labelless.transforms.utility import LogItemd, run_transform, runner_items
 from labelless.utils import as_bool, atomic_path, is_unset, path_suffix, write_json_atomic
 from labelless.weak.domains import WEAK_IMAGE_SUFFIXES
-from labelless.weak.workflow import load_weak_weights, soft_mask
+from labelless.weak.workflow import _segmenter, load_weak_weights
 
 __all__ = ["OUTPUT_SUFFIXES", "list_weak_inputs", "WeakSegmentationInferenceRunner"]
 
@@ -77,8 +89,20 @@ class WeakSegmentationInferenceRunner:
         output_dir: destination (created; not inside an input folder).
         ckpt_path: weights to load (``None``: the network as given).
         image_size: network input side.
-        postprocess, zero_black_background, zero_corners, crf_alpha: :class:`SoftMaskPostprocess` options.
+        postprocess, zero_black_background, zero_corners, crf_alpha: options of the default ``postprocessing``
+            (:class:`~labelless.transforms.postprocess.SoftMaskPostprocess`), reported in the summary.
         device: torch device.
+        preprocessing: callable on ``{"image": file}`` (a MONAI ``Compose`` of dict transforms) giving the network
+            input ``[3, S, S]`` in ``"image"`` and the ``"image_meta_dict"`` of
+            :class:`~labelless.io.loading.LoadFiled`. Default: :meth:`default_preprocessing`.
+        postprocessing: callable on the item whose ``"prob"`` is the generator's mask ``[1, S, S]``; it must leave the
+            soft mask and the binary mask at the image's size in ``"prob"`` and ``"pred"``. Default:
+            :meth:`default_postprocessing`.
+        dataloader: the preprocessed items (e.g. a MONAI ``DataLoader`` over ``Dataset([{"image": file}, ...],
+            transform=preprocessing)`` with ``collate_fn=no_collation``); every item must be one of ``images``.
+            Default: ``preprocessing`` applied to each image in turn.
+        handlers: callables called with each image's summary record plus ``index`` and ``total`` after its files
+            are written; default: one :class:`~labelless.transforms.utility.LogItemd` line per image.
 
     Raises:
         ConfigError: output folder inside an input folder.
@@ -97,15 +121,65 @@ class WeakSegmentationInferenceRunner:
         zero_corners: bool | str = False,
         crf_alpha: float = 1.0,
         device: str | torch.device = "cpu",
+        preprocessing: Callable[[dict], dict] | None = None,
+        postprocessing: Callable[[dict], dict] | None = None,
+        dataloader: Iterable[Any] | None = None,
+        handlers: Sequence[Callable[[dict], Any]] | None = None,
     ) -> None:
         self.network = network
         self.files = list_weak_inputs(images)
         self.output_dir = check_output_outside_inputs(output_dir, self.files)
         self.ckpt_path = None if is_unset(ckpt_path) else Path(ckpt_path)
         self.image_size = int(image_size)
-        self.post = SoftMaskPostprocess(postprocess, as_bool(zero_black_background, "zero_black_background"),
-                                        as_bool(zero_corners, "zero_corners"), crf_alpha)  # fmt: skip
+        if postprocess not in POSTPROCESS_MODES:
+            raise ConfigError(f"postprocess must be one of {POSTPROCESS_MODES}, got {postprocess!r}")
+        self.postprocess = postprocess
+        self.zero_black_background = as_bool(zero_black_background, "zero_black_background")
+        self.zero_corners = as_bool(zero_corners, "zero_corners")
+        self.crf_alpha = float(crf_alpha)
         self.device = torch.device(device)
+        self.preprocessing = preprocessing or self.default_preprocessing(self.image_size)
+        self.postprocessing = postprocessing or self.default_postprocessing(
+            postprocess, self.zero_black_background, self.zero_corners, self.crf_alpha
+        )
+        self.dataloader = dataloader
+        default = [LogItemd("{input} -> {mask} ({foreground_px} lesion pixels)", logger.name)]
+        self.handlers = default if handlers is None else ([handlers] if callable(handlers) else list(handlers))
+        for h in self.handlers:
+            if not callable(h):
+                raise ConfigError(f"handlers must be callables on an image's record, got {type(h).__name__}")
+
+    @staticmethod
+    def default_preprocessing(image_size: int = 256) -> Compose:
+        """The built-in ``preprocessing``: read as RGB in [0, 1] (:func:`~labelless.data.images.load_rgb`), then
+        :class:`~labelless.transforms.translation.TranslationInputd` (resize to ``image_size``, [0, 1] → [−1, 1])."""
+        return Compose([LoadFiled("image", reader=load_rgb, size=None), TranslationInputd("image", image_size)])
+
+    @staticmethod
+    def default_postprocessing(
+        postprocess: str = "threshold",
+        zero_black_background: bool | str = True,
+        zero_corners: bool | str = False,
+        crf_alpha: float = 1.0,
+    ) -> Compose:
+        """The built-in ``postprocessing``: the generator's mask bilinear to the image's size and clipped to [0, 1]
+        (``"prob"``), then background/corner zeroing and binarisation (``"pred"``)."""
+        return Compose([
+            ResizeInPlaned("prob", size_of="image", clip=(0.0, 1.0)),
+            SoftMaskPostprocessd("prob", image_key="image", output_key="pred", mode=postprocess,
+                                 zero_black_background=zero_black_background, zero_corners=zero_corners,
+                                 crf_alpha=crf_alpha),
+        ])  # fmt: skip
+
+    @torch.no_grad()
+    def predict(self, image: torch.Tensor) -> torch.Tensor:
+        """The lesion probability map ``[1, S, S]`` (on ``device``) of one network input ``[3, S, S]`` in [−1, 1]:
+        the A→B generator's mask."""
+        return _segmenter(self.network)(image[None].to(self.device)).mask.float()[0]
+
+    def _items(self) -> Iterator[dict[Hashable, Any]]:
+        """The preprocessed items: from ``dataloader``, or ``preprocessing`` applied to each image."""
+        return runner_items(self.files, self.preprocessing, self.dataloader, "images")
 
     @locked_output
     def run(self) -> dict[str, Any]:
@@ -114,10 +188,18 @@ class WeakSegmentationInferenceRunner:
             load_weak_weights(self.network, self.ckpt_path, self.device)
         self.network.to(self.device).eval()
         records = []
-        for f in self.files:
-            image = load_rgb(f, size=None)
-            soft = soft_mask(self.network, image, self.image_size, self.device).numpy()
-            soft, binary = self.post(soft, image * 2.0 - 1.0)
+        for index, item in enumerate(self._items(), 1):
+            meta = loaded_meta(item, "image")
+            f, image = Path(meta["filename_or_obj"]), meta["original"]
+            item["prob"] = self.predict(convert_to_tensor(item["image"], track_meta=False))
+            item = run_transform(self.postprocessing, item)
+            soft = np.asarray(convert_to_numpy(item["prob"]))
+            binary = np.asarray(convert_to_numpy(item["pred"])).astype(bool)
+            h, w = image.shape[-2:]
+            if soft.size != h * w or binary.size != h * w:
+                raise DataError(f, f"postprocessing gave a soft mask {soft.shape} and a mask {binary.shape}; "
+                                   f"expected the image's size {(h, w)}")  # fmt: skip
+            soft, binary = soft.reshape(h, w), binary.reshape(h, w)
             stem = strip_suffix(f)
             rec: dict[str, Any] = {"input": str(f), "foreground_px": int(binary.sum())}
             if path_suffix(f) in NIFTI_SUFFIXES:
@@ -136,9 +218,10 @@ class WeakSegmentationInferenceRunner:
                 rgb_overlay(image, prediction=binary).save(tmp, format="PNG")
             rec["overlay"] = str(overlay)
             records.append(rec)
-            logger.info("%s -> %s (%d lesion pixels)", f, rec["mask"], rec["foreground_px"])
+            for handler in self.handlers:
+                handler({**rec, "index": index, "total": len(self.files)})
         summary = {"checkpoint": None if self.ckpt_path is None else str(self.ckpt_path), "image_size": self.image_size,
-                   "postprocess": self.post.mode, "zero_black_background": self.post.zero_black_background,
-                   "zero_corners": self.post.zero_corners, "images": records}  # fmt: skip
+                   "postprocess": self.postprocess, "zero_black_background": self.zero_black_background,
+                   "zero_corners": self.zero_corners, "images": records}  # fmt: skip
         write_json_atomic(self.output_dir / "inference_summary.json", summary)
         return summary

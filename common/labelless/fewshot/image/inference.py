@@ -6,6 +6,9 @@
 every query with all K supports as shots, resizes the probability back to the query's original size (bilinear) and
 thresholds it, then writes (atomically) for each query ``<stem>_mask.png`` (0/255, original size) and
 ``overlays/<stem>_overlay.png`` (prediction in red on the original image), plus ``inference_summary.json``.
+Reading and resizing (``preprocessing``) and resizing back and thresholding (``postprocessing``) are MONAI transforms
+that a bundle config can spell out (:meth:`FewShotImageInferenceRunner.default_preprocessing`,
+:meth:`~FewShotImageInferenceRunner.default_postprocessing`).
 
 Files are read with the helpers of :mod:`labelless.data.images` (the same rules as for training and test
 pools): grey images are replicated to RGB, alpha channels dropped, 8-bit data divided by 255 and 16-bit data by
@@ -16,23 +19,29 @@ masks).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.transforms import Compose
+from monai.utils import convert_to_numpy, convert_to_tensor
 
 from labelless.data.images import image_size as image_file_size
-from labelless.data.images import list_images, load_mask, load_rgb, resize_image, resize_mask
+from labelless.data.images import list_images, load_mask, load_rgb, resize_mask
 from labelless.errors import ConfigError, DataError
 from labelless.evaluation.overlays import rgb_overlay
 from labelless.fewshot.image.protocol import network_predictor
+from labelless.io.loading import LoadFiled, loaded_meta
 from labelless.io.suffixes import IMAGE_2D_SUFFIXES
 from labelless.io.writers import write_image2d
 from labelless.options import as_float, as_int
 from labelless.paths import check_output_outside_inputs, locked_output
+from labelless.transforms.postprocess import Binarized
+from labelless.transforms.spatial import ResizeInPlaned
+from labelless.transforms.utility import run_transform, runner_items
 from labelless.utils import atomic_path, write_json_atomic
 
 __all__ = [
@@ -111,6 +120,17 @@ class FewShotImageInferenceRunner:
         batch_size: queries per forward pass.
         input_transform: optional transform of the images before the network (e.g. ImageNet normalisation when
             the network does not apply it).
+        preprocessing: callable on ``{"image": file}`` (a MONAI ``Compose`` of dict transforms) giving the network
+            input ``[3, S, S]`` in ``"image"`` and the ``"image_meta_dict"`` of
+            :class:`~labelless.io.loading.LoadFiled`; applied to supports and queries. Default:
+            :meth:`default_preprocessing`.
+        postprocessing: callable on a query item whose ``"pred"`` is the probability ``[1, S, S]``; it must leave the
+            binary mask at the query's size in ``"pred"``. Default: :meth:`default_postprocessing`.
+        dataloader: the preprocessed query items (e.g. a MONAI ``DataLoader`` over ``Dataset([{"image": file}, ...],
+            transform=preprocessing)`` with ``collate_fn=no_collation``); every item must be one of ``queries``; they
+            are predicted ``batch_size`` at a time. Default: ``preprocessing`` applied to each query in turn.
+        handlers: callables called with each query's summary entry plus ``index`` and ``total`` after its files are
+            written (e.g. :class:`~labelless.transforms.utility.LogItemd`); default none.
 
     Raises:
         DataError: no supports, different numbers of support images and masks, missing or unreadable files, an image
@@ -138,6 +158,10 @@ class FewShotImageInferenceRunner:
         n_overlays: int | None = None,
         batch_size: int = 4,
         input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        preprocessing: Callable[[dict], dict] | None = None,
+        postprocessing: Callable[[dict], dict] | None = None,
+        dataloader: Iterable[Any] | None = None,
+        handlers: Sequence[Callable[[dict], Any]] | None = None,
     ) -> None:
         if isinstance(support_images, (str, os.PathLike)) or isinstance(support_masks, (str, os.PathLike)):
             raise ConfigError("support_images and support_masks must be lists of files")
@@ -173,21 +197,58 @@ class FewShotImageInferenceRunner:
         )
         self.network = network.to(self.device)
         self.predict = network_predictor(self.network, self.device, input_transform)
+        self.preprocessing = preprocessing or self.default_preprocessing(self.image_size)
+        self.postprocessing = postprocessing or self.default_postprocessing(self.threshold)
+        self.dataloader = dataloader
+        self.handlers = [] if handlers is None else ([handlers] if callable(handlers) else list(handlers))
+        for h in self.handlers:
+            if not callable(h):
+                raise ConfigError(f"handlers must be callables on a query's record, got {type(h).__name__}")
+
+    @staticmethod
+    def default_preprocessing(image_size: int = 224) -> Compose:
+        """The built-in ``preprocessing``: read as RGB in [0, 1] (:func:`~labelless.data.images.load_rgb`), bilinear
+        (antialiased when shrinking) to ``image_size``, clipped to [0, 1]."""
+        return Compose([
+            LoadFiled("image", reader=load_rgb, size=None),
+            ResizeInPlaned("image", spatial_size=image_size, antialias=True, clip=(0.0, 1.0)),
+        ])  # fmt: skip
+
+    @staticmethod
+    def default_postprocessing(threshold: float = 0.5) -> Compose:
+        """The built-in ``postprocessing``: the probability bilinear to the query's size, then ``p > threshold``."""
+        return Compose([ResizeInPlaned("pred", size_of="image"), Binarized("pred", threshold=threshold)])
 
     def load_supports(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The supports at ``image_size``: images ``[K, 3, S, S]`` and binary masks ``[K, 1, S, S]``.
+        """The supports at ``image_size``: images ``[K, 3, S, S]`` (through ``preprocessing``) and binary masks
+        ``[K, 1, S, S]``.
 
         Raises:
             DataError: unreadable files, image/mask size mismatch, an empty mask (naming the mask file).
         """
         imgs, msks = [], []
         for ip, mp in zip(self.support_images, self.support_masks):
-            img, msk = load_rgb(ip, size=None), load_mask(mp, size=None)
-            if tuple(img.shape[1:]) != tuple(msk.shape[1:]):
-                raise DataError(mp, f"mask size {tuple(msk.shape[1:])} differs from image {ip} {tuple(img.shape[1:])}")
-            imgs.append(resize_image(img, self.image_size))
+            item, msk = run_transform(self.preprocessing, {"image": ip}), load_mask(mp, size=None)
+            shape = tuple(loaded_meta(item, "image")["spatial_shape"])
+            if shape != tuple(msk.shape[1:]):
+                raise DataError(mp, f"mask size {tuple(msk.shape[1:])} differs from image {ip} {shape}")
+            imgs.append(convert_to_tensor(item["image"], track_meta=False))
             msks.append(support_mask_at(msk, self.image_size, mp))
         return torch.stack(imgs), torch.stack(msks)
+
+    def _items(self) -> Iterator[dict[Hashable, Any]]:
+        """The preprocessed query items: from ``dataloader``, or ``preprocessing`` applied to each query."""
+        return runner_items(self.queries, self.preprocessing, self.dataloader, "queries")
+
+    def _batches(self) -> Iterator[list[dict[Hashable, Any]]]:
+        batch: list[dict[Hashable, Any]] = []
+        for item in self._items():
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
     @locked_output
     def run(self) -> list[dict[str, Any]]:
@@ -205,10 +266,10 @@ class FewShotImageInferenceRunner:
         size = (self.image_size, self.image_size)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         outputs: list[dict[str, Any]] = []
-        for start in range(0, len(self.queries), self.batch_size):
-            paths = self.queries[start : start + self.batch_size]
-            originals = [load_rgb(p, size=None) for p in paths]
-            q = torch.stack([resize_image(o, self.image_size) for o in originals])
+        for items in self._batches():
+            metas = [loaded_meta(it, "image") for it in items]
+            paths = [Path(m["filename_or_obj"]) for m in metas]
+            q = torch.stack([convert_to_tensor(it["image"], track_meta=False) for it in items])
             b = q.shape[0]
             probs = self.predict(s_img[None].expand(b, k, *s_img.shape[1:]), s_msk[None].expand(b, k, 1, *size), q)
             probs = torch.as_tensor(probs, dtype=torch.float32)
@@ -216,10 +277,14 @@ class FewShotImageInferenceRunner:
                 raise DataError(
                     "network", f"returned shape {tuple(probs.shape)} or non-finite values; expected {(b, 1, *size)}"
                 )
-            for j, (p, orig) in enumerate(zip(paths, originals)):
+            for j, (p, meta, item) in enumerate(zip(paths, metas, items)):
+                orig = meta["original"]
                 h, w = orig.shape[1:]
-                prob = F.interpolate(probs[j : j + 1], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-                pred = (prob > self.threshold).numpy()
+                item["pred"] = probs[j]
+                pred = np.asarray(convert_to_numpy(run_transform(self.postprocessing, item)["pred"])).astype(bool)
+                if pred.size != h * w or pred.shape[-2:] != (h, w):
+                    raise DataError(p, f"postprocessing gave a mask of shape {pred.shape}; expected {(h, w)}")
+                pred = pred.reshape(h, w)
                 mask_path = write_image2d(pred.astype(np.uint8) * 255, self.output_dir / f"{p.stem}_mask.png")
                 overlay_path = None
                 if len(outputs) < self.n_overlays:
@@ -229,6 +294,8 @@ class FewShotImageInferenceRunner:
                 outputs.append({"query": str(p), "mask": str(mask_path),
                                 "overlay": None if overlay_path is None else str(overlay_path), "height": int(h),
                                 "width": int(w), "foreground_fraction": float(pred.mean())})  # fmt: skip
+                for handler in self.handlers:
+                    handler({**outputs[-1], "index": len(outputs), "total": len(self.queries)})
         write_json_atomic(self.output_dir / "inference_summary.json", {
             "n_shots": int(k), "support_images": [str(p) for p in self.support_images],
             "support_masks": [str(p) for p in self.support_masks], "image_size": self.image_size,
