@@ -28,20 +28,23 @@ IDENTICAL_FILES = [
     (ALL, "logging.conf"),
     (VOLUME, "evaluate.json"),
     (VOLUME, "multi_gpu_train.json"),
+    (VOLUME, "adapt.json"),
 ]
 #: (bundles, file, config ids): sections that must be equal (``#`` separates nested ids, as in MONAI)
 IDENTICAL_SECTIONS = [
     (ALL, "train.json", ["bundle_root", "device", "dataset_dir", "train#inferer"]),
     (ONE_ITEM, "train.json", ["train#dataloader#batch_size"]),
-    (ALL, "inference.json", ["bundle_root", "device", "inferer", "load_pretrain", "initialize", "run", "finalize"]),
+    (ALL, "inference.json", ["bundle_root", "device", "inferer", "load_pretrain", "dataloader", "initialize", "run",
+                             "finalize"]),  # fmt: skip
     (VOLUME, "train.json", ["dataset_preset", "label_map", "class_names", "derived_dir", "amp", "seed",
                             "setting", "label_set", "fold", "n_shots", "augmentation", "encoder", "encoder_options",
                             "pretrained_path", "labelled_dataset", "train#dataset", "lr_scheduler",
                             "ckpt_name"]),  # fmt: skip
     (VOLUME, "inference.json", ["dataset_dir", "support_image", "support_label", "label_value", "queries",
                                 "support_slices", "normalization", "norm_stats", "image_size", "n_shots",
-                                "n_overlays", "predict_outside_extent", "batch_size", "inputs", "dataset",
-                                "evaluator", "encoder", "encoder_options", "pretrained_path"]),  # fmt: skip
+                                "n_overlays", "predict_outside_extent", "batch_size", "inputs", "datalist",
+                                "preprocessing", "dataset", "dataloader", "postprocessing", "handlers", "evaluator",
+                                "encoder", "encoder_options", "pretrained_path"]),  # fmt: skip
     (ALL, "metadata.json", ["schema", "monai_version", "pytorch_version", "numpy_version", "intended_use",
                             "authors", "copyright"]),  # fmt: skip
 ]

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,29 @@ def _as_floats(value: Any, name: str, n: int | None = None) -> tuple[float, ...]
         count = f"{n} numbers" if n is not None else "a list of numbers"
         raise ConfigError(f'{name} must be {count}, e.g. "[1.25,1.25,7.7]", got {value!r}')
     return tuple(as_float(v, name, parse=True) for v in items)
+
+
+def _dataset_preset(dataset_preset: str | None, preset: str | None, default: str = "chaos") -> str:
+    """The dataset preset of a command: ``--dataset_preset`` (the bundles' name of the option), or the deprecated
+    ``--preset`` (kept working, with a warning)."""
+    if preset is None:
+        return default if dataset_preset is None else str(dataset_preset)
+    msg = "--preset is deprecated: use --dataset_preset (the option name of the bundles)"
+    warnings.warn(msg, FutureWarning, stacklevel=3)
+    logger.warning(msg)
+    if dataset_preset is not None and str(dataset_preset) != str(preset):
+        raise ConfigError(f"--preset {preset!r} (deprecated) and --dataset_preset {dataset_preset!r} disagree; give "
+                          "only --dataset_preset")  # fmt: skip
+    return str(preset)
+
+
+def _choice_option(value: Any, name: str, choices: Sequence[str]) -> str | None:
+    """A choice option checked before the slow imports (``None`` keeps the default)."""
+    if value is None:
+        return None
+    if str(value).strip().lower() not in choices:
+        raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return str(value).strip().lower()
 
 
 def _print_summary(metrics_json: Path) -> None:
@@ -160,7 +184,7 @@ class LabellessCLI:
     """labelless: few-shot, weakly and semi-supervised medical image segmentation on MONAI.
 
     Commands: phantoms, prepare {chaos,synapse,cmr}, superpixels, episodes, evaluate, demo, fsms_classes,
-    fsms_synthetic, weak_domains, weak_domains_images, weak_domains_csv, verify_metadata.
+    fsms_synthetic, weak_domains, weak_domains_images, weak_domains_csv, verify_metadata, bundle pack.
     Set LABELLESS_VERBOSE=1 for debug logging.
     """
 
@@ -168,6 +192,9 @@ class LabellessCLI:
         level = logging.DEBUG if os.environ.get("LABELLESS_VERBOSE") else logging.INFO
         logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         self.prepare = PrepareCommands()
+        from labelless.bundle_tools import BundleCommands
+
+        self.bundle = BundleCommands()
 
     def phantoms(
         self,
@@ -201,10 +228,11 @@ class LabellessCLI:
         self,
         dataset_dir: str,
         out_dir: str | None = None,
-        preset: str = "chaos",
+        dataset_preset: str | None = None,
         method: str = "felzenszwalb",
         workers: int | None = None,
         overwrite: bool = False,
+        preset: str | None = None,
     ) -> str:
         """Precompute superpixel pseudo-labels and body masks of a prepared dataset (cached, all cores, progress).
 
@@ -215,11 +243,14 @@ class LabellessCLI:
         Args:
             dataset_dir: prepared layout (image_<id>.nii.gz ...).
             out_dir: where the maps go (default: a cache folder, printed at the end).
-            preset: dataset preset giving the body-mask threshold: chaos, synapse, cmr, phantom_abdomen, ...
+            dataset_preset: dataset preset giving the body-mask threshold: chaos (default), synapse, cmr,
+                phantom_abdomen, ...
             method: "felzenszwalb" (reference), "slic" (per slice) or "slic3d" (supervoxels).
             workers: worker processes (default: all cores).
             overwrite: recompute maps that already exist.
+            preset: deprecated spelling of --dataset_preset.
         """
+        preset = _dataset_preset(dataset_preset, preset)
         from labelless.fewshot.volume.superpixels import precompute_superpixels
 
         out = precompute_superpixels(
@@ -234,12 +265,13 @@ class LabellessCLI:
         dataset_dir: str,
         output_dir: str,
         derived_dir: str | None = None,
-        preset: str = "chaos",
+        dataset_preset: str | None = None,
         n: int = 4,
         fold: int = 0,
         setting: int = 1,
         label_set: int = 0,
         seed: int = 1234,
+        preset: str | None = None,
     ) -> str:
         """Draw self-supervised training episodes and save them as PNGs (to check pseudo-labels and augmentation).
 
@@ -247,13 +279,15 @@ class LabellessCLI:
             dataset_dir: prepared layout.
             output_dir: destination of episode_<i>.png.
             derived_dir: folder of precomputed superpixels (run `labelless superpixels` first).
-            preset: dataset preset.
+            dataset_preset: dataset preset (default chaos).
             n: number of episodes.
             fold: fold whose training scans are used.
             setting: 1 or 2 (Setting 2 removes slices of the label set's test classes).
             label_set: Setting-2 label set.
             seed: random seed.
+            preset: deprecated spelling of --dataset_preset.
         """
+        preset = _dataset_preset(dataset_preset, preset)
         from labelless.data.layouts import PreparedVolumeDataset
         from labelless.evaluation.overlays import write_episode_png
         from labelless.fewshot.volume.episodes import SelfSupervisedEpisodeDataset
@@ -278,7 +312,7 @@ class LabellessCLI:
         self,
         dataset_dir: str,
         output_dir: str,
-        preset: str = "chaos",
+        dataset_preset: str | None = None,
         predictions_dir: str | None = None,
         predictor: str = "baseline",
         folds: Sequence[int] = (0,),
@@ -288,7 +322,15 @@ class LabellessCLI:
         n_shots: int = 1,
         n_overlays: int = 3,
         save_predictions: bool = False,
-        predict_outside_extent: bool = True,
+        predict_outside_extent: bool | None = None,
+        extent_margin: int | None = None,
+        extent_reference: str | None = None,
+        foreground_threshold: str | None = None,
+        presence: str | None = None,
+        presence_rule: str | None = None,
+        cleanup: str | None = None,
+        cleanup_fraction: float | None = None,
+        preset: str | None = None,
     ) -> str:
         """Run the few-shot evaluation protocol and write metrics.json, metrics.csv, metrics.md and overlays.
 
@@ -301,7 +343,7 @@ class LabellessCLI:
         Args:
             dataset_dir: labelled prepared layout.
             output_dir: where the reports go.
-            preset: dataset preset (chaos, synapse, cmr, phantom_abdomen, phantom_cardiac).
+            dataset_preset: dataset preset (chaos (default), synapse, cmr, phantom_abdomen, phantom_cardiac).
             predictions_dir: folder of saved predictions to score (instead of running a predictor).
             predictor: "baseline" (only choice here; bundles bring the trained models).
             folds: folds to evaluate, e.g. "[0]" or "[0,1,2,3,4]".
@@ -314,14 +356,36 @@ class LabellessCLI:
                 (``<output_dir>/predictions/<mode>/``); "false" or "true".
             predict_outside_extent: gt_free mode: "false" zeroes the prediction outside the class extent estimated
                 from the support (fewshot_protocol §6.5).
+            extent_margin: gt_free mode: margin in slices of the estimated extent.
+            extent_reference: gt_free mode: "body" or "volume" (the z-range the support's class extent is mapped
+                through; labelless.fewshot.volume.gtfree).
+            foreground_threshold: gt_free mode: "support" (FG logit margin calibrated on the support) or "argmax".
+            presence: gt_free mode: per-slice presence score "area", "soft_area", "max_prob" or "none".
+            presence_rule: gt_free mode: calibration of the presence threshold on the support ("dice", "youden").
+            cleanup: gt_free mode: 3D connected components "largest", "fraction" or "none".
+            cleanup_fraction: gt_free mode: components kept by "fraction" (share of the largest).
+            preset: deprecated spelling of --dataset_preset.
         """
         # every option is checked before any work (and before the slow imports), the output folder before the
         # computation, not after it
         fold_list = as_int_list(folds, "--folds", 0, parse=True)
         shots = as_int(n_shots, "--n_shots", 1, parse=True)
         overlays = as_int(n_overlays, "--n_overlays", 0, parse=True)
-        save, outside = as_bool(save_predictions, "save_predictions"), as_bool(predict_outside_extent,
-                                                                             "predict_outside_extent")  # fmt: skip
+        save = as_bool(save_predictions, "save_predictions")
+        preset = _dataset_preset(dataset_preset, preset)
+        gt_free = {
+            "predict_outside_extent": None if predict_outside_extent is None else as_bool(predict_outside_extent,
+                                                                                           "predict_outside_extent"),
+            "extent_margin": None if extent_margin is None else as_int(extent_margin, "--extent_margin", 0, parse=True),
+            "extent_reference": _choice_option(extent_reference, "--extent_reference", ("volume", "body")),
+            "foreground_threshold": _choice_option(foreground_threshold, "--foreground_threshold",
+                                                   ("argmax", "support")),
+            "presence": _choice_option(presence, "--presence", ("none", "area", "soft_area", "max_prob")),
+            "presence_rule": _choice_option(presence_rule, "--presence_rule", ("dice", "youden")),
+            "cleanup": _choice_option(cleanup, "--cleanup", ("none", "largest", "fraction")),
+            "cleanup_fraction": None if cleanup_fraction is None else as_float(cleanup_fraction, "--cleanup_fraction",
+                                                                               0, 1, parse=True),
+        }  # fmt: skip
         mode_list = [str(m) for m in _as_list(modes) or []]
         if not mode_list or any(m not in ("protocol", "gt_free") for m in mode_list):  # protocol.MODES
             raise ConfigError(f"--modes must be one or more of ['protocol', 'gt_free'], got {modes!r}")
@@ -336,6 +400,7 @@ class LabellessCLI:
         from labelless.data.layouts import PreparedVolumeDataset
         from labelless.evaluation.reports import write_reports
         from labelless.fewshot.volume.baseline import IntensityPrototypePredictor
+        from labelless.fewshot.volume.gtfree import GTFreeOptions
         from labelless.fewshot.volume.protocol import evaluate, score_predictions
         from labelless.fewshot.volume.workflow import fold_norm_stats
         from labelless.paths import OutputLock, check_output_outside_inputs
@@ -355,7 +420,7 @@ class LabellessCLI:
                 result = evaluate(
                     ds, lambda f: base, folds=fold_list, classes=class_ids, modes=mode_list, n_shots=shots,
                     norm_stats_for_fold=lambda f: fold_norm_stats(ds, f), n_overlays=overlays, output_dir=out,
-                    save_predictions=save, predict_outside_extent=outside,
+                    save_predictions=save, gt_free_options=GTFreeOptions.from_options(gt_free),
                 )  # fmt: skip
             paths = write_reports(result, out)
         _print_summary(paths["metrics_json"])
@@ -381,9 +446,10 @@ class LabellessCLI:
         data = default_dataset_dir(kind)
         print(f"phantom data: {data}")
         derived = out / "derived"
-        print(self.superpixels(str(data), out_dir=str(derived), preset=preset))
-        print(self.episodes(str(data), str(out / "episodes"), derived_dir=str(derived), preset=preset, seed=seed))
-        return self.evaluate(str(data), str(out / "evaluation"), preset=preset, folds=(0,))
+        print(self.superpixels(str(data), out_dir=str(derived), dataset_preset=preset))
+        print(self.episodes(str(data), str(out / "episodes"), derived_dir=str(derived), dataset_preset=preset,
+                            seed=seed))  # fmt: skip
+        return self.evaluate(str(data), str(out / "evaluation"), dataset_preset=preset, folds=(0,))
 
     def fsms_classes(
         self,
@@ -566,6 +632,39 @@ class LabellessCLI:
             where = "/".join(str(p) for p in e.absolute_path) or "top level"
             raise DataError(meta_file, f"invalid metadata at {where}: {e.message}") from e
         return f"{meta_file}: valid against {META_SCHEMA.name}"
+
+    def adapt(
+        self,
+        bundle: str,
+        volumes_dir: str,
+        minutes: float | None = 30,
+        out: str | None = None,
+        steps: int | None = None,
+        init_ckpt: str | None = None,
+        learning_rate: float | None = None,
+        snapshot_minutes: Sequence[float] | None = None,
+        resume: bool = False,
+    ) -> str:
+        """Label-free adaptation: continue a few-shot volume bundle's self-supervised training on unlabelled volumes
+        (labelless.fewshot.volume.adapt); writes <out>/model.pt for inference.json --ckpt_path.
+
+        Args:
+            bundle: bundle folder or name (ssl_alpnet_fewshot_segmentation, dspnet_..., psmnet_...).
+            volumes_dir: folder of unlabelled volumes (NIfTI, NRRD, MHA, DICOM series, PNG); never written.
+            minutes: wall-clock budget (None: --steps only).
+            out: output folder (default ./adapted/<bundle>).
+            steps: iteration budget (default: adapt.json's n_steps).
+            init_ckpt: starting weights (default: the bundle's models/model.pt).
+            learning_rate: default: adapt.json's.
+            snapshot_minutes: write model_<m>min.pt at these minutes, e.g. "[15,30]".
+            resume: continue an interrupted run in --out.
+        """
+        from labelless.fewshot.volume.adapt import adapt_bundle
+
+        snaps = _as_list(snapshot_minutes)
+        path = adapt_bundle(bundle, volumes_dir, minutes=minutes, out=out, steps=steps, init_ckpt=init_ckpt,
+                            learning_rate=learning_rate, snapshot_minutes=snaps, resume=resume)  # fmt: skip
+        return f"adapted model: {path}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -17,7 +17,7 @@ from labelless.io.volume import Volume
 from labelless.utils import sort_ids, write_json_atomic
 
 from .labelmap import LabelMap
-from .presets import DatasetPreset, get_preset
+from .presets import PRESETS, DatasetPreset, get_preset
 
 __all__ = ["PreparedVolumeDataset", "compute_classmap", "IMAGE_RE"]
 
@@ -42,6 +42,19 @@ def compute_classmap(labels: Mapping[str, np.ndarray], label_map: LabelMap, thre
             counts = (np.asarray(labels[pid]) == cid).reshape(labels[pid].shape[0], -1).sum(axis=1)
             out[name][str(pid)] = [int(z) for z in np.nonzero(counts >= threshold)[0]]
     return out
+
+
+def _presets_fitting(label: np.ndarray, exclude: str | None = None) -> list[str]:
+    """Names of the dataset presets (real data first, phantoms last) whose label map accepts every value of
+    ``label``; used to name the right preset when a label does not fit the chosen one."""
+    arr = np.asarray(label)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or (arr.size and np.max(np.abs(arr - np.rint(arr))) > 1e-3):
+            return []
+        arr = np.rint(arr)
+    values = {int(v) for v in np.unique(arr)}
+    names = [n for n, p in PRESETS.items() if n != exclude and values <= set(p.label_map.values)]
+    return sorted(names, key=lambda n: (n.startswith("phantom_"), n))
 
 
 class PreparedVolumeDataset:
@@ -145,7 +158,14 @@ class PreparedVolumeDataset:
         if not path.exists():
             raise DataError(path, f"label file missing for scan {pid}")
         raw = read_volume(path, is_label=True)
-        arr = self.label_map.apply(raw.array, source=path)
+        try:
+            arr = self.label_map.apply(raw.array, source=path)
+        except DataError as e:
+            fits = _presets_fitting(raw.array, exclude=self.preset.name)
+            if not fits:
+                raise
+            raise DataError(path, f"{e.problem}; they fit the {fits[0]!r} preset: use dataset_preset={fits[0]} "
+                                  f"(--dataset_preset {fits[0]})") from e  # fmt: skip
         lab = raw.with_array(arr)
         img = self.load_image(pid)
         if lab.shape != img.shape:

@@ -50,8 +50,9 @@ PROTOCOL_NOTE = (
     "of each slice; comparable with published tables when the result is labelled '5-fold'."
 )
 GT_FREE_NOTE = (
-    "GT-free mode: all slices scored, chunks estimated from the support; these numbers are NOT comparable with "
-    "published tables."
+    "GT-free mode: all slices scored; the class extent, the support chunks and the slices that may hold the class "
+    "are estimated from the support and the query image (settings: per_fold.settings.gt_free); these numbers are "
+    "NOT comparable with published tables."
 )
 
 
@@ -125,10 +126,12 @@ def mode_block(mr: ModeResult) -> dict[str, Any]:
     ]  # fmt: skip
     skipped = [{"fold": f, "pid": p, "class": names.get(c, str(c))} for f in mr.folds_evaluated
                for p, c in mr.folds[f].skipped]  # fmt: skip
+    # only the published protocol over every fold of the data set (a single fold is not comparable)
+    comparable = mr.mode == "protocol" and sorted(f for f in mr.folds if f >= 0) == list(range(mr.n_folds))
     return {
         "mode": mr.mode,
         "label": _label(mr),
-        "comparable_with_published": mr.mode == "protocol",
+        "comparable_with_published": comparable,
         "note": PROTOCOL_NOTE if mr.mode == "protocol" else GT_FREE_NOTE,
         "dataset": mr.dataset,
         "n_folds": mr.n_folds,

@@ -200,6 +200,13 @@ def target_pools(
         unl, test = split_pool(pool.image_ids, unlabeled_fraction)
         if not test:
             raise DataError(root, f"{len(pool.image_ids)} images: too few to split off a test pool")
+        logger.warning(
+            "%s: %d images; the FSMS protocol (fsms.md §1.4) keeps the first %d of the sorted ids (unlabeled_fraction "
+            "%.2f) as the unlabelled surrogate pool, whose masks are never read, and scores the other %d as the test "
+            "pool. To score all %d as a test set, use unlabeled_fraction=0 (bundle override: --pools "
+            "\"$labelless.fewshot.image.workflow.target_pools(@dataset_dir, @shared_data_dir, @image_size, 0.0)\").",
+            root, len(pool.image_ids), len(unl), float(unlabeled_fraction), len(test), len(pool.image_ids),
+        )  # fmt: skip
         return {
             "unlabeled": pool.subset(unl, with_masks=False) if unl else None,
             "test": {("skin_phantoms" if is_unset(dataset_dir) else Path(root).name): pool.subset(test)},

@@ -6,22 +6,29 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
+from monai.transforms import Compose, Lambdad
+from monai.utils import convert_to_numpy
 
 from labelless.errors import ConfigError, DataError
+from labelless.fewshot.volume.gtfree import GTFreeOptions, empty_slices
+from labelless.io.loading import LoadFiled, loaded_meta
 from labelless.io.readers import read_volume
 from labelless.io.suffixes import VOLUME_SUFFIXES, has_suffix, strip_suffix
-from labelless.io.volume import Volume
 from labelless.io.writers import write_volume
 from labelless.options import as_float, as_int, as_int_list
 from labelless.paths import check_output_outside_inputs, locked_output
-from labelless.transforms.intensity import zscore
-from labelless.utils import as_bool, is_unset
+from labelless.transforms.intensity import ZScoreNormalized, zscore_options
+from labelless.transforms.postprocess import Binarized
+from labelless.transforms.spatial import ResizeInPlane, ResizeInPlaned, ZeroSlicesd
+from labelless.transforms.utility import LogItemd, run_transform, runner_items
+from labelless.utils import is_unset
 
 __all__ = ["NOT_QUERY_PREFIXES", "NOT_QUERY_SUFFIXES", "list_query_files", "FewShotVolumeInferenceRunner"]
 
@@ -74,14 +81,31 @@ def list_query_files(queries: str | os.PathLike | Sequence[str | os.PathLike]) -
 
 class FewShotVolumeInferenceRunner:
     """Few-shot inference on user volumes (``evaluator`` of inference.json): a labelled support volume and a label
-    value define the class; every query volume is segmented (GT-free chunking, fewshot_protocol §6.5) and a binary
-    mask is written per query in the query's geometry, plus PNG overlays.
+    value define the class; every query volume is segmented without ground truth (fewshot_protocol §6.5, through
+    :func:`~labelless.fewshot.volume.protocol.segment_volume_gt_free`, the code path of the GT-free evaluation mode:
+    empty slices get nothing, the class extent is estimated from the support, slices whose presence score is below
+    the threshold calibrated on the support are cleared, 3D connected-component clean-up) and a binary mask is
+    written per query in the query's geometry, plus PNG overlays.
 
-    Queries of another in-plane size than the network input are resampled to ``image_size`` slice by slice
-    (bilinear) and the prediction is resampled back (nearest) — documented fallback; queries whose in-plane size is
-    not a multiple of 8 are handled the same way. Volumes with NaN/inf are refused, and so is a support label whose
-    grid or affine differs from its image's. The options, the query list and the output folder (not inside the
-    folder of a query or of the support) are checked when the runner is built, before any work.
+    The steps around the network are MONAI transforms on dict items (``"image"``: the file, then the network input),
+    which a bundle config can spell out:
+
+    - ``preprocessing`` (default :meth:`default_preprocessing`): read the volume
+      (:class:`~labelless.io.loading.LoadFiled` with :func:`~labelless.io.readers.read_volume`), z-score it
+      (:class:`~labelless.transforms.intensity.ZScoreNormalized`), note its empty slices
+      (:func:`~labelless.fewshot.volume.gtfree.empty_slices` → ``"empty_slices"``), resample the slices to
+      ``image_size`` (:class:`~labelless.transforms.spatial.ResizeInPlaned`, bilinear — a documented fallback for
+      queries of another in-plane size, and required when that size is not a multiple of 8). The support image goes
+      through the same steps.
+    - the forward pass (runner): ``"pred"`` = the GT-free ``(Z, S, S)`` prediction.
+    - ``postprocessing`` (default :meth:`default_postprocessing`): ``"pred"`` back to the query's slice size
+      (nearest), binary uint8, zero on the empty slices. It must leave ``"pred"`` on the query's grid.
+    - writing (runner, atomic): ``<query>_pred.nii.gz`` with the query's geometry and the overlays; then every
+      handler is called with the query's record.
+
+    Volumes with NaN/inf are refused, and so is a support label whose grid or affine differs from its image's. The
+    options, the query list and the output folder (not inside the folder of a query or of the support) are checked
+    when the runner is built, before any work.
 
     Args:
         network: the few-shot network (placed on ``device``).
@@ -90,18 +114,32 @@ class FewShotVolumeInferenceRunner:
         label_value: raw label value of the class in ``support_label``.
         queries: query files and/or folders.
         output_dir: where ``<query>_pred.nii.gz`` and overlays go.
-        normalization: ``"volume_zscore"`` (MR) or ``"fixed"`` with ``norm_stats`` (CT training statistics).
+        normalization: ``"volume_zscore"`` (MR) or ``"fixed"`` with ``norm_stats`` (CT training statistics); an
+            option of the default ``preprocessing``.
         norm_stats: ``(mean, std)`` for ``"fixed"``.
         n_chunks, n_shots: support slices (3 chunks, 1 shot).
         image_size: in-plane size the network expects (256); ``None`` keeps each query's own size (must be a
-            multiple of 8).
+            multiple of 8); an option of the default ``preprocessing``.
         batch_size: query slices per forward.
         predict_outside_extent, extent_margin: zero the prediction outside the support-estimated extent.
+        extent_reference, foreground_threshold, presence, presence_rule, cleanup, cleanup_fraction: the other GT-free
+            switches
+            (:class:`~labelless.fewshot.volume.gtfree.GTFreeOptions`; ``None`` keeps its default).
         n_overlays: overlay PNGs per query.
         support_slices: optional explicit support slice per chunk (``n_chunks`` z indices of the support volume, each
             containing the class) instead of the automatic 1/6, 1/2, 5/6 quantiles; 1-shot only.
         output_suffix: file suffix of the masks (``.nii.gz``).
         device: device of the network.
+        preprocessing: callable on ``{"image": file}`` (a MONAI ``Compose`` of dict transforms) giving the normalised
+            ``(Z, S, S)`` network input in ``"image"`` and the ``"image_meta_dict"`` of ``LoadFiled``; replaces the
+            default.
+        postprocessing: callable on the item after the forward pass (see above); replaces the default.
+        dataloader: the preprocessed query items (e.g. a MONAI ``DataLoader`` over ``Dataset([{"image": file}, ...],
+            transform=preprocessing)`` with ``collate_fn=no_collation``); every item must be one of ``queries``.
+            Default: ``preprocessing`` applied to each query in turn.
+        handlers: callables called with each query's record (``input``, ``mask``, ``overlays``, ``foreground_px``,
+            ``index``, ``total``) after its files are written; default: one
+            :class:`~labelless.transforms.utility.LogItemd` line per query.
     """
 
     def __init__(
@@ -118,34 +156,39 @@ class FewShotVolumeInferenceRunner:
         n_shots: int = 1,
         image_size: int | None = 256,
         batch_size: int = 16,
-        predict_outside_extent: bool = True,
-        extent_margin: int = 2,
+        predict_outside_extent: bool | None = None,
+        extent_margin: int | None = None,
         n_overlays: int = 1,
         support_slices: Sequence[int] | None = None,
         output_suffix: str = ".nii.gz",
         device: str | torch.device = "cpu",
+        extent_reference: str | None = None,
+        presence: str | None = None,
+        presence_rule: str | None = None,
+        cleanup: str | None = None,
+        cleanup_fraction: float | None = None,
+        foreground_threshold: str | None = None,
+        preprocessing: Callable[[dict], dict] | None = None,
+        postprocessing: Callable[[dict], dict] | None = None,
+        dataloader: Iterable[Any] | None = None,
+        handlers: Sequence[Callable[[dict], Any]] | None = None,
     ) -> None:
         self.network = network
         self.support_image = Path(support_image)
         self.support_label = Path(support_label)
         self.label_value = as_float(label_value, "label_value")
         self.normalization = str(normalization)
-        if self.normalization not in ("volume_zscore", "fixed"):
-            raise ConfigError(f"normalization must be 'volume_zscore' or 'fixed', got {self.normalization!r}")
-        self.norm_stats = None
-        if not is_unset(norm_stats):
-            pair = list(norm_stats) if isinstance(norm_stats, (Sequence, np.ndarray)) else []
-            if isinstance(norm_stats, (str, bytes)) or len(pair) != 2:
-                raise ConfigError(f"norm_stats must be [mean, std] of the training scans, got {norm_stats!r}")
-            self.norm_stats = (as_float(pair[0], "norm_stats mean"),
-                               as_float(pair[1], "norm_stats std", 0.0, lo_open=True))  # fmt: skip
-        if self.normalization == "fixed" and self.norm_stats is None:
-            raise ConfigError("normalization 'fixed' needs norm_stats=(mean, std) of the training scans")
+        self.norm_stats = zscore_options(self.normalization, norm_stats)
         self.n_chunks, self.n_shots = as_int(n_chunks, "n_chunks", 1), as_int(n_shots, "n_shots", 1)
         self.image_size = None if is_unset(image_size) else as_int(image_size, "image_size", 8)
         self.batch_size = as_int(batch_size, "batch_size", 1)
-        self.predict_outside_extent = as_bool(predict_outside_extent, "predict_outside_extent")
-        self.extent_margin = as_int(extent_margin, "extent_margin", 0)
+        self.gt_free = GTFreeOptions.from_options(
+            None, predict_outside_extent=predict_outside_extent, extent_margin=extent_margin,
+            extent_reference=extent_reference, presence=presence, presence_rule=presence_rule, cleanup=cleanup,
+            cleanup_fraction=cleanup_fraction, foreground_threshold=foreground_threshold,
+        )  # fmt: skip
+        self.predict_outside_extent = self.gt_free.predict_outside_extent
+        self.extent_margin = self.gt_free.extent_margin
         self.n_overlays = as_int(n_overlays, "n_overlays", 0)
         self.support_slices = None if is_unset(support_slices) else as_int_list(support_slices, "support_slices", 0)
         for f, what in ((self.support_image, "support image"), (self.support_label, "support label")):
@@ -156,34 +199,50 @@ class FewShotVolumeInferenceRunner:
                                                                    self.support_label])  # fmt: skip
         self.output_suffix = output_suffix
         self.device = torch.device(device)
+        self.preprocessing = preprocessing or self.default_preprocessing(normalization, norm_stats, self.image_size)
+        self.postprocessing = postprocessing or self.default_postprocessing()
+        self.dataloader = dataloader
+        default = [LogItemd("{input} -> {mask} ({foreground_px} foreground voxels)", logger.name)]
+        self.handlers = default if handlers is None else ([handlers] if callable(handlers) else list(handlers))
+        for h in self.handlers:
+            if not callable(h):
+                raise ConfigError(f"handlers must be callables on a query's record, got {type(h).__name__}")
         self.outputs: list[Path] = []
 
+    @staticmethod
+    def default_preprocessing(
+        normalization: str = "volume_zscore", norm_stats: Sequence[float] | None = None, image_size: int | None = 256
+    ) -> Compose:
+        """The built-in ``preprocessing``: read (any volume format), z-score, note the empty slices, bilinear slices
+        at ``image_size`` (``None``: the own size, which must be a multiple of 8)."""
+        return Compose([
+            LoadFiled("image", reader=read_volume, ndim=None),
+            ZScoreNormalized("image", normalization, norm_stats),
+            Lambdad("image", func=empty_slices, overwrite="empty_slices", track_meta=False),
+            ResizeInPlaned("image", spatial_size=image_size, mode="bilinear", slice_wise=True, divisible_by=8),
+        ])  # fmt: skip
+
+    @staticmethod
+    def default_postprocessing() -> Compose:
+        """The built-in ``postprocessing``: nearest back to the query's slice size, binary uint8, zero on the empty
+        slices."""
+        return Compose([
+            ResizeInPlaned("pred", size_of="image", mode="nearest", slice_wise=True),
+            Binarized("pred", threshold=0.5, dtype="uint8"),
+            ZeroSlicesd("pred", slices_key="empty_slices"),
+        ])  # fmt: skip
+
     # ------------------------------------------------------------------ helpers
-    def _normalize(self, vol: Volume) -> np.ndarray:
-        if self.normalization == "fixed":
-            return zscore(vol.array, *self.norm_stats, source=vol.path)
-        if self.normalization != "volume_zscore":
-            raise ConfigError(f"normalization must be 'volume_zscore' or 'fixed', got {self.normalization!r}")
-        return zscore(vol.array, source=vol.path)
-
-    def _resize(self, arr: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
-        if tuple(arr.shape[-2:]) == tuple(size):
-            return arr
-        t = torch.as_tensor(np.ascontiguousarray(arr), dtype=torch.float32)[:, None]
-        kw = {"align_corners": False} if mode == "bilinear" else {}
-        return torch.nn.functional.interpolate(t, size=size, mode=mode, **kw)[:, 0].numpy()
-
-    def _net_size(self, shape: tuple[int, int]) -> tuple[int, int]:
-        if self.image_size is not None:
-            return (self.image_size, self.image_size)
-        if shape[0] % 8 or shape[1] % 8:
-            raise DataError(None, f"slice size {shape} is not a multiple of 8; set image_size to resample")
-        return shape
+    def _items(self) -> Iterator[dict[Hashable, Any]]:
+        """The preprocessed query items: from ``dataloader``, or ``preprocessing`` applied to each query."""
+        return runner_items(self.queries, self.preprocessing, self.dataloader, "queries")
 
     def _support(self):
         from labelless.fewshot.volume.protocol import support_shot_slices
 
-        img = read_volume(self.support_image, ndim=None)
+        item = run_transform(self.preprocessing, {"image": self.support_image})
+        img = loaded_meta(item, "image")["original"]
+        net_img = np.asarray(convert_to_numpy(item["image"]))
         lab = read_volume(self.support_label, is_label=True, ndim=None)
         if lab.shape != img.shape:
             raise DataError(self.support_label, f"label grid {lab.shape} does not match support image {img.shape}")
@@ -215,51 +274,52 @@ class FewShotVolumeInferenceRunner:
                         self.support_label, f"support slice {z} does not contain label {self.label_value:g}"
                     )
             per_chunk = [[z] for z in self.support_slices]
-        norm = self._normalize(img)
-        size = self._net_size(img.shape[1:])
-        sup = [
-            (self._resize(norm[z_list], size, "bilinear"), (self._resize(mask[z_list].astype(np.float32), size,
-             "bilinear") > 0.5).astype(np.float32))
-            for z_list in per_chunk
-        ]  # fmt: skip
-        for (_, s_mask), z_list in zip(sup, per_chunk):
-            if s_mask.reshape(len(z_list), -1).sum(axis=1).min() == 0:
+        if net_img.ndim != 3 or net_img.shape[0] != img.shape[0]:
+            raise DataError(self.support_image, f"preprocessing gave shape {net_img.shape}; expected "
+                                                f"({img.shape[0]}, H, W)")  # fmt: skip
+        net_mask = ResizeInPlane(net_img.shape[-2:], "bilinear", slice_wise=True)(mask.astype(np.float32)) > 0.5
+        for z_list in per_chunk:
+            if net_mask[z_list].reshape(len(z_list), -1).sum(axis=1).min() == 0:
                 raise DataError(self.support_label, f"support slices {z_list} lose the class after resampling")
-        return img, (zs[0], zs[-1]), sup, per_chunk
+        return img, (zs[0], zs[-1]), net_img, net_mask, per_chunk
 
     # ------------------------------------------------------------------ run
     @locked_output
     def run(self) -> list[Path]:
         """Segment every query; returns the written mask files."""
         from labelless.evaluation.overlays import write_inference_overlay
-        from labelless.fewshot.volume.protocol import segment_volume, support_relative_chunks, support_relative_slices
+        from labelless.fewshot.volume.protocol import prepare_gt_free_support, segment_volume_gt_free
 
         files = self.queries
         self.network.eval()
-        sup_vol, extent, supports, per_chunk = self._support()
+        sup_vol, extent, sup_img, sup_mask, per_chunk = self._support()
         logger.info(
             "support %s: class %g on slices %d..%d; support slices per chunk %s",
             self.support_image, self.label_value, extent[0], extent[1], per_chunk,
         )  # fmt: skip
+        support = None
         self.outputs = []
-        for f in files:
-            q = read_volume(f, ndim=None)
-            norm = self._normalize(q)
-            size = self._net_size(q.shape[1:])
-            net_in = self._resize(norm, size, "bilinear")
-            chunks = support_relative_chunks(q.shape[0], sup_vol.shape[0], extent, self.n_chunks)
-            pred = segment_volume(net_in, supports, chunks, self.network, batch_size=self.batch_size,
-                                  device=self.device)  # fmt: skip
-            pred = (self._resize(pred.astype(np.float32), q.shape[1:], "nearest") > 0.5).astype(np.uint8)
-            if not self.predict_outside_extent:
-                keep = support_relative_slices(q.shape[0], sup_vol.shape[0], extent, self.extent_margin)
-                outside = np.ones(q.shape[0], dtype=bool)
-                outside[keep] = False
-                pred[outside] = 0
+        for index, item in enumerate(self._items(), 1):
+            meta = loaded_meta(item, "image")
+            f, q = Path(meta["filename_or_obj"]), meta["original"]
+            if support is None:  # calibrated on the support once the first query has loaded (a bad query fails first)
+                support = prepare_gt_free_support(
+                    sup_img, sup_mask, self.network, self.gt_free, self.n_chunks, self.n_shots, shots=per_chunk,
+                    batch_size=self.batch_size, device=self.device, source=self.support_label,
+                )  # fmt: skip
+            res = segment_volume_gt_free(np.asarray(convert_to_numpy(item["image"])), support, self.network,
+                                         batch_size=self.batch_size, device=self.device)  # fmt: skip
+            item["pred"] = res.prediction
+            pred = np.asarray(convert_to_numpy(run_transform(self.postprocessing, item)["pred"]))
             out = self.output_dir / f"{strip_suffix(f)}_pred{self.output_suffix}"
             write_volume(pred, out, reference=q, dtype=np.uint8)
             self.outputs.append(out)
+            overlays: list[Path] = []
             if self.n_overlays > 0:
-                write_inference_overlay(q.array, pred, self.output_dir / "overlays", strip_suffix(f), self.n_overlays)
-            logger.info("%s -> %s (%d foreground voxels)", f, out, int(pred.sum()))
+                overlays = write_inference_overlay(q.array, pred, self.output_dir / "overlays", strip_suffix(f),
+                                                   self.n_overlays)  # fmt: skip
+            record = {"input": str(f), "mask": str(out), "overlays": [str(o) for o in overlays],
+                      "foreground_px": int(pred.sum())}  # fmt: skip
+            for handler in self.handlers:
+                handler({**record, "index": index, "total": len(files)})
         return self.outputs

@@ -7,6 +7,12 @@ Two modes:
   gives the scored z-range ``[z_min - m, z_max + m]`` and the chunk of each slice (§6.3).
 - ``"gt_free"``: every slice is scored and chunks are estimated from the support's relative class extent (§6.5).
   Query scans without the class are excluded from the means and counted. Not comparable with published tables.
+  Which query slices may hold the class and how the 3D result is cleaned is decided by
+  :func:`segment_volume_gt_free` with the switches of :class:`~labelless.fewshot.volume.gtfree.GTFreeOptions`
+  (the same function serves ``inference.json`` and ``labelless evaluate``).
+
+In every mode a query slice without image content (constant, or an empty body mask:
+:func:`~labelless.fewshot.volume.gtfree.empty_slices`) is never given to the predictor and gets no foreground.
 
 Support slices (§6.2): for a test class ``c`` and the support scan's sorted class slices ``Z_s``, chunk ``i`` of
 ``n_chunks`` uses ``Z_s[floor(p_i * |Z_s|)]`` with ``p_i = (2i + 1) / (2 n_chunks)`` (1/6, 1/2, 5/6 for 3 chunks).
@@ -32,6 +38,7 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +51,18 @@ from labelless.evaluation.metrics import confusion_counts, dice_from_counts, spa
 from labelless.evaluation.overlays import to_uint8
 from labelless.evaluation.results import EvaluationResult, FoldResult, ModeResult, OverlaySample, ScanScore
 from labelless.fewshot.volume.folds import fold_split
+from labelless.fewshot.volume.gtfree import (
+    ExtentEstimate,
+    GTFreeOptions,
+    body_extent,
+    calibrate_foreground_threshold,
+    calibrate_presence,
+    empty_slices,
+    estimated_extent,
+    postprocess_volume,
+    presence_scores,
+    slice_scores,
+)
 from labelless.io.readers import read_volume
 from labelless.io.writers import write_volume
 from labelless.transforms.intensity import slices_to_tensor_input, zscore
@@ -61,6 +80,10 @@ __all__ = [
     "support_relative_slices",
     "scored_range",
     "segment_volume",
+    "GTFreeSupport",
+    "GTFreeResult",
+    "prepare_gt_free_support",
+    "segment_volume_gt_free",
     "score_scan",
     "evaluate_fold",
     "evaluate",
@@ -252,12 +275,17 @@ def segment_volume(
     batch_size: int = 16,
     device: str | torch.device | None = None,
     slices: Iterable[int] | None = None,
-) -> np.ndarray:
+    presence: str | None = None,
+    threshold: float = 0.0,
+    logits_out: np.ndarray | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Segment a query volume slice by slice, each slice with its chunk's support.
 
     Query slices are grouped by chunk; the predictor is called with the chunk's support (built once per chunk) and
-    batches of up to ``batch_size`` query slices. Prediction = argmax over the two logit channels. Runs under
-    ``torch.no_grad()``.
+    batches of up to ``batch_size`` query slices. Prediction = argmax over the two logit channels (FG when the FG
+    logit exceeds the BG logit by more than ``threshold``, 0 by default; ties go to BG). Runs under
+    ``torch.no_grad()``. Slices without image content (:func:`~labelless.fewshot.volume.gtfree.empty_slices`:
+    constant, or an empty body mask) are not given to the predictor and get no foreground.
 
     Args:
         query_image: normalised (Z, H, W) query volume.
@@ -267,9 +295,14 @@ def segment_volume(
         batch_size: query slices per predictor call.
         device: device of the tensors given to the predictor (default CPU).
         slices: slices to predict (default all); the others are 0 in the output.
+        presence: also return a presence score per slice
+            (:func:`~labelless.fewshot.volume.gtfree.slice_scores`: ``"area"``, ``"soft_area"``, ``"max_prob"``;
+            0 for slices not predicted).
+        threshold: FG logit-margin threshold (0: argmax).
+        logits_out: optional (Z, H, W) float array that receives the FG-minus-BG logits of the predicted slices.
 
     Returns:
-        (Z, H, W) uint8 binary prediction.
+        (Z, H, W) uint8 binary prediction; with ``presence``, ``(prediction, scores)`` with (Z,) float scores.
 
     Raises:
         DataError: shape mismatches, an empty support mask, or predictor output of the wrong shape.
@@ -291,6 +324,14 @@ def segment_volume(
     bs = _check_positive("batch_size", batch_size)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     out = np.zeros((z_n, h, w), dtype=np.uint8)
+    scores = np.zeros(z_n, dtype=np.float64)
+    if presence is not None:
+        slice_scores(torch.zeros(1, 1, 1), presence)  # checks the name before any work
+    if logits_out is not None and tuple(np.shape(logits_out)) != (z_n, h, w):
+        raise DataError(None, f"logits_out must have the query's shape {(z_n, h, w)}, got {np.shape(logits_out)}")
+    if sel:
+        empty = empty_slices(q)
+        sel = [z for z in sel if not empty[z]]
     with torch.no_grad():
         for chunk in sorted({chunks[z] for z in sel}):
             s_img = _to_numpy(supports[chunk][0]).astype(np.float32, copy=False)
@@ -318,8 +359,166 @@ def segment_volume(
                     shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
                     want = (len(batch), 2, h, w)
                     raise DataError("predictor output", f"expected logits of shape {want}, got {shape}")
-                out[batch] = (logits[:, 1] > logits[:, 0]).to(torch.uint8).cpu().numpy()  # argmax; ties -> BG
-    return out
+                diff = logits[:, 1] - logits[:, 0]
+                out[batch] = (diff > float(threshold)).to(torch.uint8).cpu().numpy()  # argmax for 0; ties -> BG
+                if presence is not None:
+                    scores[batch] = slice_scores(diff, presence, threshold)
+                if logits_out is not None:
+                    logits_out[batch] = diff.float().cpu().numpy()
+    return (out, scores) if presence is not None else out
+
+
+# ---------------------------------------------------------------------------------------------------- GT-free
+@dataclass
+class GTFreeSupport:
+    """A support prepared once per class for GT-free segmentation (:func:`prepare_gt_free_support`).
+
+    Attributes:
+        supports: per chunk, ``(images (S, H, W), masks (S, H, W) uint8)`` for :func:`segment_volume`.
+        shots: support slice indices per chunk.
+        extent: first and last support slice containing the class.
+        n_slices: slices of the support volume.
+        body: the support's body z-extent (:func:`~labelless.fewshot.volume.gtfree.body_extent`) or ``None``.
+        empty: (Z,) empty-slice flags of the support volume.
+        presence_threshold: the threshold calibrated on the support, or ``None`` (presence off).
+        foreground_threshold: the FG logit-margin threshold (0 = argmax, or calibrated on the support).
+        options: the options it was prepared with.
+    """
+
+    supports: list[tuple[np.ndarray, np.ndarray]]
+    shots: list[list[int]]
+    extent: tuple[int, int]
+    n_slices: int
+    body: tuple[int, int] | None
+    empty: np.ndarray
+    presence_threshold: float | None
+    foreground_threshold: float
+    options: GTFreeOptions
+
+
+@dataclass
+class GTFreeResult:
+    """One query segmented by :func:`segment_volume_gt_free`.
+
+    Attributes:
+        prediction: (Z, H, W) uint8 mask after the GT-free rules.
+        estimate: the estimated class extent, chunks and kept slices.
+        scores: (Z,) presence scores (zeros when presence is off).
+        empty: (Z,) empty-slice flags.
+    """
+
+    prediction: np.ndarray
+    estimate: ExtentEstimate
+    scores: np.ndarray
+    empty: np.ndarray
+
+
+def prepare_gt_free_support(
+    support_image: np.ndarray | torch.Tensor,
+    support_mask: np.ndarray | torch.Tensor,
+    predictor: Predictor,
+    options: GTFreeOptions | Mapping[str, Any] | None = None,
+    n_chunks: int = 3,
+    n_shots: int = 1,
+    shots: Sequence[Sequence[int]] | None = None,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    source: str | os.PathLike | None = None,
+) -> GTFreeSupport:
+    """Prepare one class's support for :func:`segment_volume_gt_free`: support slices per chunk, the support's body
+    extent and the thresholds calibrated on the support volume. For those, the support's own slices are segmented
+    with its own chunks (the GT-free rule applied to the support itself); the support shots are left out
+    (leave-slice-out), and only the support's label is read.
+
+    Args:
+        support_image: normalised (Z, H, W) support volume at the network's input size.
+        support_mask: (Z, H, W) binary mask of the class on the same grid.
+        predictor: see :data:`Predictor`.
+        options: :class:`~labelless.fewshot.volume.gtfree.GTFreeOptions` (or a mapping of them).
+        n_chunks, n_shots: support slices (§6.2 and the K-shot rule).
+        shots: explicit support slices per chunk instead of the automatic ones.
+        batch_size, device: as :func:`segment_volume`.
+        source: the support label file, named in errors.
+
+    Raises:
+        DataError: the class is absent from the support, or a support slice's mask is empty.
+    """
+    opts = GTFreeOptions.from_options(options)
+    img = _to_numpy(support_image).astype(np.float32, copy=False)
+    mask = _to_numpy(support_mask).astype(bool)
+    if img.ndim != 3 or img.shape != mask.shape:
+        raise DataError(source, f"support image {img.shape} and mask {mask.shape} must be one (Z, H, W) grid")
+    zs = [int(z) for z in np.nonzero(mask.reshape(mask.shape[0], -1).any(axis=1))[0]]
+    if not zs:
+        raise DataError(source, "the class is absent from the support volume: its support mask is empty")
+    per_chunk = (support_shot_slices(zs, n_chunks, n_shots, source=source) if shots is None
+                 else [[int(z) for z in g] for g in shots])  # fmt: skip
+    supports = [(img[idx], mask[idx].astype(np.uint8)) for idx in per_chunk]
+    for idx, (_, m) in zip(per_chunk, supports):
+        if not m.reshape(len(idx), -1).any(axis=1).all():
+            raise DataError(source, f"support slices {idx} do not all contain the class")
+    empty = empty_slices(img)
+    body = body_extent(img, opts.body_fraction)
+    fg_threshold, presence_threshold = 0.0, None
+    if opts.foreground_threshold == "support" or opts.presence != "none":
+        n_s = img.shape[0]
+        own = estimated_extent(n_s, n_s, (zs[0], zs[-1]), GTFreeOptions(extent_reference="volume"),
+                               n_chunks=len(per_chunk)).chunks  # fmt: skip
+        logits = np.full(img.shape, -np.inf, dtype=np.float32)
+        segment_volume(img, supports, own, predictor, batch_size, device, logits_out=logits)
+        left_out = [z for g in per_chunk for z in g]
+        if opts.foreground_threshold == "support":
+            fg_threshold = calibrate_foreground_threshold(logits, mask, exclude=left_out)
+        if opts.presence != "none":
+            scores = presence_scores(np.where(np.isfinite(logits), logits, -1e4), opts.presence, fg_threshold)
+            scores[empty] = 0.0
+            presence_threshold = calibrate_presence(
+                scores, mask.reshape(n_s, -1).any(axis=1), exclude=left_out, rule=opts.presence_rule,
+                prediction=logits > fg_threshold, truth=mask,
+            )  # fmt: skip
+        logger.info("GT-free thresholds calibrated on the support: foreground logit margin %.2f, presence (%s) %s",
+                    fg_threshold, opts.presence, presence_threshold)  # fmt: skip
+    return GTFreeSupport(supports, per_chunk, (zs[0], zs[-1]), int(img.shape[0]), body, empty, presence_threshold,
+                         float(fg_threshold), opts)  # fmt: skip
+
+
+def segment_volume_gt_free(
+    query_image: np.ndarray | torch.Tensor,
+    support: GTFreeSupport,
+    predictor: Predictor,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+) -> GTFreeResult:
+    """Segment a query volume without its ground truth (§6.5 and :mod:`~labelless.fewshot.volume.gtfree`): the
+    class extent is estimated from the support (chunks; with ``predict_outside_extent=False`` nothing is predicted
+    outside it), empty slices get nothing, FG needs the support-calibrated logit margin, slices whose presence score
+    is at or below the support-calibrated threshold are cleared and the 3D result is cleaned (connected
+    components). The one GT-free code path of ``evaluate.json``, ``inference.json`` and ``labelless evaluate``.
+
+    Args:
+        query_image: normalised (Z, H, W) query volume at the network's input size.
+        support: from :func:`prepare_gt_free_support` (its options apply).
+        predictor: see :data:`Predictor`.
+        batch_size, device: as :func:`segment_volume`.
+
+    Returns:
+        :class:`GTFreeResult`.
+    """
+    opts = support.options
+    q = _to_numpy(query_image).astype(np.float32, copy=False)
+    if q.ndim != 3:
+        raise DataError(None, f"query image must be (Z, H, W), got shape {q.shape}")
+    n_q = q.shape[0]
+    empty = empty_slices(q)
+    body = body_extent(q, opts.body_fraction)
+    est = estimated_extent(n_q, support.n_slices, support.extent, opts, body, support.body,
+                           n_chunks=len(support.supports))  # fmt: skip
+    # every slice is predicted: the clean-up sees the whole volume, the extent cut (if any) comes last
+    pred, scores = segment_volume(q, support.supports, est.chunks, predictor, batch_size, device,
+                                  presence=opts.presence, threshold=support.foreground_threshold)  # fmt: skip
+    pred = postprocess_volume(pred, opts, scores=scores, empty=empty, keep_slices=est.keep,
+                              presence_threshold=support.presence_threshold)  # fmt: skip
+    return GTFreeResult(pred, est, scores, empty)
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
@@ -408,11 +607,12 @@ def evaluate_fold(
     device: str | torch.device | None = None,
     normalization: str | None = None,
     norm_stats: tuple[float, float] | None = None,
-    predict_outside_extent: bool = True,
-    extent_margin: int = 2,
+    predict_outside_extent: bool | None = None,
+    extent_margin: int | None = None,
     output_dir: str | os.PathLike | None = None,
     save_predictions: bool = False,
     n_overlays: int = 3,
+    gt_free_options: GTFreeOptions | Mapping[str, Any] | None = None,
 ) -> FoldResult:
     """Evaluate one fold's model on the fold's test scans with the fold's support scan (§6).
 
@@ -430,11 +630,16 @@ def evaluate_fold(
         normalization: ``"volume_zscore"`` (MR), ``"fold_zscore"`` (CT) or ``"none"``; default from the preset.
         norm_stats: ``(mean, std)`` of the fold's training scans; required for ``fold_zscore``.
         predict_outside_extent: gt_free mode only; ``False`` sets predictions to 0 outside the estimated extent
-            ``[a_hat - extent_margin, b_hat + extent_margin]`` (those slices are still scored).
-        extent_margin: margin m' in slices of the option above.
+            ``[a_hat - extent_margin, b_hat + extent_margin]`` (those slices are still scored). ``None``: the value
+            of ``gt_free_options``.
+        extent_margin: margin m' in slices of the option above (``None``: from ``gt_free_options``).
         output_dir: where predictions are saved (``<output_dir>/predictions/<mode>/pred_<pid>_<class>.nii.gz``).
         save_predictions: save the binary predictions (all slices, query geometry) as NIfTI.
         n_overlays: per class, slices kept for overlay figures (the largest-GT slice of the first query scans).
+        gt_free_options: gt_free mode only: the switches of :func:`segment_volume_gt_free`
+            (:class:`~labelless.fewshot.volume.gtfree.GTFreeOptions` or a mapping over its defaults); ``None``: the
+            plain §6.5 rule (:meth:`~labelless.fewshot.volume.gtfree.GTFreeOptions.plain`). The bundles and
+            ``labelless evaluate`` pass the measured defaults, ``GTFreeOptions()``.
 
     Returns:
         The fold's :class:`FoldResult`.
@@ -447,9 +652,11 @@ def evaluate_fold(
     n_chunks = _check_positive("n_chunks", n_chunks)
     n_shots = _check_positive("n_shots", n_shots)
     save_predictions = as_bool(save_predictions, "save_predictions")
-    predict_outside_extent = as_bool(predict_outside_extent, "predict_outside_extent")
-    if int(z_margin) < 0 or int(extent_margin) < 0:
-        raise ConfigError(f"z_margin and extent_margin must be >= 0, got {z_margin}, {extent_margin}")
+    gt_opts = GTFreeOptions.from_options(GTFreeOptions.plain() if gt_free_options is None else gt_free_options,
+                                         predict_outside_extent=predict_outside_extent,
+                                         extent_margin=extent_margin)  # fmt: skip
+    if int(z_margin) < 0:
+        raise ConfigError(f"z_margin must be >= 0, got {z_margin}")
     if save_predictions and output_dir is None:
         raise ConfigError("save_predictions=True needs an output_dir")
     cls = _check_classes(dataset, classes)
@@ -461,8 +668,10 @@ def evaluate_fold(
         class_names=names, test_pids=list(split.test), support_pid=split.support,
         settings={"n_chunks": n_chunks, "z_margin": int(z_margin), "n_shots": n_shots,
                   "normalization": normalization or dataset.preset.normalization,
-                  "predict_outside_extent": predict_outside_extent, "extent_margin": int(extent_margin)},
+                  "predict_outside_extent": gt_opts.predict_outside_extent, "extent_margin": gt_opts.extent_margin},
     )  # fmt: skip
+    if mode == "gt_free":
+        result.settings["gt_free"] = gt_opts.as_dict()
     pred_dir = Path(output_dir) / "predictions" / mode if save_predictions else None
 
     sup_img_vol = dataset.load_image(split.support)
@@ -480,6 +689,12 @@ def evaluate_fold(
         shots = support_shot_slices(zs, n_chunks, n_shots, source=dataset.label_path(split.support))
         result.support_slices[c] = shots
         supports = [(sup_img[idx], sup_mask[idx].astype(np.uint8)) for idx in shots]
+        gt_support = None
+        if mode == "gt_free":
+            gt_support = prepare_gt_free_support(
+                sup_img, sup_mask, predictor, gt_opts, n_chunks, n_shots, shots=shots, batch_size=batch_size,
+                device=device, source=dataset.label_path(split.support),
+            )  # fmt: skip
         n_kept = 0
         for pid in split.test:
             img_vol = dataset.load_image(pid)
@@ -501,14 +716,12 @@ def evaluate_fold(
                 chunks = protocol_chunks(n_q, z_min, z_max, n_chunks)
                 scored = scored_range(n_q, "protocol", z_min, z_max, z_margin)
                 to_predict: Iterable[int] = range(n_q) if save_predictions else scored
+            if mode == "protocol":
+                pred = segment_volume(q, supports, chunks, predictor, batch_size, device, slices=to_predict)
             else:
-                extent = (zs[0], zs[-1])
-                chunks = support_relative_chunks(n_q, sup_lab.shape[0], extent, n_chunks)
+                gf = segment_volume_gt_free(q, gt_support, predictor, batch_size, device)
+                pred, chunks = gf.prediction, gf.estimate.chunks
                 scored = scored_range(n_q, "gt_free")
-                to_predict = range(n_q)
-                if not predict_outside_extent:
-                    to_predict = support_relative_slices(n_q, sup_lab.shape[0], extent, extent_margin)
-            pred = segment_volume(q, supports, chunks, predictor, batch_size, device, slices=to_predict)
             score = score_scan(pred, truth, scored, img_vol.spacing, fold=int(fold), pid=pid, class_id=c,
                                class_name=names[c], mode=mode)  # fmt: skip
             result.scans.append(score)

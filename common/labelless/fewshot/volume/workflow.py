@@ -23,6 +23,7 @@ from labelless.data.presets import get_preset
 from labelless.errors import ConfigError
 from labelless.fewshot.volume.episodes import SelfSupervisedEpisodeDataset
 from labelless.fewshot.volume.folds import fold_split
+from labelless.fewshot.volume.gtfree import GTFreeOptions
 from labelless.io.checkpoint import load_network_weights
 from labelless.options import as_float, as_int, as_int_list
 from labelless.paths import check_output_outside_inputs, locked_output
@@ -37,6 +38,7 @@ __all__ = [
     "FewShotVolumeEvaluationRunner",
     "inference_inputs",
     "fold_norm_stats",
+    "weights_will_be_loaded",
 ]
 
 logger = logging.getLogger("labelless.fewshot.volume")
@@ -92,8 +94,13 @@ def resolve_derived_dir(
     derived_dir: str | os.PathLike | None = None,
     method: str = "felzenszwalb",
     workers: int | None = None,
+    body_threshold: float | None = None,
+    body_threshold_rel: float | None = None,
 ) -> PreparedVolumeDataset:
     """Make sure superpixel maps exist (computing the missing ones, cached) and point ``dataset`` at them.
+
+    ``body_threshold`` / ``body_threshold_rel`` override the preset's body-mask rule (see
+    :func:`~labelless.fewshot.volume.superpixels.precompute_superpixels`; ``None`` keeps the preset's).
 
     Raises:
         ConfigError: ``derived_dir`` is the data set folder or lies inside it (derived files never go there).
@@ -111,6 +118,8 @@ def resolve_derived_dir(
         preset=dataset.preset,
         method=method,
         workers=workers,
+        body_threshold=body_threshold,
+        body_threshold_rel=body_threshold_rel,
     )
     dataset.derived_dir = Path(out)
     return dataset
@@ -128,6 +137,8 @@ def training_episodes(
     superpixel_method: str = "felzenszwalb",
     workers: int | None = None,
     use_all_scans: bool = False,
+    body_threshold: float | None = None,
+    body_threshold_rel: float | None = None,
 ) -> SelfSupervisedEpisodeDataset:
     """Self-supervised episodes of a fold's training scans (fewshot_protocol §4).
 
@@ -143,11 +154,15 @@ def training_episodes(
         superpixel_method: superpixel method of the precompute.
         workers: processes of the superpixel precompute.
         use_all_scans: train on every scan (no held-out fold; for a deployment model, never for evaluation).
+        body_threshold, body_threshold_rel: body-mask rule of the superpixels overriding the preset's (label-free
+            adaptation to scans of another intensity range, :mod:`labelless.fewshot.volume.adapt`).
+
+    Setting 1 reads no label file (the pool comes from the superpixels only): unlabelled scans are accepted.
     """
     from labelless.transforms.augment import RandFewShotAugmentd, monai_fewshot_augment
 
-    resolve_derived_dir(dataset, derived_dir, superpixel_method, workers)
-    if use_all_scans:
+    resolve_derived_dir(dataset, derived_dir, superpixel_method, workers, body_threshold, body_threshold_rel)
+    if as_bool(use_all_scans, "use_all_scans"):
         train = list(dataset.pids)
     else:
         split = fold_split(dataset.pids, int(fold), dataset.preset.n_folds)
@@ -166,6 +181,22 @@ def training_episodes(
         dataset, train, setting=int(setting), label_set=int(label_set), n_shots=int(n_shots),
         n_episodes=int(n_steps), transform=transform,
     )  # fmt: skip
+
+
+#: the encoders' warning when built without ``pretrained_path`` (labelless.networks.encoders)
+_RANDOM_INIT_MESSAGE = r".*no pretrained_path given, the encoder is randomly initialised.*"
+
+
+def weights_will_be_loaded(load: bool | str = True) -> bool:
+    """Declare that the network of this run gets its weights from a checkpoint (``inference.json`` with
+    ``load_pretrain``, every ``evaluate.json`` run): the encoder's "randomly initialised" warning at construction
+    would be wrong and is silenced (only that message). Returns ``load`` parsed; ``False`` changes nothing."""
+    import warnings
+
+    flag = as_bool(load, "load_pretrain")
+    if flag:
+        warnings.filterwarnings("ignore", message=_RANDOM_INIT_MESSAGE)
+    return flag
 
 
 def checkpoint_name(setting: int = 1, label_set: int = 0, fold: int = 0) -> str:
@@ -216,6 +247,10 @@ class FewShotVolumeEvaluationRunner:
             honest when its training excluded those folds; the shipped ``model.pt`` is a fold-0 model).
         batch_size, n_overlays, save_predictions, predict_outside_extent, z_margin: options of
             :func:`~labelless.fewshot.volume.protocol.evaluate` (switches accept "true"/"false" from a command line).
+        extent_margin, extent_reference, foreground_threshold, presence, presence_rule, cleanup, cleanup_fraction: the
+            GT-free switches
+            (:class:`~labelless.fewshot.volume.gtfree.GTFreeOptions`; ``None`` keeps its default), used by the
+            ``gt_free`` mode only.
         device: device of the network.
 
     Raises:
@@ -239,9 +274,16 @@ class FewShotVolumeEvaluationRunner:
         batch_size: int = 16,
         n_overlays: int = 3,
         save_predictions: bool | str = False,
-        predict_outside_extent: bool | str = True,
+        predict_outside_extent: bool | str | None = None,
         z_margin: int = 0,
         device: str | torch.device = "cpu",
+        extent_margin: int | None = None,
+        extent_reference: str | None = None,
+        presence: str | None = None,
+        presence_rule: str | None = None,
+        cleanup: str | None = None,
+        cleanup_fraction: float | None = None,
+        foreground_threshold: str | None = None,
     ) -> None:
         self.dataset = dataset
         self.network = network
@@ -261,8 +303,12 @@ class FewShotVolumeEvaluationRunner:
         self.kwargs = {
             "batch_size": as_int(batch_size, "eval_batch_size", 1), "n_overlays": as_int(n_overlays, "n_overlays", 0),
             "save_predictions": as_bool(save_predictions, "save_predictions"),
-            "predict_outside_extent": as_bool(predict_outside_extent, "predict_outside_extent"),
             "z_margin": as_int(z_margin, "z_margin", 0),
+            "gt_free_options": GTFreeOptions.from_options(
+                None, predict_outside_extent=predict_outside_extent, extent_margin=extent_margin,
+                extent_reference=extent_reference, presence=presence, presence_rule=presence_rule, cleanup=cleanup,
+                cleanup_fraction=cleanup_fraction, foreground_threshold=foreground_threshold,
+            ),
         }  # fmt: skip
         self.device = torch.device(device)
         self.result = None

@@ -1,0 +1,157 @@
+# Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
+"""Label-free adaptation (configs/adapt.json, labelless.fewshot.volume.adapt) on small phantom volumes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import labelless.io.readers as readers
+from _bundles import TINY, bundle_workflow, root_cause
+from labelless.data.layouts import PreparedVolumeDataset
+from labelless.errors import ConfigError
+from labelless.fewshot.volume.adapt import AdaptationBudget, check_adapt_options, prepare_unlabelled_volumes
+from labelless.io.readers import read_volume
+from labelless.io.writers import write_volume
+
+BUNDLE = "ssl_alpnet_fewshot_segmentation"
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory) -> Path:
+    """Two small phantom scans (8 slices each) with their label files beside them (which must never be read)."""
+    from labelless.data.phantoms import default_dataset_dir
+
+    src = default_dataset_dir("abdomen")
+    out = tmp_path_factory.mktemp("vols")
+    for pid in (1, 2):
+        img = read_volume(src / f"image_{pid}.nii.gz")
+        z0 = img.shape[0] // 2 - 4
+        write_volume(img.array[z0 : z0 + 8], out / f"scan{pid}.nii.gz", affine=img.affine)
+        shutil.copy(src / f"label_{pid}.nii.gz", out / f"label_scan{pid}.nii.gz")
+    return out
+
+
+@pytest.fixture
+def no_label_reads(monkeypatch):
+    """Fail on any attempt to read a label file."""
+    load = readers._load
+
+    def guarded(path, *args, **kwargs):
+        if Path(path).name.startswith("label_"):
+            raise AssertionError(f"label file read during adaptation: {path}")
+        return load(path, *args, **kwargs)
+
+    def no_label(self, pid):
+        raise AssertionError(f"load_label({pid}) called during adaptation")
+
+    monkeypatch.setattr(readers, "_load", guarded)
+    monkeypatch.setattr(PreparedVolumeDataset, "load_label", no_label)
+
+
+def _adapt(cwd: Path, volumes: Path, **overrides):
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        wf = bundle_workflow(BUNDLE, ["train.json", "adapt.json"], "train", dataset_dir=str(volumes),
+                             **{**TINY, "log_every": 1, "save_interval": 2, **overrides})  # fmt: skip
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+    finally:
+        os.chdir(old)
+    return wf
+
+
+def test_adapt_a_few_iterations_then_budget_then_inference(tmp_path, volumes, no_label_reads):
+    # 1) an iteration budget, from the network's own initial weights (the tiny encoder has no shipped weights)
+    wf = _adapt(tmp_path, volumes, init_ckpt=None, n_steps=3)
+    out = tmp_path / "adapted" / BUNDLE  # the default output folder: under the working directory, not the bundle
+    first = out / "model.pt"
+    assert wf.parser.get_parsed_content("train#trainer").state.iteration == 3
+    assert first.is_file() and (out / "checkpoints" / "fold0_setting1.pt").is_file()
+    prepared = sorted(p.name for p in (out / "cache" / "prepared").iterdir())
+    assert prepared == ["adapt_sources.json", "image_scan1.nii.gz", "image_scan2.nii.gz"]  # no label written
+    assert sorted(p.name for p in volumes.iterdir()) == [
+        "label_scan1.nii.gz",
+        "label_scan2.nii.gz",
+        "scan1.nii.gz",
+        "scan2.nii.gz",
+    ]  # input folder untouched
+
+    # 2) continue from that model (plain state dict) under a time budget that ends the run after one iteration
+    out2 = tmp_path / "second"
+    wf = _adapt(
+        tmp_path,
+        volumes,
+        init_ckpt=str(first),
+        n_steps=1000,
+        time_budget_min=1e-4,
+        output_dir=str(out2),
+        adapt_cache_dir=str(out / "cache"),
+    )
+    budget = wf.parser.get_parsed_content("adapt_budget")
+    assert budget.stopped_by_budget and wf.parser.get_parsed_content("train#trainer").state.iteration == 1
+    state = torch.load(out2 / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+    # 3) the adapted model is what inference.json takes as --ckpt_path (a support label outside the input folder)
+    sup = read_volume(volumes / "scan1.nii.gz")
+    mask = np.zeros(sup.shape, np.uint8)
+    mask[:, 100:150, 80:160] = 1
+    write_volume(mask, tmp_path / "support" / "mask.nii.gz", reference=sup, dtype=np.uint8)
+    inf = bundle_workflow(BUNDLE, ["inference.json"], "inference", **TINY, ckpt_path=str(out2 / "model.pt"),
+                          output_dir=str(tmp_path / "pred"), support_image=str(volumes / "scan1.nii.gz"),
+                          support_label=str(tmp_path / "support" / "mask.nii.gz"), label_value=1, n_overlays=0,
+                          queries=[str(volumes / "scan2.nii.gz")])  # fmt: skip
+    inf.initialize()
+    inf.run()
+    assert (tmp_path / "pred" / "scan2_pred.nii.gz").is_file()
+
+
+def test_prepare_keeps_outputs_outside_the_input_and_reuses_the_cache(tmp_path, volumes):
+    with pytest.raises(ConfigError, match="inside the input folder"):
+        prepare_unlabelled_volumes(volumes, volumes / "prepared")
+    out = prepare_unlabelled_volumes(volumes, tmp_path / "p", image_size=128)
+    vol = read_volume(out / "image_scan1.nii.gz")
+    assert vol.shape == (8, 128, 128) and vol.array.min() == 0
+    assert abs(float(np.percentile(vol.array, 99.5)) - 800) < 8
+    stamp = (out / "image_scan1.nii.gz").stat().st_mtime_ns
+    prepare_unlabelled_volumes(volumes, tmp_path / "p", image_size=128)
+    assert (out / "image_scan1.nii.gz").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [({"setting": 2}, "setting must be 1"), ({"time_budget_min": 0}, "time_budget_min"),
+     ({"snapshot_minutes": [-1]}, "snapshot_minutes"), ({"body_threshold_rel": 2}, "body_threshold_rel")],
+)  # fmt: skip
+def test_bad_adapt_options_are_one_line_errors(kwargs, needle):
+    with pytest.raises(ConfigError, match=needle):
+        check_adapt_options(**kwargs)
+
+
+def test_adapt_setting2_fails_before_any_work(tmp_path, volumes):
+    with pytest.raises(Exception) as err:
+        _adapt(tmp_path, volumes, init_ckpt=None, n_steps=2, setting=2)
+    assert "setting must be 1" in str(root_cause(err.value))
+    assert not (tmp_path / "adapted" / BUNDLE / "cache").exists()
+
+
+def test_budget_snapshots_need_a_folder():
+    with pytest.raises(ConfigError, match="snapshot_minutes"):
+        AdaptationBudget(1, [0.5])
+
+
+def test_adapt_command_needs_a_volume_bundle(tmp_path):
+    from labelless.fewshot.volume.adapt import adapt_bundle
+
+    with pytest.raises(ConfigError, match="no configs/adapt.json"):
+        adapt_bundle("fsms_fewshot_skin_segmentation", tmp_path, out=tmp_path / "o")
+    with pytest.raises(ConfigError, match="not found"):
+        adapt_bundle("no_such_bundle", tmp_path)
