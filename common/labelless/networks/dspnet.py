@@ -44,6 +44,7 @@ from labelless.networks.prototypes import (
     FG_MODE_WINDOW,
     LOCAL_THRESHOLD,
     SCALE,
+    ALPExportHead,
     ALPHead,
     bg_prototypes,
     check_support_mask,
@@ -889,7 +890,7 @@ def fixed_soft_cluster(
     return c_f
 
 
-class DSPNetExportHead(nn.Module):
+class DSPNetExportHead(ALPExportHead):
     """Fixed-size :class:`DSPNetHead` for export (TorchScript, ONNX), built by :meth:`DSPNetHead.export_head`.
 
     Same logits as the eager head in evaluation (one window, FSPA clustering on when the support mask is not on the
@@ -906,12 +907,7 @@ class DSPNetExportHead(nn.Module):
     """
 
     def __init__(self, head: DSPNetHead, window: int) -> None:
-        super().__init__()
-        self.window = int(window)
-        self.threshold = float(head.threshold)
-        self.fg_mode_threshold = float(head.fg_mode_threshold)
-        self.fg_mode_window = int(head.fg_mode_window)
-        self.scale = float(head.scale)
+        super().__init__(window, head.threshold, head.fg_mode_threshold, head.fg_mode_window, head.scale)
         self.channels = int(head.channels)
         self.bcma = head.bcma
         self.bcma_alpha = float(head.bcma_alpha)

@@ -39,6 +39,7 @@ from labelless.networks.prototypes import (
     FG_MODE_WINDOW,
     LOCAL_THRESHOLD,
     SCALE,
+    ALPExportHead,
     ALPHead,
     alp_prototype_sets,
     bg_prototypes,
@@ -645,7 +646,7 @@ class _MCAMBlocks(nn.Module):
         self.blocks = blocks
 
 
-class PSMNetExportHead(nn.Module):
+class PSMNetExportHead(ALPExportHead):
     """Fixed-size :class:`PSMNetHead` for export (TorchScript, ONNX), built by :meth:`PSMNetHead.export_head`.
 
     Same logits as the eager head in evaluation (one window): the PSM sets are the complete trees of
@@ -659,12 +660,7 @@ class PSMNetExportHead(nn.Module):
     """
 
     def __init__(self, head: PSMNetHead, window: int) -> None:
-        super().__init__()
-        self.window = int(window)
-        self.threshold = float(head.threshold)
-        self.fg_mode_threshold = float(head.fg_mode_threshold)
-        self.fg_mode_window = int(head.fg_mode_window)
-        self.scale = float(head.scale)
+        super().__init__(window, head.threshold, head.fg_mode_threshold, head.fg_mode_window, head.scale)
         self.channels = int(head.channels)
         self.psm_depth = int(head.psm_depth)
         self.psm_tau = float(head.psm_tau)
