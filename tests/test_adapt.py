@@ -155,3 +155,30 @@ def test_adapt_command_needs_a_volume_bundle(tmp_path):
         adapt_bundle("fsms_fewshot_skin_segmentation", tmp_path, out=tmp_path / "o")
     with pytest.raises(ConfigError, match="not found"):
         adapt_bundle("no_such_bundle", tmp_path)
+
+
+def test_budget_clock_counts_cpu_minutes_not_waiting():
+    """With clock="cpu" a process that sleeps (a machine shared with other jobs) does not use its budget; with the
+    wall clock it does."""
+    import time
+
+    from ignite.engine import Engine
+
+    def run(clock: str) -> tuple[int, bool]:
+        budget = AdaptationBudget(0.1 / 60, clock=clock)  # 0.1 s
+
+        def step(engine, batch):  # noqa: ANN001, ANN202
+            time.sleep(0.02)
+            return 0
+
+        engine = Engine(step)
+        budget.attach(engine)
+        engine.run(range(30), max_epochs=1)
+        return engine.state.iteration, budget.stopped_by_budget
+
+    wall_iters, wall_stopped = run("wall")
+    cpu_iters, cpu_stopped = run("cpu")
+    assert wall_stopped and wall_iters < 30
+    assert not cpu_stopped and cpu_iters == 30
+    with pytest.raises(ConfigError, match="budget_clock"):
+        AdaptationBudget(1, clock="gpu")

@@ -93,6 +93,50 @@ def test_surrogate_trains_the_surrogate_head_and_the_baseline_does_not(trained, 
     assert b["seg_optimizer"]["state"]
 
 
+def test_pseudo_label_classes_and_init_ckpt_through_the_config(trained, lesions, tmp_path, monkeypatch):
+    """train.json with pseudo_fraction 1: every task is a pseudo-label class of the folder's unlabelled images (no
+    mask of the folder is opened: PIL and open are watched), starting from init_ckpt's weights."""
+    import builtins
+
+    masks = str(lesions / "masks")
+    seen: list[str] = []
+
+    def guard(fn):
+        def wrapped(fp, *args, **kwargs):
+            if str(getattr(fp, "name", fp)).startswith(masks) and pseudo_phase:
+                seen.append(str(fp))
+            return fn(fp, *args, **kwargs)
+
+        return wrapped
+
+    pseudo_phase = False
+    monkeypatch.setattr(Image, "open", guard(Image.open))
+    monkeypatch.setattr(builtins, "open", guard(builtins.open))
+    from labelless.fewshot.image.episodes import MetaTrainEpisodes
+
+    drawn: list[str] = []
+    original = MetaTrainEpisodes.__getitem__
+
+    def record(self, index):  # noqa: ANN001, ANN202
+        nonlocal pseudo_phase
+        pseudo_phase = True  # the target pools (which do read the test masks) are built before the first episode
+        item = original(self, index)
+        drawn.extend(item["classes"])
+        return item
+
+    monkeypatch.setattr(MetaTrainEpisodes, "__getitem__", record)
+    init = trained / "fsms_surrogate_1shot.pt"
+    out = _train(tmp_path, dataset_dir=str(lesions), pseudo_fraction=1.0, init_ckpt=str(init))
+    assert drawn and all(c.startswith("pseudo/") for c in drawn)
+    assert not seen, f"masks opened while building pseudo-label episodes: {seen[:3]}"
+    ckpt = torch.load(out / "fsms_surrogate_1shot.pt", map_location="cpu", weights_only=True)
+    assert ckpt["trainer"]["iteration"] == 3 and ckpt["seg_optimizer"]["state"]
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(Exception) as err:
+        _train(tmp_path / "bad", dataset_dir=str(lesions), init_ckpt=str(tmp_path / "missing.pt"))
+    assert "missing.pt" in str(root_cause(err.value))
+
+
 def test_evaluate_unseen_folder_with_overrides_only(trained, lesions, tmp_path):
     out = tmp_path / "eval"
     wf = bundle_workflow(

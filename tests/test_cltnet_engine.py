@@ -115,6 +115,44 @@ def test_losses():
         CycleTranslationLoss("chest")
 
 
+def test_mask_terms_are_off_by_default_and_push_normal_masks_down():
+    """The optional mask terms (not in the spec): 0 by default; with a weight, the mean mask of normal (and lesion)
+    images is added, and a short run lowers the mask of normal images more than the spec's loss does."""
+    x = torch.zeros(1, 3, 4, 4)
+    real = [(torch.ones(1, 1, 2, 2), torch.ones(1, 2))]
+    args = (real, real, [(x, x)], [(x, x)], [torch.full((1, 2), 20.0)], [torch.full((1, 2), -20.0)], [(x, x)])
+    m_normal, m_lesion = torch.full((1, 1, 4, 4), 0.5), torch.full((1, 1, 4, 4), 0.25)
+    spec = CycleTranslationLoss("brats")
+    assert spec.weights["mask_normal"] == 0.0 and spec.weights["mask_sparsity"] == 0.0
+    base, terms = spec.generator(*args, masks_normal=[m_normal], masks_lesion=[m_lesion])
+    assert "mask_normal" not in terms
+    both = CycleTranslationLoss("brats", mask_normal=2.0, mask_sparsity=4.0)
+    total, terms = both.generator(*args, masks_normal=[m_normal], masks_lesion=[m_lesion])
+    assert float(terms["mask_normal"]) == 0.5 and float(terms["mask_sparsity"]) == 0.25
+    assert float(total - base) == pytest.approx(2.0 * 0.5 + 4.0 * 0.25)
+    with pytest.raises(ConfigError, match="needs the generator's masks"):
+        both.generator(*args)
+    with pytest.raises(ConfigError, match="finite and >= 0"):
+        CycleTranslationLoss("brats", mask_normal=-1.0)
+
+    weights = {"adv": 1.0, "cycle": 1.0, "ident": 1.0, "cam": 1.0, "recon": 1.0}
+
+    def normal_mask_after(mask_normal: float) -> float:
+        torch.manual_seed(0)
+        net = build_cltnet(ngf=8, ndf=8)
+        x_b = torch.rand(1, 3, 96, 96) * 2 - 1
+        data = [{"image_a": torch.rand(1, 3, 96, 96) * 2 - 1, "image_b": x_b}] * 6
+        g_opt = torch.optim.Adam(net.generator_parameters(), lr=1e-2)
+        d_opt = torch.optim.Adam(net.discriminator_parameters(), lr=1e-4)
+        CycleTranslationTrainer(device="cpu", max_epochs=6, epoch_length=1, n_steps=6, train_data_loader=data,
+                                network=net, optimizer=g_opt, d_optimizer=d_opt,
+                                loss_function=CycleTranslationLoss(weights, mask_normal=mask_normal)).run()  # fmt: skip
+        with torch.no_grad():
+            return float(net.gen_ab(x_b).mask.mean())
+
+    assert normal_mask_after(10.0) < normal_mask_after(0.0) - 0.1
+
+
 def test_augment_is_seeded_and_in_range():
     img = torch.rand(3, 40, 50)
     a, b = RandTranslationAugment(32), RandTranslationAugment(32)

@@ -644,6 +644,7 @@ class LabellessCLI:
         learning_rate: float | None = None,
         snapshot_minutes: Sequence[float] | None = None,
         resume: bool = False,
+        clock: str = "wall",
     ) -> str:
         """Label-free adaptation: continue a few-shot volume bundle's self-supervised training on unlabelled volumes
         (labelless.fewshot.volume.adapt); writes <out>/model.pt for inference.json --ckpt_path.
@@ -651,19 +652,22 @@ class LabellessCLI:
         Args:
             bundle: bundle folder or name (ssl_alpnet_fewshot_segmentation, dspnet_..., psmnet_...).
             volumes_dir: folder of unlabelled volumes (NIfTI, NRRD, MHA, DICOM series, PNG); never written.
-            minutes: wall-clock budget (None: --steps only).
+            minutes: time budget in minutes of --clock (None: --steps only).
             out: output folder (default ./adapted/<bundle>).
             steps: iteration budget (default: adapt.json's n_steps).
             init_ckpt: starting weights (default: the bundle's models/model.pt).
             learning_rate: default: adapt.json's.
             snapshot_minutes: write model_<m>min.pt at these minutes, e.g. "[15,30]".
             resume: continue an interrupted run in --out.
+            clock: "wall" (wall-clock minutes) or "cpu" (CPU minutes of the process, for budgets on a shared
+                machine); --minutes and --snapshot_minutes use it.
         """
         from labelless.fewshot.volume.adapt import adapt_bundle
 
         snaps = _as_list(snapshot_minutes)
         path = adapt_bundle(bundle, volumes_dir, minutes=minutes, out=out, steps=steps, init_ckpt=init_ckpt,
-                            learning_rate=learning_rate, snapshot_minutes=snaps, resume=resume)  # fmt: skip
+                            learning_rate=learning_rate, snapshot_minutes=snaps, resume=resume,
+                            budget_clock=clock)  # fmt: skip
         return f"adapted model: {path}"
 
 

@@ -384,8 +384,17 @@ class CycleTranslationLoss:
     A discriminator output is a pair ``(patch_logits, cam_logit)``; a generator output has ``y``, ``cam_logit``,
     ``y_comp`` and ``x_rec`` (:class:`~labelless.networks.cltnet.CLTGeneratorOutput`).
 
+    Two optional mask terms, **not in the spec** (both 0 by default, which is the spec's loss): nothing in §4
+    supervises the mask ``M``, and on the CPU profile it saturates over the whole brain. ``mask_normal`` penalises
+    the mean of ``M`` on normal images (``G_AB(x_B)``, the identity pass: a lesion-free image needs no change, so its
+    mask should be empty) and ``mask_sparsity`` the mean of ``M`` on lesion images (change as few pixels as the
+    adversarial terms allow). Both use only the image-level labels.
+
     Args:
-        weights: a preset name (``"brats"``, ``"isic"``) or ``{"adv", "cycle", "ident", "cam", "recon"}`` weights.
+        weights: a preset name (``"brats"``, ``"isic"``) or ``{"adv", "cycle", "ident", "cam", "recon"}`` weights,
+            optionally with ``"mask_normal"`` and ``"mask_sparsity"``.
+        mask_normal: weight of the normal-image mask term (overrides the one in ``weights``).
+        mask_sparsity: weight of the lesion-image mask term (overrides the one in ``weights``).
 
     Examples::
 
@@ -393,7 +402,12 @@ class CycleTranslationLoss:
         d_loss = loss.discriminator(real_outputs=[dis(x) for dis in dis_a], fake_outputs=[dis(fake.detach()) ...])
     """
 
-    def __init__(self, weights: str | Mapping[str, float] = "brats") -> None:
+    def __init__(
+        self,
+        weights: str | Mapping[str, float] = "brats",
+        mask_normal: float | None = None,
+        mask_sparsity: float | None = None,
+    ) -> None:
         if isinstance(weights, str):
             if weights not in CLTNET_WEIGHTS:
                 raise ConfigError(f"unknown loss weight preset {weights!r}; use one of {sorted(CLTNET_WEIGHTS)}")
@@ -402,6 +416,8 @@ class CycleTranslationLoss:
         if missing:
             raise ConfigError(f"loss weights miss {sorted(missing)}")
         self.weights = {k: float(weights[k]) for k in ("adv", "cycle", "ident", "cam", "recon")}
+        for key, value in (("mask_normal", mask_normal), ("mask_sparsity", mask_sparsity)):
+            self.weights[key] = float(weights.get(key, 0.0) if value is None else value)
         if any(not math.isfinite(v) or v < 0 for v in self.weights.values()):
             raise ConfigError(f"loss weights must be finite and >= 0, got {self.weights}")
 
@@ -427,13 +443,18 @@ class CycleTranslationLoss:
         cam_real: Sequence[torch.Tensor],
         cam_fake: Sequence[torch.Tensor],
         reconstruction: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        masks_normal: Sequence[torch.Tensor] = (),
+        masks_lesion: Sequence[torch.Tensor] = (),
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The generator loss ``w_adv (adv + adv_c) + w_cyc·cycle + w_id·ident + w_cam·cam + w_rec·recon``.
+        """The generator loss ``w_adv (adv + adv_c) + w_cyc·cycle + w_id·ident + w_cam·cam + w_rec·recon``, plus
+        ``w_mn·mean(M on normal images) + w_ms·mean(M on lesion images)`` when those weights are set.
 
         Args:
             fake_outputs: discriminator outputs on the translated images (both domains).
             composite_outputs: discriminator outputs on the mask-gated composites (joint discrimination).
             cycle, identity, reconstruction: ``(output, target)`` image pairs compared with the mean absolute error.
+            masks_normal: masks ``M`` the A→B generator predicts on normal images (used when ``mask_normal`` > 0).
+            masks_lesion: masks ``M`` it predicts on lesion images (used when ``mask_sparsity`` > 0).
             cam_real: generator CAM logits that must say "source domain" (η_{G_AB}(x_A), η_{G_BA}(x_B)) → 1.
             cam_fake: generator CAM logits that must say "not the source domain" (η_{G_AB}(x_B), η_{G_BA}(x_A)) → 0.
 
@@ -451,6 +472,12 @@ class CycleTranslationLoss:
         w = self.weights
         total = (w["adv"] * (terms["adv"] + terms["adv_c"]) + w["cycle"] * terms["cycle"] + w["ident"] * terms["ident"]
                  + w["cam"] * terms["cam"] + w["recon"] * terms["recon"])  # fmt: skip
+        for key, masks in (("mask_normal", masks_normal), ("mask_sparsity", masks_lesion)):
+            if w[key] > 0:
+                if not masks:
+                    raise ConfigError(f"loss weight {key} > 0 needs the generator's masks ({key} term)")
+                terms[key] = sum(m.float().mean() for m in masks) / len(masks)
+                total = total + w[key] * terms[key]
         return total, {k: v.detach() for k, v in terms.items()}
 
 

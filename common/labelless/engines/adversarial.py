@@ -210,6 +210,8 @@ class CycleTranslationTrainer(StepTrainer):
                 cam_real=[out_ab.cam_logit, out_ba.cam_logit],
                 cam_fake=[id_b.cam_logit, id_a.cam_logit],
                 reconstruction=[(out_ab.x_rec, x_a), (out_ba.x_rec, x_b)],
+                masks_normal=[id_b.mask],
+                masks_lesion=[out_ab.mask],
             )
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         step(g_loss, engine.optimizer, engine.scaler)

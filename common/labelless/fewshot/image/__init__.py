@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the names below, imported on first access (labelless.lazy)
         support_mask_at,
     )
     from .protocol import Predictor, TestEpisode, draw_test_episodes, episode_dice, evaluate_episodes, network_predictor
+    from .pseudo import PseudoLabelClassSource, pseudo_label_source
     from .synthetic import (
         SHAPE_FAMILIES,
         SYNTHETIC_VERSION,
@@ -74,6 +75,8 @@ _EXPORTS = {
     "episode_dice": "protocol",
     "network_predictor": "protocol",
     "evaluate_episodes": "protocol",
+    "PseudoLabelClassSource": "pseudo",
+    "pseudo_label_source": "pseudo",
     "SHAPE_FAMILIES": "synthetic",
     "TEXTURE_KINDS": "synthetic",
     "SYNTHETIC_VERSION": "synthetic",
@@ -97,6 +100,7 @@ _SUBMODULES = (
     "export",
     "inference",
     "protocol",
+    "pseudo",
     "synthetic",
     "workflow",
 )
@@ -125,6 +129,8 @@ __all__ = [
     "episode_dice",
     "network_predictor",
     "evaluate_episodes",
+    "PseudoLabelClassSource",
+    "pseudo_label_source",
     "SHAPE_FAMILIES",
     "TEXTURE_KINDS",
     "SYNTHETIC_VERSION",

@@ -158,6 +158,10 @@ class MetaTrainEpisodes(Dataset):
         seed: episode seed; item ``i`` of epoch ``e`` uses ``numpy.random.default_rng((seed, i + e * n_episodes))``.
         flips: random horizontal and vertical flips, independently per image (and its mask) with probability 0.5
             each; off by default (the reference uses no augmentation). Strings "true"/"false" are accepted.
+        pseudo_source: label-free classes (e.g. :class:`~labelless.fewshot.image.pseudo.PseudoLabelClassSource`,
+            superpixel pseudo-labels of unlabelled target-domain images) mixed with ``class_source``; ``None``: none.
+        pseudo_fraction: probability that a task's class is drawn from ``pseudo_source`` (the mixing ratio). With
+            no pseudo source (or 0) the draws are exactly those of a dataset without one.
 
     Raises:
         ConfigError: invalid counts, a source without the expected interface, an empty class list, or fewer
@@ -185,6 +189,8 @@ class MetaTrainEpisodes(Dataset):
         n_unlabeled: int = 5,
         seed: int = 0,
         flips: bool | str = False,
+        pseudo_source: ClassPairSource | None = None,
+        pseudo_fraction: float = 0.0,
     ) -> None:
         if not isinstance(class_source, ClassPairSource):
             raise ConfigError(
@@ -220,6 +226,23 @@ class MetaTrainEpisodes(Dataset):
                 f"{len(short)} class(es) have fewer than n_shots + 1 = {need} valid pairs: {', '.join(short[:10])}"
                 + (" ..." if len(short) > 10 else ""),
             )
+        self.pseudo = pseudo_source
+        self.pseudo_fraction = float(pseudo_fraction)
+        if not 0.0 <= self.pseudo_fraction <= 1.0:
+            raise ConfigError(f"pseudo_fraction must be in [0, 1], got {pseudo_fraction!r}")
+        self.pseudo_classes: list[str] = []
+        if pseudo_source is not None and self.pseudo_fraction > 0:
+            if not isinstance(pseudo_source, ClassPairSource):
+                raise ConfigError("pseudo_source must provide classes, ids and load_pair(cls, idx)")
+            self.pseudo_classes = [str(c) for c in pseudo_source.classes]
+            if not self.pseudo_classes:
+                raise ConfigError("the pseudo-label source has no classes")
+            clash = set(self.pseudo_classes) & set(self.classes)
+            if clash:
+                raise ConfigError(f"pseudo-label class names clash with the class source: {sorted(clash)[:3]}")
+            for c in self.pseudo_classes[:1]:  # every pseudo class has the same number of views
+                if len(class_ids(pseudo_source, c)) < need:
+                    raise DataError("pseudo-label source", f"classes have fewer than n_shots + 1 = {need} views")
         self.pool = unlabeled_pool
         self.pool_size = 0 if unlabeled_pool is None else len(unlabeled_pool.image_ids)
         if unlabeled_pool is not None and self.n_unlabeled > self.pool_size:
@@ -250,8 +273,12 @@ class MetaTrainEpisodes(Dataset):
         rng = np.random.default_rng((self.seed, int(index) + self.epoch * self.n_episodes))
         classes, supports, queries = [], [], []
         for _ in range(self.n_tasks):
-            cls = self.classes[int(rng.integers(len(self.classes)))]
-            ids = self._ids[cls]
+            if self.pseudo_classes and rng.random() < self.pseudo_fraction:
+                cls = self.pseudo_classes[int(rng.integers(len(self.pseudo_classes)))]
+                ids = self._class_ids(cls)
+            else:
+                cls = self.classes[int(rng.integers(len(self.classes)))]
+                ids = self._ids[cls]
             pick = [int(j) for j in rng.choice(len(ids), size=self.n_shots + 1, replace=False)]
             classes.append(cls)
             supports.append(pick[:-1])
@@ -267,9 +294,15 @@ class MetaTrainEpisodes(Dataset):
         dims = [d for d, f in zip((-1, -2), hv) if f]
         return torch.flip(x, dims) if dims else x
 
+    def _class_ids(self, cls: str) -> list[str]:
+        if cls in self._ids:
+            return self._ids[cls]
+        return class_ids(self.pseudo, cls)
+
     def _pair(self, cls: str, idx: int, support: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        name = f"class {cls!r} instance {self._ids[cls][idx]!r}"
-        image, mask = self.source.load_pair(cls, idx)
+        name = f"class {cls!r} instance {self._class_ids(cls)[idx]!r}"
+        source = self.source if cls in self._ids else self.pseudo
+        image, mask = source.load_pair(cls, idx)
         img = as_image_tensor(image, name)
         msk = as_mask_tensor(mask, f"{name} (mask)")
         if img.shape[1:] != msk.shape[1:]:
@@ -290,14 +323,14 @@ class MetaTrainEpisodes(Dataset):
                 hv = next(flips)
                 imgs.append(self._flip(img, hv))
                 msks.append(self._flip(msk, hv))
-                sizes.append((f"{cls}/{self._ids[cls][sid]}", tuple(img.shape[1:])))
+                sizes.append((f"{cls}/{self._class_ids(cls)[sid]}", tuple(img.shape[1:])))
             s_img.append(imgs)
             s_msk.append(msks)
             img, msk = self._pair(cls, qid, support=False)
             hv = next(flips)
             q_img.append(self._flip(img, hv))
             q_msk.append(self._flip(msk, hv))
-            sizes.append((f"{cls}/{self._ids[cls][qid]}", tuple(img.shape[1:])))
+            sizes.append((f"{cls}/{self._class_ids(cls)[qid]}", tuple(img.shape[1:])))
         for j in d["unlabeled"]:
             image, _ = self.pool.load(self.pool.image_ids[j])
             name = f"unlabelled image {self.pool.image_ids[j]!r}"

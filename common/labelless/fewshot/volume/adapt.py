@@ -212,7 +212,7 @@ def _save_state(network: nn.Module, path: Path) -> Path:
 
 
 class AdaptationBudget:
-    """Wall-clock budget, timed snapshots and a time-left log line for a training run (ignite handler).
+    """Time budget, timed snapshots and a time-left log line for a training run (ignite handler).
 
     Args:
         time_budget_min: stop (``engine.terminate()``: ``COMPLETED`` still fires, so the final checkpoint is written)
@@ -221,6 +221,8 @@ class AdaptationBudget:
         network: the network whose weights the snapshots hold.
         save_dir: folder of the snapshots.
         log_every: iterations between the "time left" log lines.
+        clock: ``"wall"`` (wall-clock minutes since the run started) or ``"cpu"`` (CPU minutes of this process, all
+            its threads: a budget that does not shrink when other jobs share the machine).
 
     Examples::
 
@@ -234,8 +236,12 @@ class AdaptationBudget:
         network: nn.Module | None = None,
         save_dir: str | os.PathLike | None = None,
         log_every: int = 100,
+        clock: str = "wall",
     ) -> None:
         opts = check_adapt_options(1, time_budget_min, snapshot_minutes)
+        self.clock = str(clock).lower()
+        if self.clock not in ("wall", "cpu"):
+            raise ConfigError(f"budget_clock must be 'wall' or 'cpu', got {clock!r}")
         self.budget_s = None if opts["time_budget_min"] is None else 60.0 * opts["time_budget_min"]
         self.snapshots = sorted(opts["snapshot_minutes"])
         if self.snapshots and (network is None or is_unset(save_dir)):
@@ -264,25 +270,30 @@ class AdaptationBudget:
         self.start, self.cpu_start = time.monotonic(), time.process_time()
         self.first_iteration = int(engine.state.iteration)  # > 0 after a resume
 
+    def budget_time(self) -> float:
+        """Seconds of the budget's clock used so far (wall or CPU)."""
+        return self.elapsed() if self.clock == "wall" else 60.0 * self.cpu_minutes()
+
     def _iteration(self, engine: Engine) -> None:
-        t, it = self.elapsed(), int(engine.state.iteration)
+        t, it = self.budget_time(), int(engine.state.iteration)
         while self.snapshots and t >= 60.0 * self.snapshots[0]:
             m = self.snapshots.pop(0)
             name = f"model_{m:g}min.pt"
             _save_state(self.network, self.save_dir / name)  # type: ignore[arg-type, operator]
-            logger.info("adapt: %s written at iteration %d (%.1f min, %.1f CPU-min of this process)", name, it,
-                        t / 60, self.cpu_minutes())  # fmt: skip
+            logger.info("adapt: %s written at iteration %d (%.1f wall-min, %.1f CPU-min of this process)", name, it,
+                        self.elapsed() / 60, self.cpu_minutes())  # fmt: skip
         if it % self.log_every == 0:
             done = max(1, it - self.first_iteration)
             total = engine.state.epoch_length * engine.state.max_epochs if engine.state.epoch_length else it
             left = (total - it) * t / done
             if self.budget_s is not None:
                 left = min(left, max(0.0, self.budget_s - t))
-            logger.info("adapt: iteration %d, %.1f min elapsed (%.1f CPU-min), ETA %.1f min, %.2f s/iteration", it,
-                        t / 60, self.cpu_minutes(), left / 60, t / done)  # fmt: skip
+            logger.info("adapt: iteration %d, %.1f min elapsed (%.1f CPU-min), ETA %.1f %s-min, %.2f s/iteration", it,
+                        self.elapsed() / 60, self.cpu_minutes(), left / 60, self.clock, t / done)  # fmt: skip
         if self.budget_s is not None and t >= self.budget_s:
             self.stopped_by_budget = True
-            logger.info("adapt: time budget of %.1f min reached at iteration %d: stopping", self.budget_s / 60, it)
+            logger.info("adapt: %s-time budget of %.1f min reached at iteration %d: stopping", self.clock,
+                        self.budget_s / 60, it)  # fmt: skip
             engine.terminate()
 
 

@@ -1,0 +1,71 @@
+# Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
+"""What the CLTNet mask gate M looks like on labelled lesion images: mean M inside the lesion, in the rest of the
+non-black (brain) area, the Dice of M > 0.5 and of a per-image Otsu threshold of M (inside the brain). A diagnostic of
+saturation or inversion of M during training (docs/results.md, CLTNet), not a selection tool.
+
+    python benchmarks/cltnet_mask_stats.py runs/cltnet/maskid/models/checkpoint_iteration=500.pt \
+        --folder ../shared/data/weak_samples/BraTS/brats_1/val [--image_size 128 --ngf 16 --ndf 16]
+
+Prints one JSON line per checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from skimage.filters import threshold_otsu
+
+from labelless.data.images import find_image_mask_pairs, load_mask, load_rgb
+from labelless.networks.cltnet import build_cltnet
+from labelless.transforms.translation import TranslationInput
+from labelless.weak.domains import WEAK_IMAGE_SUFFIXES
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    s = int(pred.sum()) + int(gt.sum())
+    return 1.0 if s == 0 else 2.0 * int((pred & gt).sum()) / s
+
+
+@torch.no_grad()
+def stats(ckpt: Path, folder: Path, image_size: int, ngf: int, ndf: int) -> dict:
+    net = build_cltnet(ngf=ngf, ndf=ndf)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    net.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    net.eval()
+    pairs = find_image_mask_pairs(folder / "images", folder / "labels", image_suffixes=WEAK_IMAGE_SUFFIXES).pairs
+    rows = []
+    for p in pairs:
+        img = load_rgb(p["image"], size=image_size)
+        gt = load_mask(p["label"], size=image_size)[0].numpy() > 0.5
+        if not gt.any():
+            continue
+        body = ~np.all(img.numpy() <= 1e-6, axis=0)
+        m = net.gen_ab(TranslationInput(image_size)(img)[None]).mask[0, 0].numpy()
+        inside, outside = m[gt], m[body & ~gt]
+        t = threshold_otsu(m[body]) if np.ptp(m[body]) > 1e-6 else 0.5
+        rows.append({"in": float(inside.mean()), "out": float(outside.mean()) if outside.size else float("nan"),
+                     "dice_05": dice((m > 0.5) & body, gt), "dice_otsu": dice((m > t) & body, gt)})  # fmt: skip
+    mean = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}
+    return {"ckpt": str(ckpt), "n_images": len(rows), **mean}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("ckpts", nargs="+")
+    parser.add_argument(
+        "--folder", default=str(Path(__file__).resolve().parents[2] / "shared/data/weak_samples/BraTS/brats_1/val")
+    )
+    parser.add_argument("--image_size", type=int, default=128)
+    parser.add_argument("--ngf", type=int, default=16)
+    parser.add_argument("--ndf", type=int, default=16)
+    args = parser.parse_args()
+    for c in args.ckpts:
+        print(json.dumps(stats(Path(c), Path(args.folder), args.image_size, args.ngf, args.ndf)))
+
+
+if __name__ == "__main__":
+    main()
