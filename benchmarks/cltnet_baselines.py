@@ -9,7 +9,9 @@
   of the grey image over its non-black pixels; lesion = brighter, or darker with ``--dark`` for dermoscopy), both with
   the bundle's post-processing defaults (background zeroing); no training.
 - ``cam``: a small CNN classifier trained on the same image-level labels (trainA = 1, trainB = 0, seeded, CPU),
-  then Grad-CAM (``monai.visualize.GradCAM``) of the lesion class, min-max normalised and thresholded at 0.5.
+  then Grad-CAM (``monai.visualize.GradCAM``) of the lesion class, min-max normalised and thresholded at 0.5
+  (``gradcam``) or at its per-image Otsu threshold over the non-black pixels (``gradcam_otsu``, the post-processing
+  of CLTNet's default ``otsu`` mode).
 
 Each writes ``<out>/<method>/<split>/metrics.json`` (per-image DI / JA / AC / SE / SP, the bundle's report format)
 for the ``test`` split of the dataset and for any ``--extra name=folder`` labelled folders (``images/`` +
@@ -139,21 +141,30 @@ def cmd_cam(args: argparse.Namespace) -> None:
 
     prep = TranslationInput(args.image_size)
 
-    def predict(image: torch.Tensor) -> np.ndarray:
+    def heatmap(image: torch.Tensor) -> np.ndarray:
         x = prep(image)[None]
         m = cam(x, class_idx=1)[0, 0].detach()
         m = torch.nn.functional.interpolate(m[None, None], size=tuple(image.shape[-2:]), mode="bilinear")[0, 0]
         m = m.numpy()
-        m = (m - m.min()) / (m.max() - m.min() + 1e-8)
-        return (m >= 0.5) & _body(image)
+        return (m - m.min()) / (m.max() - m.min() + 1e-8)
+
+    def predict(image: torch.Tensor) -> np.ndarray:
+        return (heatmap(image) >= 0.5) & _body(image)
+
+    def predict_otsu_cam(image: torch.Tensor) -> np.ndarray:
+        """The same per-image Otsu threshold over the non-black pixels as CLTNet's ``otsu`` post-processing."""
+        from labelless.transforms.postprocess import otsu_mask
+
+        return otsu_mask(heatmap(image), _body(image))
 
     for split, pairs in _splits(args.dataset_dir, args.extra).items():
-        res = _score(pairs, predict)
-        res.update({"method": "gradcam_classifier", "split": split, "dataset": args.dataset_dir,
-                    "classifier_steps": args.steps, "seed": args.seed})  # fmt: skip
-        write_image_reports(res, Path(args.out) / "gradcam" / split, title=f"Grad-CAM baseline, {split}")
-        print(f"gradcam         {split:12s} DI {100 * res['mean_dice']:.2f} JA {100 * res['mean_ja']:.2f} "
-              f"(n={res['n_images']})")  # fmt: skip
+        for name, fn in (("gradcam", predict), ("gradcam_otsu", predict_otsu_cam)):
+            res = _score(pairs, fn)
+            res.update({"method": f"{name}_classifier", "split": split, "dataset": args.dataset_dir,
+                        "classifier_steps": args.steps, "seed": args.seed})  # fmt: skip
+            write_image_reports(res, Path(args.out) / name / split, title=f"{name} baseline, {split}")
+            print(f"{name:15s} {split:12s} DI {100 * res['mean_dice']:.2f} JA {100 * res['mean_ja']:.2f} "
+                  f"(n={res['n_images']})")  # fmt: skip
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:

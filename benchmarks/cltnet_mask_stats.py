@@ -34,7 +34,11 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
 def stats(ckpt: Path, folder: Path, image_size: int, ngf: int, ndf: int) -> dict:
     net = build_cltnet(ngf=ngf, ndf=ndf)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    net.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    state = state.get("model", state)
+    if any(k.startswith("gen_ab.") for k in state):
+        net.load_state_dict(state)
+    else:  # a generator-only state dict (a bundle's models/model.pt)
+        net.gen_ab.load_state_dict(state)
     net.eval()
     pairs = find_image_mask_pairs(folder / "images", folder / "labels", image_suffixes=WEAK_IMAGE_SUFFIXES).pairs
     rows = []

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Evaluates a CLTNet checkpoint (default: the validation-selected best_model.pt of benchmarks/train_cltnet.sh) on the
-# held-out case of the BraTS FLAIR domains and on the CLTNet BraTS sample test folder, with threshold and watershed
+# held-out case of the BraTS FLAIR domains and on the CLTNet BraTS sample test folder, with otsu, threshold and watershed
 # post-processing.  Output: runs/cltnet/<name>/eval_<set>_<post>/ (metrics.json/.csv/.md, overlays).
 #   benchmarks/eval_cltnet.sh brats [checkpoint]
 # Table with the baselines: python benchmarks/cltnet_baselines.py summarize "cltnet=runs/cltnet/brats" \
@@ -17,7 +17,7 @@ ev() {  # <dataset_dir> <test_dir> <set name> <postprocess>
         --dataset_dir "$1" --test_dir "$2" --eval_ckpt_path "$CKPT" --postprocess "$4" \
         --output_dir "$RUN/$NAME/eval_$3_$4"
 }
-for post in threshold watershed; do
+for post in otsu threshold watershed; do
     ev "$RUN/brats_domains" testA heldout_case "$post"
     ev "$DATA/weak_samples/BraTS/brats_1" test sample_test "$post"
 done

@@ -202,3 +202,22 @@ def test_segmentation_scores_on_a_hand_built_confusion():
     assert (s["tp"], s["fp"], s["fn"], s["tn"]) == (2, 1, 1, 16)
     assert s["ja"] == pytest.approx(0.5) and s["di"] == pytest.approx(4 / 6) and s["ac"] == pytest.approx(18 / 20)
     assert s["se"] == pytest.approx(2 / 3) and s["sp"] == pytest.approx(16 / 17)
+
+
+def test_otsu_postprocess_splits_an_offset_mask_inside_the_brain():
+    """The 'otsu' mode (not in the spec): a mask gate that ranks the lesion above tissue but is above 0.5 everywhere
+    in the brain gives the lesion with a per-image Otsu threshold over the non-black pixels, and everything with 0.5."""
+    yy, xx = np.mgrid[:64, :64]
+    brain = (yy - 32) ** 2 + (xx - 32) ** 2 < 28**2
+    lesion = (yy - 25) ** 2 + (xx - 38) ** 2 < 8**2
+    image = np.where(brain, 0.2, -1.0)[None].repeat(3, 0)  # [-1, 1], black outside the brain
+    soft = np.where(lesion, 0.78, np.where(brain, 0.6, 0.9))  # high on the black background too: zeroed first
+    soft = soft + np.random.default_rng(0).normal(0, 0.01, soft.shape).clip(-0.03, 0.03)
+    _, otsu = SoftMaskPostprocess("otsu")(soft, image)
+    _, thr = SoftMaskPostprocess("threshold")(soft, image)
+    assert segmentation_scores(otsu, lesion)["di"] > 0.98  # the histogram binning may add a pixel or two
+    assert np.array_equal(thr, brain)
+    _, flat = SoftMaskPostprocess("otsu")(np.where(brain, 0.7, 0.0), image)  # no contrast: the 0.5 rule
+    assert np.array_equal(flat, brain)
+    with pytest.raises(ConfigError, match="postprocess must be one of"):
+        SoftMaskPostprocess("kmeans")

@@ -38,6 +38,7 @@ __all__ = [
     "watershed_mask",
     "crf_mask",
     "binarize_soft_mask",
+    "otsu_mask",
     "SoftMaskPostprocess",
     "SoftMaskPostprocessd",
     "SoftMaskPostprocessD",
@@ -48,7 +49,7 @@ __all__ = [
     "BinarizeDict",
 ]
 
-POSTPROCESS_MODES = ("threshold", "watershed", "crf")
+POSTPROCESS_MODES = ("threshold", "watershed", "crf", "otsu")
 
 
 def _soft(mask: Any) -> np.ndarray:
@@ -147,10 +148,33 @@ def crf_mask(mask: Any, image_rgb: Any, alpha: float = 1.0, iterations: int = 10
     return q[1] >= 0.5
 
 
-def binarize_soft_mask(mask: Any, mode: str = "threshold", image_rgb: Any = None, crf_alpha: float = 1.0) -> np.ndarray:
-    """``mode`` ∈ :data:`POSTPROCESS_MODES` → a bool mask (``crf`` needs ``image_rgb``)."""
+def otsu_mask(mask: Any, region: Any = None, min_range: float = 1e-3) -> np.ndarray:
+    """The soft mask above its own Otsu threshold, computed over ``region`` (e.g. the non-black pixels; default all).
+
+    Not in cltnet.md §6 (whose threshold is 0.5): an image-adaptive threshold for a mask gate that ranks lesion above
+    tissue but is offset (e.g. 0.76 in the tumour and 0.60 elsewhere). When the mask varies by less than ``min_range``
+    over the region (no contrast to split), the 0.5 threshold is used instead.
+    """
+    from skimage.filters import threshold_otsu
+
+    m = _soft(mask)
+    reg = np.ones(m.shape, bool) if region is None else np.asarray(region, bool)
+    if reg.shape != m.shape:
+        raise DataError("region", f"region shape {reg.shape} differs from the mask size {m.shape}")
+    vals = m[reg]
+    if vals.size == 0 or float(vals.max() - vals.min()) < min_range:
+        return (m >= 0.5) & reg
+    return (m > threshold_otsu(vals)) & reg
+
+
+def binarize_soft_mask(
+    mask: Any, mode: str = "threshold", image_rgb: Any = None, crf_alpha: float = 1.0, region: Any = None
+) -> np.ndarray:
+    """``mode`` ∈ :data:`POSTPROCESS_MODES` → a bool mask (``crf`` needs ``image_rgb``; ``otsu`` uses ``region``)."""
     if mode == "threshold":
         return _soft(mask) >= 0.5
+    if mode == "otsu":
+        return otsu_mask(mask, region)
     if mode == "watershed":
         return watershed_mask(mask)
     if mode == "crf":
@@ -164,7 +188,8 @@ class SoftMaskPostprocess(Transform):
     """Background zeroing, corner zeroing and binarisation of a soft lesion mask (cltnet.md §6).
 
     Args:
-        mode: ``threshold``, ``watershed`` or ``crf``.
+        mode: ``threshold``, ``watershed``, ``crf`` or ``otsu`` (not in the spec: a per-image Otsu threshold of the
+            mask over the pixels the zeroing keeps, see :func:`otsu_mask`).
         zero_black_background: zero the mask where the input is pure black in all channels.
         zero_corners: zero the four corner triangles (dermoscopy).
         crf_alpha: the CRF's background exponent.
@@ -193,11 +218,17 @@ class SoftMaskPostprocess(Transform):
             soft = zero_black_background(soft, image)
         if self.zero_corners:
             soft = zero_corners(soft)
-        rgb = None
+        rgb, region = None, None
         if self.mode == "crf":
             img = np.asarray(image.detach().cpu().numpy() if hasattr(image, "detach") else image)
             rgb = np.round((np.moveaxis(img, 0, -1) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
-        return soft, binarize_soft_mask(soft, self.mode, rgb, self.crf_alpha)
+        if self.mode == "otsu":  # the pixels the zeroing keeps
+            region = np.ones(soft.shape, bool)
+            if self.zero_black_background:
+                region &= zero_black_background(np.ones(soft.shape), image) > 0
+            if self.zero_corners:
+                region &= zero_corners(np.ones(soft.shape)) > 0
+        return soft, binarize_soft_mask(soft, self.mode, rgb, self.crf_alpha, region)
 
 
 class SoftMaskPostprocessd(MapTransform):
