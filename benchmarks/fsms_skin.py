@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,80 @@ def run_baselines(
     return summaries
 
 
+def finetune_predictor(
+    network: torch.nn.Module, steps: int = 20, lr: float = 1e-4, seed: int = 0
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The supervised reference on the same K shots: for every task, a copy of ``network`` is fine-tuned for ``steps``
+    Adam steps (segmentation parameters, BCE) on its K support images only (each step: the K supports as supports and
+    one of them, randomly flipped, as the query with its own mask), then segments the task's query. No other label is
+    seen; every task starts again from ``network``'s weights. Seeded per task."""
+    import copy
+
+    def predict(support_images: torch.Tensor, support_masks: torch.Tensor, query_images: torch.Tensor) -> torch.Tensor:
+        out = []
+        for t in range(support_images.shape[0]):
+            model = copy.deepcopy(network).train()
+            seg = getattr(model, "segmentation_parameters", None)
+            opt = torch.optim.Adam(seg() if seg is not None else model.parameters(), lr=lr)
+            g = torch.Generator().manual_seed(seed * 100003 + t)
+            s, m = support_images[t : t + 1], support_masks[t : t + 1]
+            with torch.enable_grad():
+                for i in range(steps):
+                    j = i % s.shape[1]
+                    dims = [d for d, f in zip((-1, -2), torch.rand(2, generator=g) < 0.5) if f]
+                    q, qm = s[0, j], m[0, j]
+                    if dims:
+                        q, qm = torch.flip(q, dims), torch.flip(qm, dims)
+                    opt.zero_grad(set_to_none=True)
+                    logits = model(s, m, q[None])
+                    torch.nn.functional.binary_cross_entropy_with_logits(logits, qm[None]).backward()
+                    opt.step()
+            model.eval()
+            with torch.no_grad():
+                out.append(torch.sigmoid(model(s, m, query_images[t : t + 1])))
+        return torch.cat(out)
+
+    return predict
+
+
+def run_finetune_reference(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    weights: str | os.PathLike,
+    shots: tuple[int, ...] = (1, 5),
+    pools: tuple[str, ...] = ("isic2016_test",),
+    image_size: int = 112,
+    n_episodes: int = 20,
+    steps: int = 20,
+    seed: int = 0,
+) -> dict[str, list]:
+    """The shipped model with and without per-task fine-tuning on the K shots (:func:`finetune_predictor`) and the two
+    trivial predictors, on the first ``n_episodes`` seeded episodes of each pool (the same episodes as the first
+    ``n_episodes`` of the full protocol); writes ``<out>/<name>/metrics.json``."""
+    from labelless.fewshot.image.protocol import network_predictor
+    from labelless.fewshot.image.workflow import evaluate_pools, target_pools
+    from labelless.networks.fsms import FSMSNet
+    from labelless.utils import write_json_atomic
+
+    net = FSMSNet(encoder_blocks=4, width=16, feature_channels=32)
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    all_pools = target_pools(None, data, image_size)
+    chosen = {k: v for k, v in all_pools["test"].items() if k in pools}
+    summaries = {}
+    predictors = (("meta_learnt", network_predictor(net)), ("finetuned_on_k_shots", finetune_predictor(net, steps)),
+                  ("copy_support", copy_support), ("all_lesion", all_lesion))  # fmt: skip
+    for name, predict in predictors:
+        rows = evaluate_pools(predict, chosen, shots, Path(out) / name, n_episodes=n_episodes, seed=seed,
+                              n_overlays=0, progress=False)  # fmt: skip
+        for r in rows:
+            print(f"{name:22s} {r['pool']:18s} {r['shots']}-shot: episode Dice {100 * r['episode_dice']:.2f} "
+                  f"({n_episodes} episodes)", flush=True)  # fmt: skip
+        summaries[name] = rows
+        write_json_atomic(Path(out) / name / "metrics.json", {"label": name, "checkpoint": str(weights),
+                                                              "finetune_steps": steps, "seed": seed, "results": rows})
+    return summaries
+
+
 def summarize(specs: list[str]) -> str:
     """Markdown table: one row per (pool, K), one column per ``LABEL=FOLDER`` (episode Dice in %, per-image Dice in
     brackets). ``LABEL=FOLDER+FOLDER+...`` averages several evaluations (e.g. the last checkpoints of one run):
@@ -117,11 +192,24 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--image_size", type=int, default=112)
     b.add_argument("--n_episodes", type=int, default=200)
     b.add_argument("--seed", type=int, default=0)
+    f = sub.add_parser("finetune", help="supervised reference: the shipped model fine-tuned on each task's K shots")
+    f.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    f.add_argument("--out", default="runs/fsms/eval_finetune")
+    f.add_argument("--weights", default=str(Path(__file__).resolve().parents[1]
+                                            / "bundles/fsms_fewshot_skin_segmentation/models/model.pt"))  # fmt: skip
+    f.add_argument("--shots", type=int, nargs="+", default=[1, 5])
+    f.add_argument("--pools", nargs="+", default=["isic2016_test"])
+    f.add_argument("--n_episodes", type=int, default=20)
+    f.add_argument("--steps", type=int, default=20)
+    f.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("summarize", help="markdown table of evaluation folders")
     s.add_argument("specs", nargs="+", help="LABEL=FOLDER[+FOLDER...] (folders with metrics.json)")
     args = parser.parse_args(argv)
     if args.cmd == "baselines":
         run_baselines(args.data, args.out, tuple(args.shots), args.image_size, args.n_episodes, seed=args.seed)
+    elif args.cmd == "finetune":
+        run_finetune_reference(args.data, args.out, args.weights, tuple(args.shots), tuple(args.pools),
+                               n_episodes=args.n_episodes, steps=args.steps, seed=args.seed)  # fmt: skip
     else:
         print(summarize(args.specs))
 
