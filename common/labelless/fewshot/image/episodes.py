@@ -42,6 +42,7 @@ from torch.utils.data import Dataset
 
 from labelless.data.keys import EpisodeKeys
 from labelless.errors import ConfigError, DataError
+from labelless.options import as_float
 from labelless.utils import as_bool
 
 __all__ = ["ClassPairSource", "ImagePool", "class_ids", "MetaTrainEpisodes", "as_image_tensor", "as_mask_tensor"]
@@ -227,7 +228,7 @@ class MetaTrainEpisodes(Dataset):
                 + (" ..." if len(short) > 10 else ""),
             )
         self.pseudo = pseudo_source
-        self.pseudo_fraction = float(pseudo_fraction)
+        self.pseudo_fraction = as_float(pseudo_fraction, "pseudo_fraction")
         if not 0.0 <= self.pseudo_fraction <= 1.0:
             raise ConfigError(f"pseudo_fraction must be in [0, 1], got {pseudo_fraction!r}")
         self.pseudo_classes: list[str] = []
