@@ -241,9 +241,8 @@ class MetaTrainEpisodes(Dataset):
             clash = set(self.pseudo_classes) & set(self.classes)
             if clash:
                 raise ConfigError(f"pseudo-label class names clash with the class source: {sorted(clash)[:3]}")
-            for c in self.pseudo_classes[:1]:  # every pseudo class has the same number of views
-                if len(class_ids(pseudo_source, c)) < need:
-                    raise DataError("pseudo-label source", f"classes have fewer than n_shots + 1 = {need} views")
+            if len(class_ids(pseudo_source, self.pseudo_classes[0])) < need:  # every class has the same views
+                raise DataError("pseudo-label source", f"classes have fewer than n_shots + 1 = {need} views")
         self.pool = unlabeled_pool
         self.pool_size = 0 if unlabeled_pool is None else len(unlabeled_pool.image_ids)
         if unlabeled_pool is not None and self.n_unlabeled > self.pool_size:

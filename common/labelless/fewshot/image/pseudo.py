@@ -177,6 +177,11 @@ class PseudoLabelClassSource:
             raise DataError(f"unlabelled image {pid!r}", f"expected a [3, H, W] RGB image, got {tuple(img.shape)}")
         if not bool(torch.isfinite(img).all()):
             raise DataError(f"unlabelled image {pid!r}", "image has non-finite values")
+        mask = self._cache.get_or_load(("mask", cls), lambda: self._choose_segment(img, pid, i, slot))
+        return img, mask.clone()
+
+    def _choose_segment(self, img: torch.Tensor, pid: str, i: int, slot: int) -> torch.Tensor:
+        """The pseudo-label of class slot ``slot`` of image ``pid`` (index ``i``): a function of the seed only."""
         rng = self._rng(i, slot)
         method = self.methods[int(rng.integers(len(self.methods)))]
         param = {"region": self.region_classes, "slic": self.n_segments}.get(method, [0])
@@ -197,7 +202,7 @@ class PseudoLabelClassSource:
         mask = torch.from_numpy(chosen_mask.astype(np.float32))[None]
         if not bool(mask.any()) or bool(mask.all()):
             raise DataError(f"unlabelled image {pid!r}", "no superpixel segment (constant image?)")
-        return img, mask
+        return mask
 
     def _segments(self, img: torch.Tensor, method: str, param: int) -> np.ndarray:
         """Segment map (int32, ids per segment) of the grey version of ``img`` by ``method``."""
