@@ -346,3 +346,15 @@ def test_fsms_folder_says_how_many_images_it_scores(tmp_path, caplog):
     assert "unlabeled_fraction=0" in caplog.text
     everything = target_pools(folder, image_size=32, unlabeled_fraction=0.0)  # all of them as a test set, by choice
     assert len(next(iter(everything["test"].values())).image_ids) == 10 and everything["unlabeled"] is None
+
+
+def test_fsms_folder_val_subfolder_is_the_validation_pool(tmp_path):
+    from labelless.fewshot.image.synthetic import write_skin_phantoms
+    from labelless.fewshot.image.workflow import target_pools
+
+    folder = write_skin_phantoms(tmp_path / "skin", n_images=10, size=32, seed=0)
+    assert target_pools(folder, image_size=32)["val"] is None  # none given: no validation pool
+    write_skin_phantoms(Path(folder) / "val", n_images=4, size=32, seed=1)
+    pools = target_pools(folder, image_size=32)
+    assert pools["val"] is not None and len(pools["val"].image_ids) == 4
+    assert len(next(iter(pools["test"].values())).image_ids) == 6  # the test pool is unchanged

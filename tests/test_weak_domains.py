@@ -217,6 +217,23 @@ def test_folders_errors(tmp_path):
         WeakDomainFolders(tmp_path)
 
 
+def test_val_folder_outside_the_dataset_and_a_missing_one(tmp_path, monkeypatch):
+    data, other = tmp_path / "data", tmp_path / "elsewhere" / "val"
+    for d, name in ((data / "trainA", "a"), (data / "trainB", "b")):
+        _png(d / f"{name}.png", np.zeros((8, 8, 3), np.uint8))
+    _png(other / "images" / "v.png", np.zeros((8, 8, 3), np.uint8))
+    _png(other / "labels" / "v.png", np.zeros((8, 8), np.uint8))
+    assert len(WeakDomainFolders(data).val) == 0  # the default "val" is optional
+    assert len(WeakDomainFolders(data, val_dir=str(other)).val) == 1  # absolute
+    monkeypatch.chdir(tmp_path)
+    # relative to the working directory (not to the dataset folder): found, not silently skipped
+    assert len(WeakDomainFolders(data, val_dir="elsewhere/val").val) == 1
+    with pytest.raises(DataError, match=r"val folder does not exist \(looked for 'nowhere/val' inside"):
+        WeakDomainFolders(data, val_dir="nowhere/val")
+    with pytest.raises(DataError, match=r"test folder does not exist"):
+        WeakDomainFolders(data, test_dir="my_test")
+
+
 def test_cli_tag_csv_error_is_one_line(tmp_path):
     _png(tmp_path / "n1.png", np.full((8, 8, 3), 90, np.uint8))
     csv = _tags(tmp_path, ["gone.png,lesion,,", "n1.png,normal,,"])

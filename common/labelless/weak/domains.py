@@ -554,6 +554,8 @@ class WeakDomainFolders:
         test: folder of labelled test images, with ``images``/``labels`` sub-folders (the CLTNet BraTS sample folder
             calls it ``test``, the ISIC one ``testA``: both are tried when the given name is missing).
         val: folder of labelled validation images (``images``/``labels``), optional.
+            ``test`` and ``val`` are looked up inside ``root``, then (a name other than the defaults) as given,
+            absolute or relative to the working directory; a given name found nowhere raises.
         images, labels: sub-folder names inside ``test`` / ``val``.
         require_train: raise when a training folder is missing or empty (evaluation-only use sets it false).
 
@@ -594,6 +596,14 @@ class WeakDomainFolders:
             folder = root / name
             if not folder.is_dir() and name in ("testA", "test"):
                 folder = root / ("test" if name == "testA" else "testA")
+            if not folder.is_dir() and name not in ("testA", "test", "val"):
+                # a folder named by the user: inside the dataset folder, else as given (relative to the working
+                # directory); a name found nowhere is an error, never a silently skipped test/validation split
+                if Path(name).is_dir():
+                    folder = Path(name)
+                else:
+                    raise DataError(folder, f"{attr} folder does not exist (looked for {name!r} inside {root} and "
+                                            "relative to the working directory)")  # fmt: skip
             if (folder / self.images).is_dir():
                 pairs = find_image_mask_pairs(folder / self.images, folder / self.labels,
                                               image_suffixes=WEAK_IMAGE_SUFFIXES)  # fmt: skip

@@ -183,7 +183,8 @@ def target_pools(
     """The target-domain pools: ``{"unlabeled": pool, "test": {name: pool}, "val": pool or None}``.
 
     - ``dataset_dir`` (``images/`` + ``masks/``): sorted ids split ``unlabeled_fraction`` / rest; the unlabelled
-      part's masks are never read.
+      part's masks are never read. An optional ``<dataset_dir>/val/{images,masks}`` is the validation pool
+      (``eval_split="val"``: checkpoint selection on the user's own domain, never on the test pool).
     - else ``shared_data_dir``: ISIC-2016 split 40/60, HAM10000 and the CLTNet ISIC samples as extra test pools, the
       CLTNet ISIC ``val`` samples as the validation pool (fsms.md §1.4).
     - else the embedded synthetic skin phantoms, split like a user folder.
@@ -207,10 +208,15 @@ def target_pools(
             "\"$labelless.fewshot.image.workflow.target_pools(@dataset_dir, @shared_data_dir, @image_size, 0.0)\").",
             root, len(pool.image_ids), len(unl), float(unlabeled_fraction), len(test), len(pool.image_ids),
         )  # fmt: skip
+        val_root = Path(root) / "val"
+        val = None
+        if not is_unset(dataset_dir) and (val_root / "images").is_dir():
+            val = image_mask_pool(val_root, image_size)
+            logger.info("%s: validation pool of %d images (checkpoint selection)", val_root, len(val.image_ids))
         return {
             "unlabeled": pool.subset(unl, with_masks=False) if unl else None,
             "test": {("skin_phantoms" if is_unset(dataset_dir) else Path(root).name): pool.subset(test)},
-            "val": None,
+            "val": val,
         }
     pools = skin_pools(shared_data_dir, size=int(image_size), unlabeled_fraction=float(unlabeled_fraction))
     return {
