@@ -3,11 +3,12 @@
 # held-out case of the BraTS FLAIR domains and on the CLTNet BraTS sample test folder, with otsu, threshold and watershed
 # post-processing.  Output: runs/cltnet/<name>/eval_<set>_<post>/ (metrics.json/.csv/.md, overlays).
 #   benchmarks/eval_cltnet.sh brats [checkpoint]
+#   benchmarks/eval_cltnet.sh isic [checkpoint]   # ISIC-2016 test split (51) and the CLTNet ISIC testA samples (8)
 # Table with the baselines: python benchmarks/cltnet_baselines.py summarize "cltnet=runs/cltnet/brats" \
 #     "baselines=runs/cltnet/baselines_brats"
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-NAME="${1:?usage: $0 brats [checkpoint]}"
+NAME="${1:?usage: $0 brats|isic[_<run>] [checkpoint]}"
 DATA="${LABELLESS_DATA:-$ROOT/../shared/data}"
 RUN="${LABELLESS_RUNS:-$ROOT/runs}/cltnet"
 CKPT="${2:-$RUN/$NAME/models/best_model.pt}"
@@ -18,6 +19,12 @@ ev() {  # <dataset_dir> <test_dir> <set name> <postprocess>
         --output_dir "$RUN/$NAME/eval_$3_$4"
 }
 for post in otsu threshold watershed; do
-    ev "$RUN/brats_domains" testA heldout_case "$post"
-    ev "$DATA/weak_samples/BraTS/brats_1" test sample_test "$post"
+    case "$NAME" in
+        isic*)
+            ev "$RUN/isic_domains" testA isic2016_test "$post"
+            ev "$DATA/weak_samples/ISIC/isic_1" testA sample_test "$post" ;;
+        *)
+            ev "$RUN/brats_domains" testA heldout_case "$post"
+            ev "$DATA/weak_samples/BraTS/brats_1" test sample_test "$post" ;;
+    esac
 done

@@ -48,7 +48,7 @@ clt() {
             --dataset_dir "$D/domains" --test_dir testA --eval_ckpt_path "$D/models/best_model.pt" --postprocess "$post" \
             --n_overlays 4 --output_dir "$D/eval_test_$post" >"$D/eval_test_$post.log" 2>&1
         run --config_file "['$CB/configs/train.json','$CB/configs/evaluate.json']" --bundle_root "$CB" \
-            --dataset_dir "$DATA/weak_samples/ISIC/isic_1" --test_dir testA --eval_split all \
+            --dataset_dir "$DATA/weak_samples/ISIC/isic_1" --test_dir testA \
             --eval_ckpt_path "$D/models/best_model.pt" --postprocess "$post" --n_overlays 4 \
             --output_dir "$D/eval_sample_test_$post" >"$D/eval_sample_test_$post.log" 2>&1
     done

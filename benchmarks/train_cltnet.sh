@@ -3,11 +3,12 @@
 # shared cases (labelless weak_domains: 3 training cases, case pat0003 held out), selecting the model on the CLTNet
 # BraTS sample validation folder only.  Output: runs/cltnet/<name>/ (models/, eval/ with val overlays, train.log).
 #   benchmarks/train_cltnet.sh brats [n_steps] [overrides...]
+#   benchmarks/train_cltnet.sh isic [n_steps] [overrides...]   # ISIC-2016 domains (loss weights "isic"), CLTNet ISIC val
 # CLTNET_OUT=<folder> writes elsewhere (default runs/cltnet/brats). An interrupted run continues with the same
 # command plus `--resume true` (from the newest complete checkpoint; the log is appended to).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-NAME="${1:?usage: $0 brats [n_steps] [overrides...]}"
+NAME="${1:?usage: $0 brats|isic [n_steps] [overrides...]}"
 N_STEPS="${2:-2500}"
 shift $(( $# >= 2 ? 2 : 1 ))
 DATA="${LABELLESS_DATA:-$ROOT/../shared/data}"
@@ -19,7 +20,13 @@ case "$NAME" in
         [ -f "$DOMAINS/manifest.json" ] || labelless weak_domains "$DATA/brats2015" "$DOMAINS" --n_test 1
         VAL="$DATA/weak_samples/BraTS/brats_1/val"
         WEIGHTS=brats ;;
-    *) echo "usage: $0 brats [n_steps]" >&2; exit 2 ;;
+    isic)  # lesion images of ISIC-2016 (first 60 % of the ids) / their lesion-free corner patches; test = last 40 %
+        DOMAINS="$RUN/isic_domains"
+        [ -f "$DOMAINS/manifest.json" ] || labelless weak_domains_images "$DATA/isic2016/images" "$DOMAINS" \
+            --masks_dir "$DATA/isic2016/masks"
+        VAL="$DATA/weak_samples/ISIC/isic_1/val"
+        WEIGHTS=isic ;;
+    *) echo "usage: $0 brats|isic [n_steps]" >&2; exit 2 ;;
 esac
 OUT="${CLTNET_OUT:-$RUN/$NAME}"
 mkdir -p "$OUT"
