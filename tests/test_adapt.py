@@ -114,6 +114,20 @@ def test_adapt_a_few_iterations_then_budget_then_inference(tmp_path, volumes, no
     assert (tmp_path / "pred" / "scan2_pred.nii.gz").is_file()
 
 
+def test_superpixel_min_size_gets_its_own_cache_and_smaller_superpixels(tmp_path, volumes):
+    from labelless.io import read_volume as read
+
+    out = tmp_path / "adapted" / BUNDLE
+    _adapt(tmp_path, volumes, init_ckpt=None, n_steps=1)
+    _adapt(tmp_path, volumes, init_ckpt=None, n_steps=1, superpixel_min_size=20)  # same cache folder, other size
+    default, small = out / "cache" / "derived", out / "cache" / "derived_min20"
+    maps = sorted(p.name for p in default.glob("superpix*scan1*"))
+    assert maps and sorted(p.name for p in small.glob("superpix*scan1*")) == maps
+    n_default = len(np.unique(read(default / maps[0]).array))
+    n_small = len(np.unique(read(small / maps[0]).array))
+    assert n_small > n_default  # a smaller minimum size gives more, smaller pseudo-label classes
+
+
 def test_prepare_keeps_outputs_outside_the_input_and_reuses_the_cache(tmp_path, volumes):
     with pytest.raises(ConfigError, match="inside the input folder"):
         prepare_unlabelled_volumes(volumes, volumes / "prepared")
@@ -129,7 +143,8 @@ def test_prepare_keeps_outputs_outside_the_input_and_reuses_the_cache(tmp_path, 
 @pytest.mark.parametrize(
     "kwargs,needle",
     [({"setting": 2}, "setting must be 1"), ({"time_budget_min": 0}, "time_budget_min"),
-     ({"snapshot_minutes": [-1]}, "snapshot_minutes"), ({"body_threshold_rel": 2}, "body_threshold_rel")],
+     ({"snapshot_minutes": [-1]}, "snapshot_minutes"), ({"body_threshold_rel": 2}, "body_threshold_rel"),
+     ({"superpixel_min_size": 0}, "superpixel_min_size")],
 )  # fmt: skip
 def test_bad_adapt_options_are_one_line_errors(kwargs, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -37,7 +37,7 @@ from ignite.engine import Engine, Events
 
 from labelless.data.layouts import PreparedVolumeDataset
 from labelless.errors import ConfigError
-from labelless.options import as_float
+from labelless.options import as_float, as_int
 from labelless.paths import check_output_outside_inputs
 from labelless.utils import as_bool, is_unset, write_json_atomic
 
@@ -168,12 +168,13 @@ def check_adapt_options(
     time_budget_min: float | None = None,
     snapshot_minutes: Sequence[float] | None = None,
     body_threshold_rel: float = 0.01,
+    superpixel_min_size: int = 400,
 ) -> dict[str, Any]:
     """Check the adaptation options of adapt.json before any work (one line naming the option).
 
     Raises:
-        ConfigError: ``setting`` other than 1 (Setting 2 needs labels), a budget <= 0, bad snapshot minutes or body
-            threshold.
+        ConfigError: ``setting`` other than 1 (Setting 2 needs labels), a budget <= 0, bad snapshot minutes, body
+            threshold or superpixel size.
     """
     if str(setting) != "1":
         raise ConfigError(f"setting must be 1 for label-free adaptation (Setting 2 reads labels), got {setting!r}")
@@ -187,7 +188,9 @@ def check_adapt_options(
     rel = as_float(body_threshold_rel, "body_threshold_rel")
     if not 0 <= rel < 1:
         raise ConfigError(f"body_threshold_rel must be in [0, 1), got {body_threshold_rel!r}")
-    return {"time_budget_min": budget, "snapshot_minutes": snaps, "body_threshold_rel": rel}
+    min_size = as_int(superpixel_min_size, "superpixel_min_size", 1)
+    return {"time_budget_min": budget, "snapshot_minutes": snaps, "body_threshold_rel": rel,
+            "superpixel_min_size": min_size}  # fmt: skip
 
 
 def load_init_weights(network: nn.Module, init_ckpt: str | os.PathLike | None, device: str | torch.device) -> nn.Module:

@@ -96,11 +96,13 @@ def resolve_derived_dir(
     workers: int | None = None,
     body_threshold: float | None = None,
     body_threshold_rel: float | None = None,
+    min_size: int = 400,
 ) -> PreparedVolumeDataset:
     """Make sure superpixel maps exist (computing the missing ones, cached) and point ``dataset`` at them.
 
     ``body_threshold`` / ``body_threshold_rel`` override the preset's body-mask rule (see
-    :func:`~labelless.fewshot.volume.superpixels.precompute_superpixels`; ``None`` keeps the preset's).
+    :func:`~labelless.fewshot.volume.superpixels.precompute_superpixels`; ``None`` keeps the preset's). ``min_size``
+    is the Felzenszwalb minimum superpixel size (protocol 400); the default cache folder is keyed by it.
 
     Raises:
         ConfigError: ``derived_dir`` is the data set folder or lies inside it (derived files never go there).
@@ -120,6 +122,7 @@ def resolve_derived_dir(
         workers=workers,
         body_threshold=body_threshold,
         body_threshold_rel=body_threshold_rel,
+        min_size=int(min_size),
     )
     dataset.derived_dir = Path(out)
     return dataset
@@ -139,6 +142,7 @@ def training_episodes(
     use_all_scans: bool = False,
     body_threshold: float | None = None,
     body_threshold_rel: float | None = None,
+    superpixel_min_size: int = 400,
 ) -> SelfSupervisedEpisodeDataset:
     """Self-supervised episodes of a fold's training scans (fewshot_protocol §4).
 
@@ -156,12 +160,15 @@ def training_episodes(
         use_all_scans: train on every scan (no held-out fold; for a deployment model, never for evaluation).
         body_threshold, body_threshold_rel: body-mask rule of the superpixels overriding the preset's (label-free
             adaptation to scans of another intensity range, :mod:`labelless.fewshot.volume.adapt`).
+        superpixel_min_size: Felzenszwalb minimum superpixel size in pixels (protocol 400); smaller values give more,
+            smaller pseudo-label classes (e.g. a target structure much smaller than an organ).
 
     Setting 1 reads no label file (the pool comes from the superpixels only): unlabelled scans are accepted.
     """
     from labelless.transforms.augment import RandFewShotAugmentd, monai_fewshot_augment
 
-    resolve_derived_dir(dataset, derived_dir, superpixel_method, workers, body_threshold, body_threshold_rel)
+    resolve_derived_dir(dataset, derived_dir, superpixel_method, workers, body_threshold, body_threshold_rel,
+                        min_size=superpixel_min_size)  # fmt: skip
     if as_bool(use_all_scans, "use_all_scans"):
         train = list(dataset.pids)
     else:
