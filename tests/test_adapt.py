@@ -172,6 +172,16 @@ def test_adapt_command_needs_a_volume_bundle(tmp_path):
         adapt_bundle("no_such_bundle", tmp_path)
 
 
+def test_adapt_command_passes_the_superpixel_size(tmp_path, monkeypatch):
+    import labelless.fewshot.volume.adapt as adapt_mod
+    from labelless.cli import main
+
+    seen = {}
+    monkeypatch.setattr(adapt_mod, "adapt_bundle", lambda *a, **k: seen.update(k) or tmp_path / "model.pt")
+    main(["adapt", "ssl_alpnet_fewshot_segmentation", str(tmp_path), "--superpixel_min_size", "100"])
+    assert seen["superpixel_min_size"] == 100 and seen["budget_clock"] == "wall"
+
+
 def test_budget_clock_counts_cpu_minutes_not_waiting():
     """With clock="cpu" a process that sleeps (a machine shared with other jobs) does not use its budget; with the
     wall clock it does."""

@@ -645,6 +645,7 @@ class LabellessCLI:
         snapshot_minutes: Sequence[float] | None = None,
         resume: bool = False,
         clock: str = "wall",
+        superpixel_min_size: int = 400,
     ) -> str:
         """Label-free adaptation: continue a few-shot volume bundle's self-supervised training on unlabelled volumes
         (labelless.fewshot.volume.adapt); writes <out>/model.pt for inference.json --ckpt_path.
@@ -661,13 +662,15 @@ class LabellessCLI:
             resume: continue an interrupted run in --out.
             clock: "wall" (wall-clock minutes) or "cpu" (CPU minutes of the process, for budgets on a shared
                 machine); --minutes and --snapshot_minutes use it.
+            superpixel_min_size: Felzenszwalb minimum superpixel size of the self-supervised classes (protocol 400;
+                smaller for structures much smaller than an organ); each size has its own superpixel cache.
         """
         from labelless.fewshot.volume.adapt import adapt_bundle
 
         snaps = _as_list(snapshot_minutes)
         path = adapt_bundle(bundle, volumes_dir, minutes=minutes, out=out, steps=steps, init_ckpt=init_ckpt,
                             learning_rate=learning_rate, snapshot_minutes=snaps, resume=resume,
-                            budget_clock=clock)  # fmt: skip
+                            budget_clock=clock, superpixel_min_size=superpixel_min_size)  # fmt: skip
         return f"adapted model: {path}"
 
 
