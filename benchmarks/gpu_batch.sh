@@ -4,15 +4,15 @@
 #      samples every VAL_EVERY iterations (best_model.pt = best val JA), then the selected generator evaluated on the
 #      ISIC-2016 held-out 40 % (51 images) and on the CLTNet ISIC `testA` samples (8), with otsu / threshold / watershed.
 #   2. FSMS, the shipped configuration (benchmarks/train_fsms_skin.sh surrogate: 5,000 iterations, width 16, 112 px)
-#      for each arm of FSMS_ARMS (seed, surrogate on/off, pseudo-label fraction), in parallel; each seed's checkpoint chosen on the validation pool only (100
-#      episodes, 1-shot, every saved checkpoint), then the chosen one scored on the test pools (200 episodes x 5 tasks,
-#      1- and 5-shot).
+#      for each arm of FSMS_ARMS (seed, surrogate on/off, pseudo-label fraction), in parallel; each arm's checkpoint
+#      chosen on the validation pool only (100 episodes, 1-shot, every VAL_CKPT_EVERY-th checkpoint and the final one),
+#      then the chosen one scored on the test pools (200 episodes x 5 tasks, 1- and 5-shot).
 # Usage:  benchmarks/gpu_batch.sh <data_dir> <exported_classes_dir> <out_dir>
 #   data_dir: a folder with isic2016/, ham10000/ and weak_samples/ISIC/ (the layouts of ../shared/data).
-#   exported_classes_dir: the non-skin classes exported by `labelless export_classes` (FSMS meta-training; passed as a
+#   exported_classes_dir: the non-skin classes exported by `labelless fsms_classes` (FSMS meta-training; passed as a
 #     class folder so the volumes they come from need not be present).
-# Env: RUN_CLTNET (1), CLT_STEPS (6000), FSMS_STEPS (5000),
-#      FSMS_ARMS ("seed0=0,true,0 seed1=1,true,0 seed2=2,true,0": name=seed,surrogate,pseudo_fraction per FSMS run), SAVE_EVERY (500), VAL_EVERY (250),
+# Env: RUN_CLTNET (1), CLT_STEPS (6000), FSMS_STEPS (5000), SAVE_EVERY (500), VAL_EVERY (250),
+#      FSMS_ARMS ("seed0=0,true,0 seed1=1,true,0 seed2=2,true,0": name=seed,surrogate,pseudo_fraction per FSMS run),
 #      TRAIN_LIMIT_S (330: wall limit of each training), NUM_WORKERS (2), FSMS_VAL_EPISODES (100),
 #      FSMS_TEST_EPISODES (200), VAL_CKPT_EVERY (1000: the interval checkpoints scored on the validation pool).
 set -uo pipefail
@@ -73,8 +73,7 @@ fsms() {  # <arm name> <seed> <surrogate> <pseudo_fraction> [extra overrides]
         --num_workers "$NW" --ckpt_dir "$D/models" --output_dir "$D/out" "${@:5}" >>"$D/train.log" 2>&1
     stamp "fsms $name train rc=$?"
     ls "$D"/models/*.pt >/dev/null 2>&1 || return 1
-    local best="" bestd=-1 ck it d
-    local cks=()
+    local cks=() ck it best bestd
     for ck in "$D"/models/checkpoint_iteration=*.pt "$D"/models/fsms_*_1shot.pt; do
         [ -f "$ck" ] || continue
         it="$(basename "$ck" .pt)"; it="${it##*=}"
@@ -84,15 +83,21 @@ fsms() {  # <arm name> <seed> <surrogate> <pseudo_fraction> [extra overrides]
         fev "$ck" "$D/val_$it" --eval_split val --eval_shots "[1]" --n_eval_episodes "$VAL_EP" --n_overlays 0 &
     done
     wait
-    for ck in "${cks[@]}"; do
-        it="$(basename "$ck" .pt)"; it="${it##*=}"
-        d=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['results'][0]['episode_dice'])" \
-            "$D/val_$it/metrics.json" 2>/dev/null) || continue
-        if python -c "import sys; sys.exit(0 if float(sys.argv[1]) > float(sys.argv[2]) else 1)" "$d" "$bestd"; then
-            best="$ck"; bestd="$d"
-        fi
-    done
-    [ -n "$best" ] || { echo "seed $s: no checkpoint scored"; return 1; }
+    # the checkpoint with the best validation 1-shot episode Dice (ties: the first), as "<dice> <path>"
+    read -r bestd best < <(python - "$D" "${cks[@]}" <<'PY'
+import json, sys
+from pathlib import Path
+d, scores = Path(sys.argv[1]), []
+for ck in sys.argv[2:]:
+    m = d / f"val_{Path(ck).stem.split('=')[-1]}" / "metrics.json"
+    if m.is_file():
+        scores.append((json.loads(m.read_text())["results"][0]["episode_dice"], ck))
+if scores:
+    top = max(scores, key=lambda s: s[0])
+    print(top[0], top[1])
+PY
+)
+    [ -n "${best:-}" ] || { echo "$name: no checkpoint scored"; return 1; }
     echo "{\"arm\": \"$name\", \"seed\": $s, \"surrogate\": $sur, \"pseudo_fraction\": $pf, \"checkpoint\": \"$(basename "$best")\", \"val_1shot_episode_dice\": $bestd}" >"$D/selected.json"
     cp "$best" "$D/selected.pt"
     stamp "fsms $name selected $(basename "$best") val $bestd"
