@@ -80,6 +80,14 @@ def query_files(out: Path, queries: list[str]) -> list[str]:
     return files
 
 
+def _settings(args: argparse.Namespace) -> dict[str, str]:
+    """``--set key=value`` options: inference settings (e.g. ``cleanup=none``) for the model and the baseline runner."""
+    pairs = [kv.split("=", 1) for kv in args.set or []]
+    if any(len(p) != 2 for p in pairs):
+        raise SystemExit(f"--set takes key=value, got {args.set}")
+    return dict(pairs)  # type: ignore[arg-type]
+
+
 def run_model(args: argparse.Namespace) -> dict:
     queries = [c for c in CASES if c != args.support]
     out = Path(args.out)
@@ -91,6 +99,8 @@ def run_model(args: argparse.Namespace) -> dict:
         "--support_image", str(DATA / args.support / FLAIR), "--support_label", str(support_label(out, args.support)),
         "--label_value", "1", "--queries", json.dumps(query_files(out, queries)),
     ]  # fmt: skip
+    for key, value in _settings(args).items():
+        cmd += [f"--{key}", value]
     t0 = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     per = score(pred_dir, queries)
@@ -125,10 +135,12 @@ def run_baselines(args: argparse.Namespace) -> dict:
         def forward(self, support_images, support_masks, query_images):  # noqa: ANN001, ANN201
             return self.predictor(support_images, support_masks, query_images)
 
-    pred_dir = out / "training_free"
+    pred_dir = out / ("training_free" + "".join(f"_{k}-{v}" for k, v in _settings(args).items()))
     runner = FewShotVolumeInferenceRunner(
         network=_Wrapped(), support_image=DATA / args.support / FLAIR, support_label=support_label(out, args.support),
         label_value=1, queries=query_files(out, queries), output_dir=pred_dir, n_overlays=0,
+        **{k: json.loads(v) if v[:1] in "[{0123456789-" or v in ("true", "false", "null") else v
+           for k, v in _settings(args).items()},
     )  # fmt: skip
     runner.run()
     res["training_free"] = score(pred_dir, queries)
@@ -180,6 +192,7 @@ def main() -> None:
     parser.add_argument("--after", default=None)
     parser.add_argument("--png", default=str(ROOT / "docs" / "images" / "adapt_brats_before_after.png"))
     parser.add_argument("--flip", action="store_true")
+    parser.add_argument("--set", action="append", help="inference setting key=value (repeatable), e.g. cleanup=none")
     args = parser.parse_args()
     {"model": run_model, "baselines": run_baselines, "overlay": overlay}[args.what](args)
 

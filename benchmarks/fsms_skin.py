@@ -7,6 +7,9 @@
 - ``copy_support``: the query mask is the support mask (K-shot: the pixel-wise majority of the K support masks);
 - ``all_lesion``: every pixel is lesion.
 
+and one simple predictor that reads the query image but no mask: ``otsu_dark`` (the grey query image thresholded by
+Otsu, darker = lesion, the intensity baseline of the CLTNet results).
+
 They tell how much of a score comes from the data (ISIC crops are mostly lesion) rather than from the model.
 
 ``summarize`` prints one markdown row per (test pool, K) with the episode Dice (%) of every evaluation folder given
@@ -30,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["copy_support", "all_lesion", "run_baselines", "summarize", "main"]
+__all__ = ["copy_support", "all_lesion", "otsu_dark", "run_baselines", "summarize", "main"]
 
 
 def copy_support(support_images: torch.Tensor, support_masks: torch.Tensor, query_images: torch.Tensor) -> torch.Tensor:
@@ -43,6 +46,19 @@ def all_lesion(support_images: torch.Tensor, support_masks: torch.Tensor, query_
     return torch.ones_like(query_images[:, :1])
 
 
+def otsu_dark(support_images: torch.Tensor, support_masks: torch.Tensor, query_images: torch.Tensor) -> torch.Tensor:
+    """Per query image: the channel mean thresholded by Otsu's method, pixels darker than the threshold are lesion
+    (a constant image gives no lesion)."""
+    from skimage.filters import threshold_otsu
+
+    grey = query_images.float().mean(dim=1).cpu().numpy()
+    out = np.zeros_like(grey, dtype=np.float32)
+    for i, g in enumerate(grey):
+        if float(g.max() - g.min()) > 1e-8:
+            out[i] = g < threshold_otsu(g)
+    return torch.from_numpy(out)[:, None].to(query_images.device)
+
+
 def run_baselines(
     data: str | os.PathLike,
     out: str | os.PathLike,
@@ -52,9 +68,9 @@ def run_baselines(
     n_tasks: int = 5,
     seed: int = 0,
 ) -> dict[str, dict]:
-    """Evaluate :func:`copy_support` and :func:`all_lesion` on the test pools and the validation pool (``"val"``) of
-    ``target_pools(shared_data_dir=data)`` with the bundle's protocol; writes ``<out>/<name>/metrics.json`` (+ one
-    folder per pool and K) and returns the summaries.
+    """Evaluate :func:`copy_support`, :func:`all_lesion` and :func:`otsu_dark` on the test pools and the validation
+    pool (``"val"``) of ``target_pools(shared_data_dir=data)`` with the bundle's protocol; writes
+    ``<out>/<name>/metrics.json`` (+ one folder per pool and K) and returns the summaries.
     """
     from labelless.fewshot.image.workflow import evaluate_pools, target_pools
     from labelless.utils import write_json_atomic
@@ -62,7 +78,7 @@ def run_baselines(
     all_pools = target_pools(None, data, image_size)
     pools = {**all_pools["test"], **({"val": all_pools["val"]} if all_pools["val"] is not None else {})}
     summaries = {}
-    for name, predict in (("copy_support", copy_support), ("all_lesion", all_lesion)):
+    for name, predict in (("copy_support", copy_support), ("all_lesion", all_lesion), ("otsu_dark", otsu_dark)):
         rows = evaluate_pools(
             predict, pools, shots, Path(out) / name, n_episodes=n_episodes, n_tasks=n_tasks, seed=seed, n_overlays=0,
             progress=False,

@@ -11,7 +11,7 @@
 #   data_dir: a folder with isic2016/, ham10000/ and weak_samples/ISIC/ (the layouts of ../shared/data).
 #   exported_classes_dir: the non-skin classes exported by `labelless fsms_classes` (FSMS meta-training; passed as a
 #     class folder so the volumes they come from need not be present).
-# Env: RUN_CLTNET (1), CLT_STEPS (6000), FSMS_STEPS (5000), SAVE_EVERY (500), VAL_EVERY (250),
+# Env: RUN_CLTNET (1), CLT_STEPS (6000), CLT_PATCH_SCALE (resize: how the B corner patches are made, or image), FSMS_STEPS (5000), SAVE_EVERY (500), VAL_EVERY (250),
 #      FSMS_ARMS ("seed0=0,true,0 seed1=1,true,0 seed2=2,true,0": name=seed,surrogate,pseudo_fraction per FSMS run),
 #      TRAIN_LIMIT_S (330: wall limit of each training), NUM_WORKERS (2), FSMS_VAL_EPISODES (100),
 #      FSMS_TEST_EPISODES (200), VAL_CKPT_EVERY (1000: the interval checkpoints scored on the validation pool).
@@ -35,7 +35,7 @@ clt() {
     [ -d "$D/models" ] && [ ! -f "$D/models/best_model.pt" ] && rm -rf "$D/models"  # a failed first try
     mkdir -p "$D"
     [ -d "$D/domains" ] || python -m labelless weak_domains_images "$DATA/isic2016/images" "$D/domains" --masks_dir "$DATA/isic2016/masks" \
-        >"$D/domains.log" 2>&1 || { echo "domains failed"; return 1; }
+        --patch_scale "${CLT_PATCH_SCALE:-resize}" >"$D/domains.log" 2>&1 || { echo "domains failed"; return 1; }
     timeout "$LIMIT" python -m monai.bundle run --config_file "$CB/configs/train.json" --bundle_root "$CB" \
         --dataset_dir "$D/domains" --val_dir "$DATA/weak_samples/ISIC/isic_1/val" --loss_weights isic \
         --n_steps "$CLT_STEPS" --epoch_length "$VAL_EVERY" --save_interval "$VAL_EVERY" --val_interval "$VAL_EVERY" \

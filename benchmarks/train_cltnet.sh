@@ -4,6 +4,8 @@
 # BraTS sample validation folder only.  Output: runs/cltnet/<name>/ (models/, eval/ with val overlays, train.log).
 #   benchmarks/train_cltnet.sh brats [n_steps] [overrides...]
 #   benchmarks/train_cltnet.sh isic [n_steps] [overrides...]   # ISIC-2016 domains (loss weights "isic"), CLTNet ISIC val
+# ISIC_PATCH_SCALE=image builds the B patches at the A images' scale (mirror-tiled; runs/cltnet/isic_domains_tile).
+# CLTNET_EVERY=<n>: checkpoint and validate every n iterations (250).
 # CLTNET_OUT=<folder> writes elsewhere (default runs/cltnet/brats). An interrupted run continues with the same
 # command plus `--resume true` (from the newest complete checkpoint; the log is appended to).
 set -euo pipefail
@@ -21,16 +23,18 @@ case "$NAME" in
         VAL="$DATA/weak_samples/BraTS/brats_1/val"
         WEIGHTS=brats ;;
     isic)  # lesion images of ISIC-2016 (first 60 % of the ids) / their lesion-free corner patches; test = last 40 %
-        DOMAINS="$RUN/isic_domains"
+        SCALE="${ISIC_PATCH_SCALE:-resize}"  # image: B patches at the A images' scale, mirror-tiled
+        DOMAINS="$RUN/isic_domains$([ "$SCALE" = image ] && echo _tile || true)"
         [ -f "$DOMAINS/manifest.json" ] || labelless weak_domains_images "$DATA/isic2016/images" "$DOMAINS" \
-            --masks_dir "$DATA/isic2016/masks"
+            --masks_dir "$DATA/isic2016/masks" --patch_scale "$SCALE"
         VAL="$DATA/weak_samples/ISIC/isic_1/val"
         WEIGHTS=isic ;;
     *) echo "usage: $0 brats|isic [n_steps]" >&2; exit 2 ;;
 esac
 OUT="${CLTNET_OUT:-$RUN/$NAME}"
+EVERY="${CLTNET_EVERY:-250}"  # iterations between checkpoints / validations
 mkdir -p "$OUT"
 python -m monai.bundle run --config_file "$B/configs/train.json" --bundle_root "$B" \
     --dataset_dir "$DOMAINS" --val_dir "$VAL" --loss_weights "$WEIGHTS" --n_steps "$N_STEPS" \
-    --epoch_length 250 --save_interval 250 --val_interval 250 --keep_checkpoints 20 \
+    --epoch_length "$EVERY" --save_interval "$EVERY" --val_interval "$EVERY" --keep_checkpoints 20 \
     --ckpt_dir "$OUT/models" --output_dir "$OUT/eval" "$@" 2>&1 | tee -a "$OUT/train.log"

@@ -207,3 +207,35 @@ def test_budget_clock_counts_cpu_minutes_not_waiting():
     assert not cpu_stopped and cpu_iters == 30
     with pytest.raises(ConfigError, match="budget_clock"):
         AdaptationBudget(1, clock="gpu")
+
+
+def test_freeze_bn_stats_keeps_running_statistics_through_train_mode():
+    """freeze_bn_stats: a training step in train() mode leaves the batch-norm running statistics unchanged while
+    the weights still learn; without it the statistics move."""
+    from labelless.fewshot.volume.adapt import freeze_batchnorm_statistics
+
+    def step(freeze: bool) -> tuple[bool, bool]:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+        n = freeze_batchnorm_statistics(net, freeze)
+        assert n == (1 if freeze else 0)
+        before = net[1].running_mean.clone()
+        weight = net[0].weight.detach().clone()
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        net.train()
+        net(torch.randn(2, 1, 8, 8) * 3 + 5).mean().backward()
+        opt.step()
+        return torch.equal(before, net[1].running_mean), not torch.equal(weight, net[0].weight)
+
+    assert step(True) == (True, True)
+    assert step(False) == (False, True)
+
+
+def test_adapt_command_passes_freeze_bn_stats(tmp_path, monkeypatch):
+    import labelless.fewshot.volume.adapt as adapt_mod
+    from labelless.cli import main
+
+    seen = {}
+    monkeypatch.setattr(adapt_mod, "adapt_bundle", lambda *a, **k: seen.update(k) or tmp_path / "model.pt")
+    main(["adapt", "ssl_alpnet_fewshot_segmentation", str(tmp_path), "--freeze_bn_stats", "true"])
+    assert seen["freeze_bn_stats"] is True

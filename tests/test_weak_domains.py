@@ -131,6 +131,25 @@ def test_lesion_free_patch_rules():
     assert [c for c, _ in kept] == ["tr", "bl"] and kept[0][1].shape == (16, 16, 3)
 
 
+def test_lesion_free_patches_at_the_image_scale_are_mirror_tiled():
+    """patch_scale="image": the 30 x 30 corner of a 100 x 100 image is shrunk by 40/100 (the scale of the A image
+    resized to 40) to 12 px and mirror-tiled: the output repeats with period 24 and mirrors at 12."""
+    rng = np.random.default_rng(0)
+    rgb = np.clip(0.6 + 0.01 * rng.standard_normal((100, 100, 3)), 0, 1).astype(np.float32)
+    rgb[:30, :30, 0] = np.linspace(0.55, 0.65, 30)[None, :]  # a horizontal ramp in the top-left corner
+    (name, patch), *_ = lesion_free_patches(rgb, size=40, patch_scale="image")
+    assert name == "tl" and patch.shape == (40, 40, 3) and patch.dtype == np.uint8
+    p = patch.astype(int)
+    assert np.array_equal(p[:, :12], p[:, 24:36]) and np.array_equal(p[:, :12], p[:, 12:24][:, ::-1])
+    assert np.array_equal(p[:12], p[12:24][::-1])
+    ramp = p[0, :12, 0]
+    assert ramp[-1] > ramp[0]  # the corner's own content, at the smaller scale
+    resized = lesion_free_patches(rgb, size=40)[0][1]
+    assert not np.array_equal(resized, patch)
+    with pytest.raises(ConfigError, match="patch_scale"):
+        lesion_free_patches(rgb, size=40, patch_scale="zoom")
+
+
 def _png(path: Path, arr: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)

@@ -566,6 +566,7 @@ class LabellessCLI:
         min_mean: float = 0.2,
         max_std: float = 0.05,
         size: int = 256,
+        patch_scale: str = "resize",
     ) -> str:
         """Build lesion (A) / normal (B) folders from a folder of lesion images (e.g. dermoscopy), without pixel labels:
         B = lesion-free corner patches of the training images.
@@ -579,6 +580,8 @@ class LabellessCLI:
             min_mean: reject darker patches (vignetting).
             max_std: reject patches whose colour standard deviation is higher (structure, possibly lesion).
             size: output image side.
+            patch_scale: "resize" (the corner crop resized to --size, spec default) or "image" (kept at the scale of
+                the A images and mirror-tiled to --size).
         """
         from labelless.weak.domains import write_image_domains
 
@@ -587,7 +590,7 @@ class LabellessCLI:
                                 side_fraction=as_float(side_fraction, "--side_fraction", parse=True),
                                 min_mean=as_float(min_mean, "--min_mean", parse=True),
                                 max_std=as_float(max_std, "--max_std", parse=True),
-                                size=as_int(size, "--size", parse=True))  # fmt: skip
+                                size=as_int(size, "--size", parse=True), patch_scale=str(patch_scale))  # fmt: skip
         counts = ", ".join(f"{k} {v}" for k, v in sorted(m["counts"].items()))
         return f"{counts}; written to {out_dir}"
 
@@ -646,6 +649,7 @@ class LabellessCLI:
         resume: bool = False,
         clock: str = "wall",
         superpixel_min_size: int = 400,
+        freeze_bn_stats: bool = False,
     ) -> str:
         """Label-free adaptation: continue a few-shot volume bundle's self-supervised training on unlabelled volumes
         (labelless.fewshot.volume.adapt); writes <out>/model.pt for inference.json --ckpt_path.
@@ -664,13 +668,16 @@ class LabellessCLI:
                 machine); --minutes and --snapshot_minutes use it.
             superpixel_min_size: Felzenszwalb minimum superpixel size of the self-supervised classes (protocol 400;
                 smaller for structures much smaller than an organ); each size has its own superpixel cache.
+            freeze_bn_stats: keep the batch-norm running statistics of the initial weights (no re-estimation on the
+                new domain's episodes).
         """
         from labelless.fewshot.volume.adapt import adapt_bundle
 
         snaps = _as_list(snapshot_minutes)
         path = adapt_bundle(bundle, volumes_dir, minutes=minutes, out=out, steps=steps, init_ckpt=init_ckpt,
                             learning_rate=learning_rate, snapshot_minutes=snaps, resume=resume,
-                            budget_clock=clock, superpixel_min_size=superpixel_min_size)  # fmt: skip
+                            budget_clock=clock, superpixel_min_size=superpixel_min_size,
+                            freeze_bn_stats=as_bool(freeze_bn_stats, "--freeze_bn_stats"))  # fmt: skip
         return f"adapted model: {path}"
 
 

@@ -356,8 +356,31 @@ def write_volume_domains(
 
 
 # ---------------------------------------------------------------------------------------------- 2D images
+PATCH_SCALES = ("resize", "image")
+
+
+def _patch_at_image_scale(crop: np.ndarray, image_hw: tuple[int, int], size: int) -> np.ndarray:
+    """A corner crop shrunk by the factors that take its image to ``size × size`` (so its skin has the scale of the
+    domain-A images), then mirror-tiled to ``size × size`` (reflection: no seams)."""
+    h, w = image_hw
+    ph = max(int(round(crop.shape[0] * size / h)), 2)
+    pw = max(int(round(crop.shape[1] * size / w)), 2)
+    chw = torch.from_numpy(np.moveaxis(np.asarray(crop, dtype=np.float32), -1, 0).copy())[None]
+    small = np.moveaxis(F.interpolate(chw, size=(ph, pw), mode="area")[0].numpy(), 0, -1)
+    reps_h, reps_w = -(-size // ph), -(-size // pw)
+    rows = [small if i % 2 == 0 else small[::-1] for i in range(reps_h)]
+    col = np.concatenate(rows, axis=0)
+    tiles = [col if j % 2 == 0 else col[:, ::-1] for j in range(reps_w)]
+    return np.ascontiguousarray(np.concatenate(tiles, axis=1)[:size, :size])
+
+
 def lesion_free_patches(
-    rgb: np.ndarray, side_fraction: float = 0.3, min_mean: float = 0.2, max_std: float = 0.05, size: int = 256
+    rgb: np.ndarray,
+    side_fraction: float = 0.3,
+    min_mean: float = 0.2,
+    max_std: float = 0.05,
+    size: int = 256,
+    patch_scale: str = "resize",
 ) -> list[tuple[str, np.ndarray]]:
     """Candidate lesion-free patches of a lesion image, made without pixel labels (cltnet.md §1.2).
 
@@ -371,6 +394,9 @@ def lesion_free_patches(
         rgb: (H, W, 3) floats in [0, 1].
         side_fraction, min_mean, max_std: the rules above.
         size: output side.
+        patch_scale: ``"resize"`` (spec §1.2: the crop resized to ``size``, i.e. magnified about 1 / side_fraction
+            times relative to the A images) or ``"image"`` (the crop kept at the scale of the A images, which are
+            the whole image resized to ``size``, and mirror-tiled to ``size``: B skin then has A's texture scale).
 
     Returns:
         ``(corner, (size, size, 3) uint8)`` for the kept corners (``tl``, ``tr``, ``bl``, ``br``).
@@ -380,6 +406,8 @@ def lesion_free_patches(
         raise DataError(None, f"expected an (H, W, 3) RGB image, got shape {a.shape}")
     if not 0.0 < float(side_fraction) <= 0.5:
         raise ConfigError(f"side_fraction must be in (0, 0.5], got {side_fraction!r}")
+    if patch_scale not in PATCH_SCALES:
+        raise ConfigError(f"patch_scale must be one of {PATCH_SCALES}, got {patch_scale!r}")
     h, w = a.shape[:2]
     s = max(int(round(float(side_fraction) * min(h, w))), 1)
     corners = {"tl": a[:s, :s], "tr": a[:s, w - s :], "bl": a[h - s :, :s], "br": a[h - s :, w - s :]}
@@ -387,7 +415,11 @@ def lesion_free_patches(
     for name, crop in corners.items():
         if float(crop.mean()) < float(min_mean) or float(crop.reshape(-1, 3).std(axis=0).mean()) > float(max_std):
             continue
-        out.append((name, _to_uint8_rgb(_resize(crop, int(size), "bilinear"))))
+        if patch_scale == "image":
+            patch = _patch_at_image_scale(crop, (h, w), int(size))
+        else:
+            patch = _resize(crop, int(size), "bilinear")
+        out.append((name, _to_uint8_rgb(patch)))
     return out
 
 
@@ -408,17 +440,21 @@ def write_image_domains(
     min_mean: float = 0.2,
     max_std: float = 0.05,
     size: int = 256,
+    patch_scale: str = "resize",
 ) -> dict[str, Any]:
     """Lesion images (e.g. ISIC) → ``trainA`` (the first ``1 − test_fraction`` of the sorted ids, images only),
     ``trainB`` (lesion-free corner patches of the **train** images, :func:`lesion_free_patches`) and ``testA``
     (the other images, with their masks from ``masks_dir`` when given).
 
-    The masks of training images are never read. Images are written as ``size × size`` RGB PNGs.
+    The masks of training images are never read. Images are written as ``size × size`` RGB PNGs; ``patch_scale``
+    as in :func:`lesion_free_patches`.
 
     Raises:
         ConfigError: output folder not fresh or inside an input; bad fractions.
         DataError: no images, unreadable files, a test image without mask, no patch kept.
     """
+    if patch_scale not in PATCH_SCALES:
+        raise ConfigError(f"patch_scale must be one of {PATCH_SCALES}, got {patch_scale!r}")
     images = list_images(images_dir)
     if not images:
         raise DataError(images_dir, f"no images ({', '.join(IMAGE_2D_SUFFIXES)}) in the folder")
@@ -435,7 +471,7 @@ def write_image_domains(
             records.append({"folder": "trainA", "image": _write_png(_to_uint8_rgb(_resize(rgb, size, "bilinear")), out,
                                                                     f"trainA/{pid}.png")})  # fmt: skip
             counts["trainA"] += 1
-            for corner, patch in lesion_free_patches(rgb, side_fraction, min_mean, max_std, size):
+            for corner, patch in lesion_free_patches(rgb, side_fraction, min_mean, max_std, size, patch_scale):
                 records.append({"folder": "trainB", "image": _write_png(patch, out, f"trainB/{pid}_{corner}.png"),
                                 "source": str(images[pid])})  # fmt: skip
                 counts["trainB"] += 1
@@ -455,7 +491,8 @@ def write_image_domains(
             raise DataError(images_dir, "no corner patch passed the lesion-free rules (min_mean / max_std); relax them")
         manifest = {"source": str(Path(images_dir).resolve()), "counts": counts, "train_ids": train, "test_ids": test,
                     "options": {"test_fraction": test_fraction, "side_fraction": side_fraction, "min_mean": min_mean,
-                                "max_std": max_std, "size": size}, "images": records}  # fmt: skip
+                                "max_std": max_std, "size": size, "patch_scale": patch_scale},
+                    "images": records}  # fmt: skip
         write_json_atomic(out / "manifest.json", manifest)
     return manifest
 

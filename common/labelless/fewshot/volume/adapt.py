@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import time
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,36 @@ def load_init_weights(network: nn.Module, init_ckpt: str | os.PathLike | None, d
     load_network_weights(network, init_ckpt, device)
     logger.info("adapt: initial weights from %s", init_ckpt)
     return network
+
+
+def _eval_mode_train(self: nn.Module, mode: bool = True) -> nn.Module:
+    """``train()`` of a batch-norm layer whose statistics are frozen: always evaluation mode."""
+    return nn.Module.train(self, False)
+
+
+def freeze_batchnorm_statistics(network: nn.Module, freeze: bool = True) -> int:
+    """Keep every batch-norm layer of ``network`` in evaluation mode, even when the trainer calls ``train()``: the
+    running mean/variance of the initial weights are used and never updated (the affine weights still learn).
+
+    For adaptation to a domain whose episodes differ from the initial training's (e.g. brain slices after abdominal
+    scans), so that re-estimated statistics do not move every feature at once.
+
+    Args:
+        network: the network (the layers are patched in place).
+        freeze: ``False`` does nothing (the config switch).
+
+    Returns:
+        the number of batch-norm layers frozen.
+    """
+    if not as_bool(freeze, "freeze_bn_stats"):
+        return 0
+    layers = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in layers:
+        m.train = types.MethodType(_eval_mode_train, m)  # type: ignore[method-assign]
+        m.eval()
+    logger.info("adapt: batch-norm statistics frozen in %d layers (running mean/variance of the initial weights)",
+                len(layers))  # fmt: skip
+    return len(layers)
 
 
 def _save_state(network: nn.Module, path: Path) -> Path:
