@@ -57,6 +57,8 @@ def test_train_writes_checkpoints_selection_and_overlays(trained):
     best = json.loads((models / "best_model.json").read_text())
     assert best["iteration"] in (2, 4) and 0.0 <= best["val_mean_ja"] <= 1.0
     assert (models / "best_model.pt").is_file()
+    history = json.loads((models / "validation_history.json").read_text())["history"]
+    assert [h["iteration"] for h in history] == [2, 4]  # every validation, also when the last one is the best
     assert list((trained / "eval" / "val_overlays").glob("iter_*/*.png"))
 
 

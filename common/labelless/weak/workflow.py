@@ -266,8 +266,8 @@ class WeakValidationHandler(BestSoFarState):
                 torch.save(state, tmp)
             info = {"iteration": it, "val_mean_ja": ja, "val_mean_dice": di, "history": self.history}
             write_json_atomic(self.ckpt_dir / "best_model.json", info)
-        else:
-            write_json_atomic(self.ckpt_dir / "validation_history.json", {"history": self.history})
+        # every validation, improved or not (it used to be skipped when the last one was the best)
+        write_json_atomic(self.ckpt_dir / "validation_history.json", {"history": self.history})
 
 
 def _plain(network: torch.nn.Module) -> torch.nn.Module:
