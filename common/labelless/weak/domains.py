@@ -359,6 +359,11 @@ def write_volume_domains(
 PATCH_SCALES = ("resize", "image")
 
 
+def _check_patch_scale(patch_scale: str) -> None:
+    if patch_scale not in PATCH_SCALES:
+        raise ConfigError(f"patch_scale must be one of {PATCH_SCALES}, got {patch_scale!r}")
+
+
 def _patch_at_image_scale(crop: np.ndarray, image_hw: tuple[int, int], size: int) -> np.ndarray:
     """A corner crop shrunk by the factors that take its image to ``size × size`` (so its skin has the scale of the
     domain-A images), then mirror-tiled to ``size × size`` (reflection: no seams)."""
@@ -406,8 +411,7 @@ def lesion_free_patches(
         raise DataError(None, f"expected an (H, W, 3) RGB image, got shape {a.shape}")
     if not 0.0 < float(side_fraction) <= 0.5:
         raise ConfigError(f"side_fraction must be in (0, 0.5], got {side_fraction!r}")
-    if patch_scale not in PATCH_SCALES:
-        raise ConfigError(f"patch_scale must be one of {PATCH_SCALES}, got {patch_scale!r}")
+    _check_patch_scale(patch_scale)
     h, w = a.shape[:2]
     s = max(int(round(float(side_fraction) * min(h, w))), 1)
     corners = {"tl": a[:s, :s], "tr": a[:s, w - s :], "bl": a[h - s :, :s], "br": a[h - s :, w - s :]}
@@ -453,8 +457,7 @@ def write_image_domains(
         ConfigError: output folder not fresh or inside an input; bad fractions.
         DataError: no images, unreadable files, a test image without mask, no patch kept.
     """
-    if patch_scale not in PATCH_SCALES:
-        raise ConfigError(f"patch_scale must be one of {PATCH_SCALES}, got {patch_scale!r}")
+    _check_patch_scale(patch_scale)
     images = list_images(images_dir)
     if not images:
         raise DataError(images_dir, f"no images ({', '.join(IMAGE_2D_SUFFIXES)}) in the folder")
