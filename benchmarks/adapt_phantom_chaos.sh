@@ -7,7 +7,9 @@
 #   benchmarks/adapt_phantom_chaos.sh adapt [min]   # adapt for [min] CPU-minutes (default 60), snapshots at 15, 30
 #   benchmarks/adapt_phantom_chaos.sh eval <ckpt> <name>   # CHAOS fold 0 -> $OUT/eval/<name>/metrics.json
 #   benchmarks/adapt_phantom_chaos.sh scratch [min] # control: the same budget from random initial weights
-# One thread per process (OMP_NUM_THREADS=1). OUT defaults to runs/adapt_phantom.
+# One thread per process (OMP_NUM_THREADS=1). OUT defaults to runs/adapt_phantom. Extra `labelless adapt` options in
+# ADAPT_ARGS and another output name in ADAPT_NAME, e.g.
+#   ADAPT_ARGS="--augmentation strong" ADAPT_NAME=adapted_strong benchmarks/adapt_phantom_chaos.sh adapt 15
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 B="$ROOT/bundles/ssl_alpnet_fewshot_segmentation"
@@ -31,10 +33,11 @@ torch.save(ck['model'], sys.argv[2])" "$OUT/phantom/fold0_setting1.pt" "$OUT/pha
     adapt|scratch)
         volumes
         MIN="${2:-60}"
-        INIT="$OUT/phantom/model.pt"; NAME=adapted
-        [ "$1" = scratch ] && { INIT=null; NAME=scratch; }
+        INIT="$OUT/phantom/model.pt"; NAME="${ADAPT_NAME:-adapted}"
+        [ "$1" = scratch ] && { INIT=null; NAME="${ADAPT_NAME:-scratch}"; }
+        # shellcheck disable=SC2086
         labelless adapt "$B" "$OUT/chaos_train" --minutes "$MIN" --clock cpu --steps 100000 \
-            --snapshot_minutes "[15,30]" --init_ckpt "$INIT" --out "$OUT/$NAME" 2>&1 | tee "$OUT/$NAME.log" ;;
+            --snapshot_minutes "[15,30]" --init_ckpt "$INIT" --out "$OUT/$NAME" ${ADAPT_ARGS:-} 2>&1 | tee "$OUT/$NAME.log" ;;
     eval)
         CKPT="${2:?ckpt}"; NAME="${3:?name}"
         python -m monai.bundle run --config_file "['$B/configs/train.json','$B/configs/evaluate.json']" \

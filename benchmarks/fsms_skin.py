@@ -7,8 +7,13 @@
 - ``copy_support``: the query mask is the support mask (K-shot: the pixel-wise majority of the K support masks);
 - ``all_lesion``: every pixel is lesion.
 
-and one simple predictor that reads the query image but no mask: ``otsu_dark`` (the grey query image thresholded by
-Otsu, darker = lesion, the intensity baseline of the CLTNet results).
+and two simple predictors: ``otsu_dark`` reads the query image but no mask (the grey query image thresholded by
+Otsu, darker = lesion, the intensity baseline of the CLTNet results); ``colour_prototypes`` is the training-free
+few-shot predictor (each query pixel takes the label of the nearer of two mean RGB colours of the K supports: lesion
+and background).
+
+``postproc`` scores the shipped model's masks with and without a shape post-processing (hole filling, the largest
+connected component, both) on the validation pool, and runs the variant chosen there on the test pools.
 
 They tell how much of a score comes from the data (ISIC crops are mostly lesion) rather than from the model.
 
@@ -18,6 +23,7 @@ They tell how much of a score comes from the data (ISIC crops are mostly lesion)
 Usage::
 
     python benchmarks/fsms_skin.py baselines --data ../shared/data --out runs/fsms/eval_trivial
+    python benchmarks/fsms_skin.py postproc --data ../shared/data --out runs/fsms/eval_postproc
     python benchmarks/fsms_skin.py summarize "baseline=runs/fsms/eval_baseline" "surrogate=runs/fsms/eval_surrogate" \\
         "copy support=runs/fsms/eval_trivial/copy_support"
 """
@@ -33,7 +39,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["copy_support", "all_lesion", "otsu_dark", "run_baselines", "summarize", "main"]
+__all__ = [
+    "copy_support",
+    "all_lesion",
+    "otsu_dark",
+    "colour_prototypes",
+    "shape_postprocess",
+    "run_baselines",
+    "run_postproc",
+    "summarize",
+    "main",
+]
 
 
 def copy_support(support_images: torch.Tensor, support_masks: torch.Tensor, query_images: torch.Tensor) -> torch.Tensor:
@@ -59,6 +75,36 @@ def otsu_dark(support_images: torch.Tensor, support_masks: torch.Tensor, query_i
     return torch.from_numpy(out)[:, None].to(query_images.device)
 
 
+def colour_prototypes(
+    support_images: torch.Tensor, support_masks: torch.Tensor, query_images: torch.Tensor
+) -> torch.Tensor:
+    """Training-free few-shot predictor: the mean RGB of the K supports' lesion pixels and of their background pixels
+    are two prototypes; a query pixel is lesion when it is nearer (Euclidean) to the lesion prototype."""
+    s = support_images.float()  # [T, K, 3, H, W]
+    m = support_masks.float()  # [T, K, 1, H, W]
+    fg = (s * m).sum(dim=(1, 3, 4)) / m.sum(dim=(1, 3, 4)).clamp_min(1.0)  # [T, 3]
+    bg = (s * (1 - m)).sum(dim=(1, 3, 4)) / (1 - m).sum(dim=(1, 3, 4)).clamp_min(1.0)
+    q = query_images.float()
+    d_fg = ((q - fg[:, :, None, None]) ** 2).sum(dim=1, keepdim=True)
+    d_bg = ((q - bg[:, :, None, None]) ** 2).sum(dim=1, keepdim=True)
+    return (d_fg < d_bg).float()
+
+
+def shape_postprocess(mask: np.ndarray, fill: bool = True, largest: bool = True) -> np.ndarray:
+    """A binary (H, W) mask with its holes filled and/or only its largest 8-connected component kept."""
+    from scipy import ndimage
+
+    out = np.asarray(mask) > 0
+    if largest and out.any():
+        lab, n = ndimage.label(out, structure=np.ones((3, 3)))
+        if n > 1:
+            sizes = np.bincount(lab.ravel())[1:]
+            out = lab == (int(np.argmax(sizes)) + 1)
+    if fill:
+        out = ndimage.binary_fill_holes(out)
+    return out
+
+
 def run_baselines(
     data: str | os.PathLike,
     out: str | os.PathLike,
@@ -78,7 +124,9 @@ def run_baselines(
     all_pools = target_pools(None, data, image_size)
     pools = {**all_pools["test"], **({"val": all_pools["val"]} if all_pools["val"] is not None else {})}
     summaries = {}
-    for name, predict in (("copy_support", copy_support), ("all_lesion", all_lesion), ("otsu_dark", otsu_dark)):
+    predictors = (("copy_support", copy_support), ("all_lesion", all_lesion), ("otsu_dark", otsu_dark),
+                  ("colour_prototypes", colour_prototypes))  # fmt: skip
+    for name, predict in predictors:
         rows = evaluate_pools(
             predict, pools, shots, Path(out) / name, n_episodes=n_episodes, n_tasks=n_tasks, seed=seed, n_overlays=0,
             progress=False,
@@ -164,6 +212,83 @@ def run_finetune_reference(
     return summaries
 
 
+POSTPROC_VARIANTS = {"none": None, "fill": (True, False), "largest": (False, True), "largest_fill": (True, True)}
+
+
+def run_postproc(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    weights: str | os.PathLike,
+    shots: tuple[int, ...] = (1, 5),
+    image_size: int = 112,
+    n_episodes: int = 200,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """The model of ``weights`` (the bundle's CPU configuration) through the seeded episodes, its 0.5 masks
+    post-processed by each of :data:`POSTPROC_VARIANTS` on the validation pool; the variant with the highest mean
+    episode Dice over ``shots`` there is then run on the test pools (the test pools are never used for the choice).
+    Writes ``<out>/<variant>/metrics.json`` (an evaluation folder already holding a (pool, K) report is reused)."""
+    from labelless.fewshot.image.protocol import network_predictor
+    from labelless.fewshot.image.workflow import evaluate_pools, target_pools
+    from labelless.networks.fsms import FSMSNet
+    from labelless.utils import write_json_atomic
+
+    net = FSMSNet(encoder_blocks=4, width=16, feature_channels=32)
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    base = network_predictor(net)
+    all_pools = target_pools(None, data, image_size)
+    if all_pools["val"] is None:
+        raise SystemExit(f"{data}: no validation pool; the post-processing cannot be chosen")
+
+    def predictor(how: tuple[bool, bool] | None) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        def predict(si: torch.Tensor, sm: torch.Tensor, qi: torch.Tensor) -> torch.Tensor:
+            prob = base(si, sm, qi)
+            if how is None:
+                return prob
+            masks = (prob[:, 0] > 0.5).numpy()
+            done = np.stack([shape_postprocess(mk, fill=how[0], largest=how[1]) for mk in masks])
+            return torch.from_numpy(done.astype(np.float32))[:, None]
+
+        return predict
+
+    def evaluate(name: str, pools: dict) -> list[dict]:
+        rows = []
+        for pool_name, pool in pools.items():
+            for k in shots:
+                report = Path(out) / name / f"{pool_name}_{k}shot" / "metrics.json"
+                if report.is_file():
+                    res = json.loads(report.read_text())
+                    row = {"pool": pool_name, "shots": int(k), "episode_dice": res["episode_dice_mean"],
+                           "episode_dice_std": res["episode_dice_std"], "per_image_dice": res["per_image_dice_mean"],
+                           "per_image_iou": res["per_image_iou_mean"], "n_episodes": res["n_episodes"],
+                           "n_pool_images": res["n_pool_images"]}  # fmt: skip
+                    rows.append(row)
+                else:
+                    new = evaluate_pools(predictor(POSTPROC_VARIANTS[name]), {pool_name: pool}, (k,),
+                                         Path(out) / name, n_episodes=n_episodes, seed=seed, n_overlays=0,
+                                         progress=False)  # fmt: skip
+                    if not new:  # too few support candidates for K shots (logged)
+                        continue
+                    rows += new
+                dice = 100 * rows[-1]["episode_dice"]
+                print(f"{name:13s} {pool_name:18s} {k}-shot: episode Dice {dice:.2f}", flush=True)
+        return rows
+
+    val_rows = {name: evaluate(name, {"val": all_pools["val"]}) for name in POSTPROC_VARIANTS}
+    val = {n: float(np.mean([r["episode_dice"] for r in rows])) for n, rows in val_rows.items()}
+    best = max(val, key=val.get)
+    print(f"validation choice: {best} (mean val episode Dice over K: "
+          + ", ".join(f"{n} {100 * v:.2f}" for n, v in val.items()) + ")", flush=True)  # fmt: skip
+    summaries = {}
+    for name, rows in val_rows.items():
+        if name == best:
+            rows = rows + evaluate(name, all_pools["test"])
+        summaries[name] = {"label": name, "checkpoint": str(weights), "seed": seed, "chosen_on_val": name == best,
+                           "results": rows}  # fmt: skip
+        write_json_atomic(Path(out) / name / "metrics.json", summaries[name])
+    return summaries
+
+
 def summarize(specs: list[str]) -> str:
     """Markdown table: one row per (pool, K), one column per ``LABEL=FOLDER`` (episode Dice in %, per-image Dice in
     brackets). ``LABEL=FOLDER+FOLDER+...`` averages several evaluations (e.g. the last checkpoints of one run):
@@ -218,11 +343,21 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--n_episodes", type=int, default=20)
     f.add_argument("--steps", type=int, default=20)
     f.add_argument("--seed", type=int, default=0)
+    pp = sub.add_parser("postproc", help="the shipped model with shape post-processing, chosen on validation")
+    pp.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    pp.add_argument("--out", default="runs/fsms/eval_postproc")
+    pp.add_argument("--weights", default=str(Path(__file__).resolve().parents[1]
+                                             / "bundles/fsms_fewshot_skin_segmentation/models/model.pt"))  # fmt: skip
+    pp.add_argument("--shots", type=int, nargs="+", default=[1, 5])
+    pp.add_argument("--n_episodes", type=int, default=200)
+    pp.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("summarize", help="markdown table of evaluation folders")
     s.add_argument("specs", nargs="+", help="LABEL=FOLDER[+FOLDER...] (folders with metrics.json)")
     args = parser.parse_args(argv)
     if args.cmd == "baselines":
         run_baselines(args.data, args.out, tuple(args.shots), args.image_size, args.n_episodes, seed=args.seed)
+    elif args.cmd == "postproc":
+        run_postproc(args.data, args.out, args.weights, tuple(args.shots), n_episodes=args.n_episodes, seed=args.seed)
     elif args.cmd == "finetune":
         run_finetune_reference(args.data, args.out, args.weights, tuple(args.shots), tuple(args.pools),
                                n_episodes=args.n_episodes, steps=args.steps, seed=args.seed)  # fmt: skip

@@ -128,6 +128,18 @@ def test_superpixel_min_size_gets_its_own_cache_and_smaller_superpixels(tmp_path
     assert n_small > n_default  # a smaller minimum size gives more, smaller pseudo-label classes
 
 
+def test_strong_augmentation_trains_and_bad_names_fail(tmp_path, volumes):
+    from monai.transforms import Compose, RandFlipd
+
+    wf = _adapt(tmp_path, volumes, init_ckpt=None, n_steps=2, augmentation="strong")
+    transform = wf.parser.get_parsed_content("train#dataset").transform
+    assert isinstance(transform, Compose) and isinstance(transform.transforms[-1], RandFlipd)
+    assert (tmp_path / "adapted" / BUNDLE / "model.pt").is_file()
+    with pytest.raises(Exception) as info:
+        _adapt(tmp_path, volumes, init_ckpt=None, n_steps=1, augmentation="wild")
+    assert isinstance(root_cause(info.value), ConfigError) and "augmentation must be" in str(root_cause(info.value))
+
+
 def test_prepare_keeps_outputs_outside_the_input_and_reuses_the_cache(tmp_path, volumes):
     with pytest.raises(ConfigError, match="inside the input folder"):
         prepare_unlabelled_volumes(volumes, volumes / "prepared")
@@ -239,3 +251,7 @@ def test_adapt_command_passes_freeze_bn_stats(tmp_path, monkeypatch):
     monkeypatch.setattr(adapt_mod, "adapt_bundle", lambda *a, **k: seen.update(k) or tmp_path / "model.pt")
     main(["adapt", "ssl_alpnet_fewshot_segmentation", str(tmp_path), "--freeze_bn_stats", "true"])
     assert seen["freeze_bn_stats"] is True
+    assert "augmentation" not in seen  # adapt.json's default unless asked
+    seen.clear()
+    main(["adapt", "ssl_alpnet_fewshot_segmentation", str(tmp_path), "--augmentation", "strong"])
+    assert seen["augmentation"] == "strong"

@@ -19,6 +19,7 @@ from labelless.transforms.augment import (
     fewshot_affine_matrix,
     gamma_transform,
     monai_fewshot_augment,
+    strong_fewshot_augment,
 )
 
 NEUTRAL = dict(
@@ -244,6 +245,40 @@ class TestMonaiVariant(unittest.TestCase):
         self.assertLess(np.abs(_centroid(np.asarray(o["label"])[0]) - _centroid(lab)).max(), 12.0)
         np.testing.assert_array_equal(np.asarray(outs[0]["image"]), np.asarray(outs[1]["image"]))
         self.assertGreater(np.abs(np.asarray(o["image"])[0] - img).max(), 0.1)
+
+
+class TestStrongVariant(unittest.TestCase):
+    def test_strong_variant_moves_the_region_and_is_seeded(self):
+        # an off-centre square: the published ranges keep it within a few pixels, the strong ones move it (flip,
+        # wide translation and rotation) by far more in some draws; label stays binary, draws are reproducible
+        size = 128
+        lab = np.zeros((size, size), np.uint8)
+        lab[20:44, 20:44] = 1
+        img = (lab * 2.0).astype(np.float32)
+        shifts = {"parity": [], "strong": []}
+        for seed in range(12):
+            for name, t in (("parity", RandFewShotAugmentd(keys=("image", "label"))),
+                            ("strong", strong_fewshot_augment(image_size=size))):  # fmt: skip
+                t.set_random_state(seed)
+                o = t({"image": img[None], "label": lab[None].astype(np.float32)})
+                out = np.asarray(o["label"])[0]
+                self.assertTrue(set(np.unique(out)) <= {0.0, 1.0})
+                if out.sum() > 0:
+                    shifts[name].append(np.abs(_centroid(out) - _centroid(lab)).max())
+        self.assertLess(max(shifts["parity"]), 16.0)
+        self.assertGreater(max(shifts["strong"]), 40.0)
+        a, b = strong_fewshot_augment(), strong_fewshot_augment()
+        a.set_random_state(5)
+        b.set_random_state(5)
+        noise = np.random.RandomState(0).rand(1, 64, 64).astype(np.float32)
+        data = {"image": noise, "label": lab[None, :64, :64].astype(np.float32)}
+        np.testing.assert_array_equal(np.asarray(a(dict(data))["image"]), np.asarray(b(dict(data))["image"]))
+
+    def test_strong_variant_bad_options(self):
+        with self.assertRaises(ConfigError):
+            strong_fewshot_augment(flip_prob=1.5)
+        with self.assertRaises(ConfigError):
+            strong_fewshot_augment(translate_fraction=-0.1)
 
 
 if __name__ == "__main__":

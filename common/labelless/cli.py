@@ -650,6 +650,7 @@ class LabellessCLI:
         clock: str = "wall",
         superpixel_min_size: int = 400,
         freeze_bn_stats: bool = False,
+        augmentation: str | None = None,
     ) -> str:
         """Label-free adaptation: continue a few-shot volume bundle's self-supervised training on unlabelled volumes
         (labelless.fewshot.volume.adapt); writes <out>/model.pt for inference.json --ckpt_path.
@@ -670,14 +671,17 @@ class LabellessCLI:
                 smaller for structures much smaller than an organ); each size has its own superpixel cache.
             freeze_bn_stats: keep the batch-norm running statistics of the initial weights (no re-estimation on the
                 new domain's episodes).
+            augmentation: episode augmentation: "strong" (wide rotations/translations and a flip, so that support and
+                query differ in position), "parity" (the published ±5°/±5 px), "monai" or "none"; default adapt.json's.
         """
         from labelless.fewshot.volume.adapt import adapt_bundle
 
         snaps = _as_list(snapshot_minutes)
+        extra = {} if augmentation is None else {"augmentation": str(augmentation)}
         path = adapt_bundle(bundle, volumes_dir, minutes=minutes, out=out, steps=steps, init_ckpt=init_ckpt,
                             learning_rate=learning_rate, snapshot_minutes=snaps, resume=resume,
                             budget_clock=clock, superpixel_min_size=superpixel_min_size,
-                            freeze_bn_stats=as_bool(freeze_bn_stats, "--freeze_bn_stats"))  # fmt: skip
+                            freeze_bn_stats=as_bool(freeze_bn_stats, "--freeze_bn_stats"), **extra)  # fmt: skip
         return f"adapted model: {path}"
 
 

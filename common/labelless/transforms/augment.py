@@ -58,6 +58,7 @@ from monai.transforms import (
     Rand2DElasticd,
     RandAdjustContrastd,
     RandAffined,
+    RandFlipd,
     RandomizableTransform,
 )
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_numpy
@@ -73,6 +74,7 @@ __all__ = [
     "fewshot_affine_matrix",
     "gamma_transform",
     "monai_fewshot_augment",
+    "strong_fewshot_augment",
 ]
 
 RangeArg = float | Sequence[float]
@@ -457,5 +459,52 @@ def monai_fewshot_augment(
                 padding_mode="reflection",
             ),
             RandAdjustContrastd(keys=keys[0], prob=prob, gamma=tuple(gamma_range)),
+        ]
+    )
+
+
+def strong_fewshot_augment(
+    keys: KeysCollection = ("image", "label"),
+    rotate_range: float = 30.0,
+    translate_fraction: float = 0.15,
+    image_size: int = 256,
+    shear_range: float = 10.0,
+    scale_range: Sequence[float] = (0.75, 1.33),
+    flip_prob: float = 0.5,
+) -> Compose:
+    """The ``augmentation: "strong"`` variant: the parity transform with wide geometric ranges, then a left-right flip.
+
+    Support and query copies of a self-supervised episode are augmented independently. With the published ranges
+    (±5°, ±5 px) both copies keep the superpixel at nearly the same place, so a network can solve the episode from
+    *where* the region is; wide rotations, translations of ``translate_fraction`` of the side and an independent
+    flip move it, so matching must rest on what the region looks like (label-free adaptation to a domain where the
+    class's position varies from scan to scan, e.g. tumours).
+
+    Args:
+        keys: ``(image_key, label_key)``.
+        rotate_range, shear_range: degrees (symmetric).
+        translate_fraction: translation range as a fraction of ``image_size`` (symmetric, both axes).
+        image_size: side of the episode slices in pixels.
+        scale_range: ``(low, high)`` isotropic zoom.
+        flip_prob: probability of a left-right flip of each copy.
+
+    Returns:
+        a MONAI ``Compose``; seed it with ``set_random_state``.
+    """
+    if not 0.0 <= float(flip_prob) <= 1.0:
+        raise ConfigError(f"flip_prob must be in [0, 1], got {flip_prob!r}")
+    if not 0.0 <= float(translate_fraction) < 1.0:
+        raise ConfigError(f"translate_fraction must be in [0, 1), got {translate_fraction!r}")
+    shift = float(translate_fraction) * int(image_size)
+    return Compose(
+        [
+            RandFewShotAugmentd(
+                keys=keys,
+                rotate_range=rotate_range,
+                translate_range=(shift, shift),
+                shear_range=shear_range,
+                scale_range=scale_range,
+            ),
+            RandFlipd(keys=keys, prob=float(flip_prob), spatial_axis=-1),
         ]
     )

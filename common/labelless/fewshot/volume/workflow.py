@@ -153,7 +153,8 @@ def training_episodes(
         label_set: Setting-2 label set.
         n_shots: support copies per episode.
         n_steps: number of episodes (one per training iteration).
-        augmentation: ``"parity"`` (the reference augmentation) or ``"monai"`` (approximation), or ``"none"``.
+        augmentation: ``"parity"`` (the reference augmentation), ``"monai"`` (approximation), ``"strong"`` (wide
+            geometric ranges and a flip, :func:`~labelless.transforms.augment.strong_fewshot_augment`) or ``"none"``.
         derived_dir: superpixel cache folder (computed when missing).
         superpixel_method: superpixel method of the precompute.
         workers: processes of the superpixel precompute.
@@ -165,7 +166,7 @@ def training_episodes(
 
     Setting 1 reads no label file (the pool comes from the superpixels only): unlabelled scans are accepted.
     """
-    from labelless.transforms.augment import RandFewShotAugmentd, monai_fewshot_augment
+    from labelless.transforms.augment import RandFewShotAugmentd, monai_fewshot_augment, strong_fewshot_augment
 
     resolve_derived_dir(dataset, derived_dir, superpixel_method, workers, body_threshold, body_threshold_rel,
                         min_size=superpixel_min_size)  # fmt: skip
@@ -180,10 +181,12 @@ def training_episodes(
         transform = RandFewShotAugmentd(keys=("image", "label"))
     elif aug == "monai":
         transform = monai_fewshot_augment(keys=("image", "label"))
+    elif aug == "strong":
+        transform = strong_fewshot_augment(keys=("image", "label"))
     elif aug == "none":
         transform = None
     else:
-        raise ConfigError(f"augmentation must be 'parity', 'monai' or 'none', got {augmentation!r}")
+        raise ConfigError(f"augmentation must be 'parity', 'monai', 'strong' or 'none', got {augmentation!r}")
     return SelfSupervisedEpisodeDataset.from_dataset(
         dataset, train, setting=int(setting), label_set=int(label_set), n_shots=int(n_shots),
         n_episodes=int(n_steps), transform=transform,
