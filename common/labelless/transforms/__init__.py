@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # the names below, imported on first access (labelless.lazy)
         fewshot_affine_matrix,
         gamma_transform,
         monai_fewshot_augment,
+        strong_fewshot_augment,
     )
     from .boundary import (
         DIRECTION_IGNORE,
@@ -128,6 +129,7 @@ _EXPORTS = {
     "fewshot_affine_matrix": "augment",
     "gamma_transform": "augment",
     "monai_fewshot_augment": "augment",
+    "strong_fewshot_augment": "augment",
     "DIRECTION_OFFSETS": "boundary",
     "DIRECTION_IGNORE": "boundary",
     "boundary_targets": "boundary",
@@ -245,6 +247,7 @@ __all__ = [
     "fewshot_affine_matrix",
     "gamma_transform",
     "monai_fewshot_augment",
+    "strong_fewshot_augment",
     "DIRECTION_OFFSETS",
     "DIRECTION_IGNORE",
     "boundary_targets",
