@@ -114,9 +114,9 @@ def run_baselines(
     n_tasks: int = 5,
     seed: int = 0,
 ) -> dict[str, dict]:
-    """Evaluate :func:`copy_support`, :func:`all_lesion` and :func:`otsu_dark` on the test pools and the validation
-    pool (``"val"``) of ``target_pools(shared_data_dir=data)`` with the bundle's protocol; writes
-    ``<out>/<name>/metrics.json`` (+ one folder per pool and K) and returns the summaries.
+    """Evaluate :func:`copy_support`, :func:`all_lesion`, :func:`otsu_dark` and :func:`colour_prototypes` on the test
+    pools and the validation pool (``"val"``) of ``target_pools(shared_data_dir=data)`` with the bundle's protocol;
+    writes ``<out>/<name>/metrics.json`` (+ one folder per pool and K) and returns the summaries.
     """
     from labelless.fewshot.image.workflow import evaluate_pools, target_pools
     from labelless.utils import write_json_atomic
@@ -174,6 +174,15 @@ def finetune_predictor(
     return predict
 
 
+def _cpu_profile_network(weights: str | os.PathLike) -> torch.nn.Module:
+    """The bundle's CPU-profile FSMSNet (4 blocks, width 16, 32 feature channels) with the state dict ``weights``."""
+    from labelless.networks.fsms import FSMSNet
+
+    net = FSMSNet(encoder_blocks=4, width=16, feature_channels=32)
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return net
+
+
 def run_finetune_reference(
     data: str | os.PathLike,
     out: str | os.PathLike,
@@ -190,11 +199,9 @@ def run_finetune_reference(
     ``n_episodes`` of the full protocol); writes ``<out>/<name>/metrics.json``."""
     from labelless.fewshot.image.protocol import network_predictor
     from labelless.fewshot.image.workflow import evaluate_pools, target_pools
-    from labelless.networks.fsms import FSMSNet
     from labelless.utils import write_json_atomic
 
-    net = FSMSNet(encoder_blocks=4, width=16, feature_channels=32)
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    net = _cpu_profile_network(weights)
     all_pools = target_pools(None, data, image_size)
     chosen = {k: v for k, v in all_pools["test"].items() if k in pools}
     summaries = {}
@@ -227,15 +234,12 @@ def run_postproc(
     """The model of ``weights`` (the bundle's CPU configuration) through the seeded episodes, its 0.5 masks
     post-processed by each of :data:`POSTPROC_VARIANTS` on the validation pool; the variant with the highest mean
     episode Dice over ``shots`` there is then run on the test pools (the test pools are never used for the choice).
-    Writes ``<out>/<variant>/metrics.json`` (an evaluation folder already holding a (pool, K) report is reused)."""
+    Writes ``<out>/<variant>/metrics.json``."""
     from labelless.fewshot.image.protocol import network_predictor
     from labelless.fewshot.image.workflow import evaluate_pools, target_pools
-    from labelless.networks.fsms import FSMSNet
     from labelless.utils import write_json_atomic
 
-    net = FSMSNet(encoder_blocks=4, width=16, feature_channels=32)
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    base = network_predictor(net)
+    base = network_predictor(_cpu_profile_network(weights))
     all_pools = target_pools(None, data, image_size)
     if all_pools["val"] is None:
         raise SystemExit(f"{data}: no validation pool; the post-processing cannot be chosen")
@@ -252,26 +256,11 @@ def run_postproc(
         return predict
 
     def evaluate(name: str, pools: dict) -> list[dict]:
-        rows = []
-        for pool_name, pool in pools.items():
-            for k in shots:
-                report = Path(out) / name / f"{pool_name}_{k}shot" / "metrics.json"
-                if report.is_file():
-                    res = json.loads(report.read_text())
-                    row = {"pool": pool_name, "shots": int(k), "episode_dice": res["episode_dice_mean"],
-                           "episode_dice_std": res["episode_dice_std"], "per_image_dice": res["per_image_dice_mean"],
-                           "per_image_iou": res["per_image_iou_mean"], "n_episodes": res["n_episodes"],
-                           "n_pool_images": res["n_pool_images"]}  # fmt: skip
-                    rows.append(row)
-                else:
-                    new = evaluate_pools(predictor(POSTPROC_VARIANTS[name]), {pool_name: pool}, (k,),
-                                         Path(out) / name, n_episodes=n_episodes, seed=seed, n_overlays=0,
-                                         progress=False)  # fmt: skip
-                    if not new:  # too few support candidates for K shots (logged)
-                        continue
-                    rows += new
-                dice = 100 * rows[-1]["episode_dice"]
-                print(f"{name:13s} {pool_name:18s} {k}-shot: episode Dice {dice:.2f}", flush=True)
+        rows = evaluate_pools(predictor(POSTPROC_VARIANTS[name]), pools, shots, Path(out) / name,
+                              n_episodes=n_episodes, seed=seed, n_overlays=0, progress=False)  # fmt: skip
+        for r in rows:
+            dice = 100 * r["episode_dice"]
+            print(f"{name:13s} {r['pool']:18s} {r['shots']}-shot: episode Dice {dice:.2f}", flush=True)
         return rows
 
     val_rows = {name: evaluate(name, {"val": all_pools["val"]}) for name in POSTPROC_VARIANTS}

@@ -135,9 +135,12 @@ def test_strong_augmentation_trains_and_bad_names_fail(tmp_path, volumes):
     transform = wf.parser.get_parsed_content("train#dataset").transform
     assert isinstance(transform, Compose) and isinstance(transform.transforms[-1], RandFlipd)
     assert (tmp_path / "adapted" / BUNDLE / "model.pt").is_file()
+    bad = tmp_path / "bad"
+    bad.mkdir()
     with pytest.raises(Exception) as info:
-        _adapt(tmp_path, volumes, init_ckpt=None, n_steps=1, augmentation="wild")
+        _adapt(bad, volumes, init_ckpt=None, n_steps=1, augmentation="wild")
     assert isinstance(root_cause(info.value), ConfigError) and "augmentation must be" in str(root_cause(info.value))
+    assert not list(bad.rglob("superpix*"))  # refused before the superpixel precompute
 
 
 def test_prepare_keeps_outputs_outside_the_input_and_reuses_the_cache(tmp_path, volumes):

@@ -168,14 +168,7 @@ def training_episodes(
     """
     from labelless.transforms.augment import RandFewShotAugmentd, monai_fewshot_augment, strong_fewshot_augment
 
-    resolve_derived_dir(dataset, derived_dir, superpixel_method, workers, body_threshold, body_threshold_rel,
-                        min_size=superpixel_min_size)  # fmt: skip
-    if as_bool(use_all_scans, "use_all_scans"):
-        train = list(dataset.pids)
-    else:
-        split = fold_split(dataset.pids, int(fold), dataset.preset.n_folds)
-        train = list(split.train)
-        logger.info("fold %d: training scans %s; held out (test + support) %s", fold, train, list(split.held_out))
+    # the augmentation name is checked before the (long) superpixel precompute
     aug = str(augmentation).lower()
     if aug == "parity":
         transform = RandFewShotAugmentd(keys=("image", "label"))
@@ -187,6 +180,14 @@ def training_episodes(
         transform = None
     else:
         raise ConfigError(f"augmentation must be 'parity', 'monai', 'strong' or 'none', got {augmentation!r}")
+    resolve_derived_dir(dataset, derived_dir, superpixel_method, workers, body_threshold, body_threshold_rel,
+                        min_size=superpixel_min_size)  # fmt: skip
+    if as_bool(use_all_scans, "use_all_scans"):
+        train = list(dataset.pids)
+    else:
+        split = fold_split(dataset.pids, int(fold), dataset.preset.n_folds)
+        train = list(split.train)
+        logger.info("fold %d: training scans %s; held out (test + support) %s", fold, train, list(split.held_out))
     return SelfSupervisedEpisodeDataset.from_dataset(
         dataset, train, setting=int(setting), label_set=int(label_set), n_shots=int(n_shots),
         n_episodes=int(n_steps), transform=transform,
