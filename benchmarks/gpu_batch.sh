@@ -14,7 +14,8 @@
 # Env: RUN_CLTNET (1), CLT_STEPS (6000), CLT_PATCH_SCALE (resize: how the B corner patches are made, or image), FSMS_STEPS (5000), SAVE_EVERY (500), VAL_EVERY (250),
 #      FSMS_ARMS ("seed0=0,true,0 seed1=1,true,0 seed2=2,true,0": name=seed,surrogate,pseudo_fraction per FSMS run),
 #      TRAIN_LIMIT_S (330: wall limit of each training), NUM_WORKERS (2), FSMS_VAL_EPISODES (100),
-#      FSMS_TEST_EPISODES (200), VAL_CKPT_EVERY (1000: the interval checkpoints scored on the validation pool).
+#      FSMS_TEST_EPISODES (200), VAL_CKPT_EVERY (1000: the interval checkpoints scored on the validation pool),
+#      FSMS_EXTRA (extra train.json overrides of every FSMS arm, e.g. "--pseudo_kind dark --init_ckpt <model.pt>").
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DATA="$(cd "${1:?data_dir}" && pwd)"; EXP="$(cd "${2:?exported_classes_dir}" && pwd)"; OUTD="${3:?out_dir}"
@@ -70,7 +71,7 @@ fsms() {  # <arm name> <seed> <surrogate> <pseudo_fraction> [extra overrides]
         --shared_data_dir "$DATA" --class_source "$CLASSES" --surrogate "$sur" --pseudo_fraction "$pf" --seed "$s" \
         --n_steps "$FSMS_STEPS" \
         --epoch_length "$SAVE_EVERY" --save_interval "$SAVE_EVERY" --keep_checkpoints 100 --log_every 500 \
-        --num_workers "$NW" --ckpt_dir "$D/models" --output_dir "$D/out" "${@:5}" >>"$D/train.log" 2>&1
+        --num_workers "$NW" --ckpt_dir "$D/models" --output_dir "$D/out" ${FSMS_EXTRA:-} "${@:5}" >>"$D/train.log" 2>&1
     stamp "fsms $name train rc=$?"
     ls "$D"/models/*.pt >/dev/null 2>&1 || return 1
     local cks=() ck it best bestd

@@ -93,9 +93,11 @@ def test_surrogate_trains_the_surrogate_head_and_the_baseline_does_not(trained, 
     assert b["seg_optimizer"]["state"]
 
 
-def test_pseudo_label_classes_and_init_ckpt_through_the_config(trained, lesions, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["segments", "dark"])
+def test_pseudo_label_classes_and_init_ckpt_through_the_config(trained, lesions, tmp_path, monkeypatch, kind):
     """train.json with pseudo_fraction 1: every task is a pseudo-label class of the folder's unlabelled images (no
-    mask of the folder is opened: PIL and open are watched), starting from init_ckpt's weights."""
+    mask of the folder is opened: PIL and open are watched), starting from init_ckpt's weights; ``pseudo_kind``
+    picks per-image segments or the one dark-region class across images."""
     import builtins
 
     masks = str(lesions / "masks")
@@ -126,8 +128,9 @@ def test_pseudo_label_classes_and_init_ckpt_through_the_config(trained, lesions,
 
     monkeypatch.setattr(MetaTrainEpisodes, "__getitem__", record)
     init = trained / "fsms_surrogate_1shot.pt"
-    out = _train(tmp_path, dataset_dir=str(lesions), pseudo_fraction=1.0, init_ckpt=str(init))
+    out = _train(tmp_path, dataset_dir=str(lesions), pseudo_fraction=1.0, pseudo_kind=kind, init_ckpt=str(init))
     assert drawn and all(c.startswith("pseudo/") for c in drawn)
+    assert all(c == "pseudo/dark" for c in drawn) == (kind == "dark")
     assert not seen, f"masks opened while building pseudo-label episodes: {seen[:3]}"
     ckpt = torch.load(out / "fsms_surrogate_1shot.pt", map_location="cpu", weights_only=True)
     assert ckpt["trainer"]["iteration"] == 3 and ckpt["seg_optimizer"]["state"]

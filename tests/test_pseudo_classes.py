@@ -16,7 +16,12 @@ from PIL import Image
 from labelless.data.images import ImageFolderPool
 from labelless.errors import ConfigError, DataError
 from labelless.fewshot.image.episodes import MetaTrainEpisodes
-from labelless.fewshot.image.pseudo import PseudoLabelClassSource, pseudo_label_source
+from labelless.fewshot.image.pseudo import (
+    DarkRegionClassSource,
+    PseudoLabelClassSource,
+    dark_region_mask,
+    pseudo_label_source,
+)
 
 
 def _write_lesions(folder: Path, n: int = 6, size: int = 64) -> Path:
@@ -51,17 +56,14 @@ class _Classes:
         return m.expand(3, -1, -1).clone() * 0.8, m
 
 
-def test_pseudo_episodes_never_open_a_mask(tmp_path, monkeypatch):
-    """Building the source, its classes and whole episodes reads images only: any opening of a file under masks/
-    fails the test (PIL, builtins.open and io.open are all watched)."""
-    root = _write_lesions(tmp_path / "skin")
-    masks = str(root / "masks")
+def _forbid_opening(monkeypatch, folder: Path) -> list[str]:
+    """Make any opening of a file under ``folder`` fail (PIL, builtins.open, io.open); returns the list of tries."""
     opened: list[str] = []
 
     def guard(fn):
         def wrapped(fp, *args, **kwargs):
             name = str(getattr(fp, "name", fp))
-            if name.startswith(masks):
+            if name.startswith(str(folder)):
                 opened.append(name)
                 raise AssertionError(f"a target mask was opened: {name}")
             return fn(fp, *args, **kwargs)
@@ -71,6 +73,14 @@ def test_pseudo_episodes_never_open_a_mask(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "open", guard(Image.open))
     monkeypatch.setattr(builtins, "open", guard(builtins.open))
     monkeypatch.setattr(io, "open", guard(io.open))
+    return opened
+
+
+def test_pseudo_episodes_never_open_a_mask(tmp_path, monkeypatch):
+    """Building the source, its classes and whole episodes reads images only: any opening of a file under masks/
+    fails the test (PIL, builtins.open and io.open are all watched)."""
+    root = _write_lesions(tmp_path / "skin")
+    opened = _forbid_opening(monkeypatch, root / "masks")
     pools = {"unlabeled": ImageFolderPool(root / "images", size=64)}
     source = pseudo_label_source(pools, [root / "images"], image_size=64, fraction=0.5, classes_per_image=3)
     assert len(source.classes) == 6 * 3  # the two inputs name the same files: one id per file
@@ -154,3 +164,84 @@ def test_pseudo_options_fail_with_a_clear_message(tmp_path):
     flat = PseudoLabelClassSource(ImageFolderPool([tmp_path / "flat.png"], size=64))
     with pytest.raises(DataError, match="flat"):
         flat.load_pair(flat.classes[0], 0)
+
+
+def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.bool(), b.bool()
+    return float(2 * (a & b).sum() / (a.sum() + b.sum()).clamp_min(1))
+
+
+def test_dark_region_class_pairs_images_without_reading_masks(tmp_path, monkeypatch):
+    """kind="dark": one class across images, its pseudo-labels are the dark blobs (checked against the true masks,
+    read before the guard), tasks pair different images, and no mask file is opened while building episodes."""
+    root = _write_lesions(tmp_path / "skin", n=8)
+    pool_for_gt = ImageFolderPool(root / "images", size=64)
+    gts = {
+        pid: torch.from_numpy(np.array(Image.open(root / "masks" / f"{pid}.png")) > 0) for pid in pool_for_gt.image_ids
+    }
+    opened = _forbid_opening(monkeypatch, root / "masks")
+    pools = {"unlabeled": ImageFolderPool(root / "images", size=64)}
+    src = pseudo_label_source(pools, None, image_size=64, fraction=1.0, kind="dark", classes_per_image=3, n_views=4)
+    assert isinstance(src, DarkRegionClassSource) and src.classes == ["pseudo/dark"]
+    assert len(src.image_ids) == 8 and not src.skipped and len(src.ids("pseudo/dark")) == 32
+    for pid in src.image_ids:
+        assert _dice(src.region_mask(pid)[0], gts[pid]) > 0.85, pid
+    ds = MetaTrainEpisodes(_Classes(), n_episodes=6, n_tasks=4, n_shots=1, seed=0, pseudo_source=src,
+                           pseudo_fraction=1.0)  # fmt: skip
+    pairs = []
+    for i in range(6):
+        d = ds.draw(i)
+        assert d["classes"] == ["pseudo/dark"] * 4
+        ids = src.ids("pseudo/dark")
+        pairs += [(ids[s[0]].split("/")[0], ids[q].split("/")[0]) for s, q in zip(d["supports"], d["queries"])]
+        item = ds[i]
+        assert bool((item["support_label"].flatten(1).amax(1) > 0).all())
+    assert not opened
+    assert sum(a != b for a, b in pairs) >= len(pairs) - 2  # support and query nearly always from two images
+
+
+def test_dark_region_mask_rules_and_seeded_views(tmp_path):
+    size = 64
+    yy, xx = np.mgrid[:size, :size]
+    skin = torch.full((3, size, size), 0.8)
+    # dark corners only (vignetting): no region
+    corners = skin.clone()
+    corners[:, ((yy - 31.5) ** 2 + (xx - 31.5) ** 2) > 40**2] = 0.2
+    assert dark_region_mask(corners) is None
+    # a dark blob plus dark corners: the blob is chosen, with its hole filled
+    both = corners.clone()
+    blob = ((yy - 30) ** 2 + (xx - 34) ** 2) < 12**2
+    both[:, torch.from_numpy(blob)] = 0.25
+    both[:, 29:32, 33:36] = 0.8  # a bright hole inside the blob
+    m = dark_region_mask(both, sigma=0.5)
+    assert m is not None and _dice(torch.from_numpy(m), torch.from_numpy(blob)) > 0.95 and m[30, 34]
+    assert dark_region_mask(torch.full((3, size, size), 0.5)) is None  # constant image
+    assert dark_region_mask(both, sigma=0.5, max_area=0.05) is None  # region larger than max_area
+    root = _write_lesions(tmp_path / "skin", n=3)
+    pool = ImageFolderPool(root / "images", size=64)
+    a, b = DarkRegionClassSource(pool, n_views=3, seed=5), DarkRegionClassSource(pool, n_views=3, seed=5)
+    for idx in range(9):
+        (ia, ma), (ib, mb) = a.load_pair("pseudo/dark", idx), b.load_pair("pseudo/dark", idx)
+        assert torch.equal(ia, ib) and torch.equal(ma, mb) and bool(ma.any())
+        assert set(torch.unique(ma).tolist()) <= {0.0, 1.0}
+    assert not torch.equal(a.load_pair("pseudo/dark", 0)[1], a.load_pair("pseudo/dark", 1)[1])
+    c = DarkRegionClassSource(pool, n_views=3, seed=6)
+    assert not torch.equal(a.load_pair("pseudo/dark", 0)[0], c.load_pair("pseudo/dark", 0)[0])
+
+
+def test_dark_region_options_fail_with_a_clear_message(tmp_path):
+    root = _write_lesions(tmp_path / "skin", n=2)
+    pool = ImageFolderPool(root / "images", size=64)
+    with pytest.raises(ConfigError, match="pseudo_kind must be"):
+        pseudo_label_source({"unlabeled": pool}, None, 64, fraction=0.5, kind="bright")
+    with pytest.raises(ConfigError, match="min_area"):
+        DarkRegionClassSource(pool, min_area=0.9, max_area=0.5)
+    src = DarkRegionClassSource(pool, n_views=2)
+    with pytest.raises(KeyError, match="unknown dark-region class"):
+        src.load_pair("pseudo/img0/0", 0)
+    with pytest.raises(IndexError, match="out of range"):
+        src.load_pair("pseudo/dark", 4)
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(tmp_path / "flat.png")
+    flat = ImageFolderPool([tmp_path / "flat.png", root / "images" / "img0.png"], size=64)
+    with pytest.raises(DataError, match="only 1 of 2 unlabelled images have a dark region"):
+        DarkRegionClassSource(flat)

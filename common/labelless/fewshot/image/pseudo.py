@@ -27,6 +27,7 @@ mixed with the synthetic and exported classes by :class:`~labelless.fewshot.imag
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -41,7 +42,9 @@ from labelless.errors import ConfigError, DataError
 from labelless.options import as_float, as_int, as_int_list
 from labelless.utils import LRUCache, is_unset
 
-__all__ = ["PseudoLabelClassSource", "pseudo_label_source"]
+__all__ = ["PseudoLabelClassSource", "DarkRegionClassSource", "dark_region_mask", "random_view", "pseudo_label_source"]
+
+logger = logging.getLogger(__name__)
 
 #: prefix of the pseudo-label class names (``pseudo/<image id>/<slot>``)
 PSEUDO_PREFIX = "pseudo/"
@@ -235,22 +238,7 @@ class PseudoLabelClassSource:
         return np.asarray(tr(grey), dtype=np.int32)
 
     def _view(self, img: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
-        angle = math.radians(float(rng.uniform(-self.rotation, self.rotation)))
-        zoom = float(rng.uniform(*self.scale))
-        tx, ty = (float(v) for v in rng.uniform(-self.translation, self.translation, size=2) * 2)
-        fx, fy = (-1.0 if f else 1.0 for f in rng.random(2) < 0.5)
-        cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
-        theta = torch.tensor([[cos * fx, -sin, tx], [sin, cos * fy, ty]], dtype=torch.float32)[None]
-        grid = F.affine_grid(theta, [1, 1, *img.shape[1:]], align_corners=False)
-        out_img = F.grid_sample(img[None], grid, mode="bilinear", padding_mode="reflection", align_corners=False)[0]
-        out_msk = F.grid_sample(mask[None], grid, mode="nearest", padding_mode="zeros", align_corners=False)[0]
-        if self.colour > 0:
-            c = self.colour
-            bright, contrast = rng.uniform(-c, c), rng.uniform(1 - c, 1 + c)
-            gamma = float(np.exp(rng.uniform(-c, c)))
-            mean = out_img.mean()
-            out_img = ((out_img - mean) * contrast + mean + bright).clamp(0, 1) ** gamma
-        return out_img.contiguous(), out_msk
+        return random_view(img, mask, rng, self.rotation, self.scale, self.translation, self.colour)
 
     def load_pair(self, cls: str, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """View ``idx`` of class ``cls``: ``(image [3, H, W], mask [1, H, W])``; the mask is never empty (a view
@@ -265,13 +253,228 @@ class PseudoLabelClassSource:
         return img_v, msk_v
 
 
+def random_view(
+    img: torch.Tensor,
+    mask: torch.Tensor,
+    rng: np.random.Generator,
+    rotation: float,
+    scale: tuple[float, float],
+    translation: float,
+    colour: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random view of ``(image [3, H, W], mask [1, H, W])``: one affine warp (rotation up to ``rotation``
+    degrees, zoom in ``scale``, shift up to ``translation`` of the size, random flips) applied to both (reflection
+    padding for the image, zeros for the mask), then a colour jitter of strength ``colour`` (brightness, contrast,
+    gamma) of the image. Every draw comes from ``rng``."""
+    angle = math.radians(float(rng.uniform(-rotation, rotation)))
+    zoom = float(rng.uniform(*scale))
+    tx, ty = (float(v) for v in rng.uniform(-translation, translation, size=2) * 2)
+    fx, fy = (-1.0 if f else 1.0 for f in rng.random(2) < 0.5)
+    cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
+    theta = torch.tensor([[cos * fx, -sin, tx], [sin, cos * fy, ty]], dtype=torch.float32)[None]
+    grid = F.affine_grid(theta, [1, 1, *img.shape[1:]], align_corners=False)
+    out_img = F.grid_sample(img[None], grid, mode="bilinear", padding_mode="reflection", align_corners=False)[0]
+    out_msk = F.grid_sample(mask[None], grid, mode="nearest", padding_mode="zeros", align_corners=False)[0]
+    if colour > 0:
+        c = colour
+        bright, contrast = rng.uniform(-c, c), rng.uniform(1 - c, 1 + c)
+        gamma = float(np.exp(rng.uniform(-c, c)))
+        mean = out_img.mean()
+        out_img = ((out_img - mean) * contrast + mean + bright).clamp(0, 1) ** gamma
+    return out_img.contiguous(), out_msk
+
+
+def dark_region_mask(
+    img: torch.Tensor, sigma: float = 2.0, min_area: float = 0.02, max_area: float = 0.95
+) -> np.ndarray | None:
+    """The dark-region pseudo-label of one RGB image (no mask read): the grey image smoothed (Gaussian ``sigma``),
+    thresholded by Otsu's method, darker = region; of its 8-connected components the largest one that lies mostly
+    inside the inscribed ellipse (dark vignetting in the corners of dermoscopy images is skipped), holes filled.
+
+    Args:
+        img: ``[3, H, W]`` RGB in [0, 1].
+        sigma: Gaussian smoothing of the grey image, pixels.
+        min_area: smallest accepted region, as a fraction of the image.
+        max_area: largest accepted region.
+
+    Returns:
+        ``[H, W]`` bool mask, or ``None`` when the image has no such region (constant image, only corner darkness,
+        a region outside ``[min_area, max_area]``).
+    """
+    from scipy import ndimage
+    from skimage.filters import gaussian, threshold_otsu
+
+    grey = (img.float() * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0).numpy().astype(np.float64)
+    smooth = gaussian(grey, sigma=float(sigma), preserve_range=True)
+    if float(smooth.max() - smooth.min()) < 1e-6:
+        return None
+    dark = smooth < threshold_otsu(smooth)
+    comp, n = ndimage.label(dark, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        return None
+    h, w = dark.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = ((yy + 0.5 - h / 2) / (h / 2)) ** 2 + ((xx + 0.5 - w / 2) / (w / 2)) ** 2 <= 1.0
+    area = np.bincount(comp.ravel(), minlength=n + 1)
+    area_in = np.bincount(comp.ravel(), weights=inside.ravel(), minlength=n + 1)
+    ok = [c for c in range(1, n + 1) if area_in[c] >= 0.5 * area[c]]
+    if not ok:
+        return None
+    best = max(ok, key=lambda c: area[c])
+    mask = ndimage.binary_fill_holes(comp == best)
+    frac = float(mask.mean())
+    if not min_area <= frac <= max_area:
+        return None
+    return mask
+
+
+class DarkRegionClassSource:
+    """One label-free class shared by all unlabelled images: each image's dark region (:func:`dark_region_mask`).
+
+    The classes of :class:`PseudoLabelClassSource` are segments of one image, so support and query are two views of
+    the same picture. Here the class ``"pseudo/dark"`` has one instance per (image, view), so support and query
+    nearly always come from different images, as in a real task, and the pseudo-label is the image's dark region,
+    which on dermoscopy images is usually the lesion (nothing else about lesions is assumed, and no mask is read).
+    Images with no acceptable region (:func:`dark_region_mask` returns ``None``) are left out, listed in
+    ``skipped``.
+
+    Args:
+        pool: unlabelled images (only ``image_ids`` and ``load_image`` are used).
+        n_views: random views per image (instance ids ``<image id>/v<k>``).
+        sigma: Gaussian smoothing before the threshold, pixels.
+        min_area: smallest accepted region fraction.
+        max_area: largest accepted region fraction.
+        rotation: largest rotation of a view, degrees.
+        scale: ``(low, high)`` zoom range of a view.
+        translation: largest shift of a view, as a fraction of the image size.
+        colour: strength of the colour jitter (0 disables it).
+        seed: seed of every view.
+        cache_size: images kept in memory.
+
+    Raises:
+        ConfigError: bad options, an empty pool.
+        DataError: fewer than 2 images with a dark region, an image that is not ``[3, H, W]`` or not finite.
+
+    Examples::
+
+        source = DarkRegionClassSource(ImageFolderPool("isic_unlabelled", size=112), n_views=6)
+        image, mask = source.load_pair("pseudo/dark", 0)   # [3, 112, 112], [1, 112, 112]
+    """
+
+    CLASS = f"{PSEUDO_PREFIX}dark"
+
+    def __init__(
+        self,
+        pool: Any,
+        n_views: int = 6,
+        sigma: float = 2.0,
+        min_area: float = 0.02,
+        max_area: float = 0.95,
+        rotation: float = 30.0,
+        scale: Sequence[float] = (0.8, 1.2),
+        translation: float = 0.1,
+        colour: float = 0.15,
+        seed: int = 0,
+        cache_size: int = 512,
+    ) -> None:
+        if pool is None or not hasattr(pool, "image_ids") or not hasattr(pool, "load_image"):
+            raise ConfigError("dark-region classes need an image pool with image_ids and load_image(id)")
+        image_ids = [str(i) for i in pool.image_ids]
+        if not image_ids:
+            raise ConfigError("dark-region classes need at least one unlabelled image")
+        self.pool = pool
+        self.n_views = as_int(n_views, "n_views", minimum=1)
+        self.sigma = as_float(sigma, "sigma")
+        self.min_area = as_float(min_area, "min_area")
+        self.max_area = as_float(max_area, "max_area")
+        if not 0 <= self.min_area < self.max_area <= 1:
+            raise ConfigError(f"need 0 <= min_area < max_area <= 1, got {min_area!r}, {max_area!r}")
+        self.rotation = as_float(rotation, "rotation")
+        lo, hi = (as_float(v, "scale") for v in scale)
+        if not 0 < lo <= hi:
+            raise ConfigError(f"scale must be (low, high) with 0 < low <= high, got {scale!r}")
+        self.scale = (lo, hi)
+        self.translation = as_float(translation, "translation")
+        self.colour = as_float(colour, "colour")
+        self.seed = int(seed)
+        self._cache = LRUCache(int(cache_size))
+        self.image_ids: list[str] = []
+        self.skipped: list[str] = []
+        for pid in image_ids:  # the pseudo-labels decide which images can be instances
+            img = self._image(pid)
+            mask = dark_region_mask(img, self.sigma, self.min_area, self.max_area)
+            if mask is None:
+                self.skipped.append(pid)
+                continue
+            self.image_ids.append(pid)
+            self._cache.get_or_load(("mask", pid), lambda m=mask: torch.from_numpy(m.astype(np.float32))[None])
+        if len(self.image_ids) < 2:
+            raise DataError("dark-region classes", f"only {len(self.image_ids)} of {len(image_ids)} unlabelled "
+                            "images have a dark region (need 2)")  # fmt: skip
+        self._index = {pid: i for i, pid in enumerate(self.image_ids)}
+        self._ids = [f"{pid}/v{v}" for pid in self.image_ids for v in range(self.n_views)]
+        self.classes = [self.CLASS]
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def __repr__(self) -> str:
+        return (f"DarkRegionClassSource(images={len(self.image_ids)}, skipped={len(self.skipped)}, "
+                f"views={self.n_views})")  # fmt: skip
+
+    def ids(self, cls: str) -> list[str]:
+        """The instance ids ``<image id>/v<k>`` of the class."""
+        if str(cls) != self.CLASS:
+            raise KeyError(f"unknown dark-region class {cls!r}")
+        return list(self._ids)
+
+    def _image(self, pid: str) -> torch.Tensor:
+        def load() -> torch.Tensor:
+            img = torch.as_tensor(self.pool.load_image(pid), dtype=torch.float32)
+            if img.ndim != 3 or img.shape[0] != 3:
+                raise DataError(f"unlabelled image {pid!r}", f"expected a [3, H, W] RGB image, got {tuple(img.shape)}")
+            if not bool(torch.isfinite(img).all()):
+                raise DataError(f"unlabelled image {pid!r}", "image has non-finite values")
+            return img
+
+        return self._cache.get_or_load(("image", pid), load)
+
+    def region_mask(self, pid: str) -> torch.Tensor:
+        """The pseudo-label ``[1, H, W]`` of image ``pid`` (one of ``image_ids``), before any view transform."""
+        if pid not in self._index:
+            raise KeyError(f"no dark-region instance for image {pid!r}")
+
+        def compute() -> torch.Tensor:
+            mask = dark_region_mask(self._image(pid), self.sigma, self.min_area, self.max_area)
+            assert mask is not None  # image_ids holds only images with a region (deterministic)
+            return torch.from_numpy(mask.astype(np.float32))[None]
+
+        return self._cache.get_or_load(("mask", pid), compute)
+
+    def load_pair(self, cls: str, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Instance ``idx`` of the class: a random view of one image and its dark region; the mask is never empty (a
+        view that would push the region out of the image falls back to the untransformed pair)."""
+        if str(cls) != self.CLASS:
+            raise KeyError(f"unknown dark-region class {cls!r}")
+        if not 0 <= int(idx) < len(self._ids):
+            raise IndexError(f"instance {idx} out of range [0, {len(self._ids)}) of class {cls!r}")
+        pid = self.image_ids[int(idx) // self.n_views]
+        img, mask = self._image(pid), self.region_mask(pid).clone()
+        rng = np.random.default_rng((self.seed, self._index[pid], 1 + int(idx) % self.n_views))
+        img_v, msk_v = random_view(img, mask, rng, self.rotation, self.scale, self.translation, self.colour)
+        if not bool(msk_v.any()):
+            return img.clone(), mask
+        return img_v, msk_v
+
+
 def pseudo_label_source(
     pools: dict[str, Any] | None = None,
     image_dirs: Sequence[str | os.PathLike] | str | None = None,
     image_size: int = 112,
     fraction: float = 0.0,
+    kind: str = "segments",
     **kwargs: Any,
-) -> PseudoLabelClassSource | None:
+) -> PseudoLabelClassSource | DarkRegionClassSource | None:
     """The pseudo-label class source of a bundle config: the target pools' ``unlabeled`` pool (its masks are never
     read) plus any folders of unlabelled images in ``image_dirs``; ``None`` when ``fraction`` is 0.
 
@@ -280,10 +483,13 @@ def pseudo_label_source(
         image_dirs: extra folders of unlabelled images (e.g. a dermoscopy archive), read without masks.
         image_size: image size of the episodes.
         fraction: the share of tasks drawn from pseudo-label classes (``0`` builds nothing).
-        kwargs: :class:`PseudoLabelClassSource` options.
+        kind: ``"segments"`` (default): :class:`PseudoLabelClassSource`, one class per segment of one image;
+            ``"dark"``: :class:`DarkRegionClassSource`, one class across images (each image's dark region; for
+            images where the target is darker than its surroundings, such as dermoscopy lesions).
+        kwargs: options of the chosen source (``classes_per_image`` is ignored by ``"dark"``).
 
     Raises:
-        ConfigError: ``fraction`` outside [0, 1], or no image at all.
+        ConfigError: ``fraction`` outside [0, 1], an unknown ``kind``, or no image at all.
         DataError: a folder in ``image_dirs`` that does not exist or holds no image.
     """
     from labelless.data.images import ImageFolderPool, list_images
@@ -291,6 +497,9 @@ def pseudo_label_source(
     frac = as_float(fraction, "pseudo_fraction")
     if not 0 <= frac <= 1:
         raise ConfigError(f"pseudo_fraction must be in [0, 1], got {fraction!r}")
+    kind = str(kind).lower()
+    if kind not in ("segments", "dark"):
+        raise ConfigError(f"pseudo_kind must be 'segments' or 'dark', got {kind!r}")
     if frac == 0:
         return None
     files: list[Path] = []
@@ -313,4 +522,10 @@ def pseudo_label_source(
     for f in files:  # one id per file stem (the first folder wins)
         seen.setdefault(f.stem, f)
     pool = ImageFolderPool(list(seen.values()), size=int(image_size))
+    if kind == "dark":
+        kwargs.pop("classes_per_image", None)
+        dark = DarkRegionClassSource(pool, **kwargs)
+        logger.info("dark-region pseudo-label class: %d of %d unlabelled images (%d without a dark region)",
+                    len(dark.image_ids), len(seen), len(dark.skipped))  # fmt: skip
+        return dark
     return PseudoLabelClassSource(pool, **kwargs)
