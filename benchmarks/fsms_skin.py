@@ -7,10 +7,11 @@
 - ``copy_support``: the query mask is the support mask (K-shot: the pixel-wise majority of the K support masks);
 - ``all_lesion``: every pixel is lesion.
 
-and two simple predictors: ``otsu_dark`` reads the query image but no mask (the grey query image thresholded by
+and three simple predictors: ``otsu_dark`` reads the query image but no mask (the grey query image thresholded by
 Otsu, darker = lesion, the intensity baseline of the CLTNet results); ``colour_prototypes`` is the training-free
 few-shot predictor (each query pixel takes the label of the nearer of two mean RGB colours of the K supports: lesion
-and background).
+and background); ``dark_region`` is the pseudo-label of the ``pseudo_kind="dark"`` meta-training classes applied to the
+query (Otsu on the smoothed grey image, one component, holes filled), i.e. the teacher of those classes.
 
 ``postproc`` scores the shipped model's masks with and without a shape post-processing (hole filling, the largest
 connected component, both) on the validation pool, and runs the variant chosen there on the test pools.
@@ -44,6 +45,7 @@ __all__ = [
     "all_lesion",
     "otsu_dark",
     "colour_prototypes",
+    "dark_region",
     "shape_postprocess",
     "run_baselines",
     "run_postproc",
@@ -90,6 +92,21 @@ def colour_prototypes(
     return (d_fg < d_bg).float()
 
 
+def dark_region(support_images: torch.Tensor, support_masks: torch.Tensor, query_images: torch.Tensor) -> torch.Tensor:
+    """Per query image: the dark-region pseudo-label of the FSMS ``pseudo_kind="dark"`` classes
+    (:func:`labelless.fewshot.image.pseudo.dark_region_mask`: smoothed grey image below Otsu, the largest component
+    mostly inside the inscribed ellipse, holes filled; no region: no lesion). No support, no mask, no training: the
+    teacher of the dark pseudo-label classes, scored as a baseline."""
+    from labelless.fewshot.image.pseudo import dark_region_mask
+
+    out = torch.zeros(query_images.shape[0], 1, *query_images.shape[2:])
+    for i, img in enumerate(query_images.float().cpu()):
+        m = dark_region_mask(img, max_area=1.0)
+        if m is not None:
+            out[i, 0] = torch.from_numpy(m.astype(np.float32))
+    return out.to(query_images.device)
+
+
 def shape_postprocess(mask: np.ndarray, fill: bool = True, largest: bool = True) -> np.ndarray:
     """A binary (H, W) mask with its holes filled and/or only its largest 8-connected component kept."""
     from scipy import ndimage
@@ -113,10 +130,12 @@ def run_baselines(
     n_episodes: int = 200,
     n_tasks: int = 5,
     seed: int = 0,
+    names: tuple[str, ...] | None = None,
 ) -> dict[str, dict]:
-    """Evaluate :func:`copy_support`, :func:`all_lesion`, :func:`otsu_dark` and :func:`colour_prototypes` on the test
-    pools and the validation pool (``"val"``) of ``target_pools(shared_data_dir=data)`` with the bundle's protocol;
-    writes ``<out>/<name>/metrics.json`` (+ one folder per pool and K) and returns the summaries.
+    """Evaluate :func:`copy_support`, :func:`all_lesion`, :func:`otsu_dark`, :func:`colour_prototypes` and
+    :func:`dark_region` (or only those in ``names``) on the test pools and the validation pool (``"val"``) of
+    ``target_pools(shared_data_dir=data)`` with the bundle's protocol; writes ``<out>/<name>/metrics.json`` (+ one
+    folder per pool and K) and returns the summaries.
     """
     from labelless.fewshot.image.workflow import evaluate_pools, target_pools
     from labelless.utils import write_json_atomic
@@ -125,8 +144,13 @@ def run_baselines(
     pools = {**all_pools["test"], **({"val": all_pools["val"]} if all_pools["val"] is not None else {})}
     summaries = {}
     predictors = (("copy_support", copy_support), ("all_lesion", all_lesion), ("otsu_dark", otsu_dark),
-                  ("colour_prototypes", colour_prototypes))  # fmt: skip
+                  ("colour_prototypes", colour_prototypes), ("dark_region", dark_region))  # fmt: skip
+    unknown = set(names or ()) - {n for n, _ in predictors}
+    if unknown:
+        raise SystemExit(f"unknown baseline(s) {sorted(unknown)}; known: {[n for n, _ in predictors]}")
     for name, predict in predictors:
+        if names and name not in names:
+            continue
         rows = evaluate_pools(
             predict, pools, shots, Path(out) / name, n_episodes=n_episodes, n_tasks=n_tasks, seed=seed, n_overlays=0,
             progress=False,
@@ -322,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--image_size", type=int, default=112)
     b.add_argument("--n_episodes", type=int, default=200)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--only", nargs="+", default=None, help="run only these baselines (names as in the output)")
     f = sub.add_parser("finetune", help="supervised reference: the shipped model fine-tuned on each task's K shots")
     f.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
     f.add_argument("--out", default="runs/fsms/eval_finetune")
@@ -344,7 +369,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("specs", nargs="+", help="LABEL=FOLDER[+FOLDER...] (folders with metrics.json)")
     args = parser.parse_args(argv)
     if args.cmd == "baselines":
-        run_baselines(args.data, args.out, tuple(args.shots), args.image_size, args.n_episodes, seed=args.seed)
+        run_baselines(args.data, args.out, tuple(args.shots), args.image_size, args.n_episodes, seed=args.seed,
+                      names=tuple(args.only) if args.only else None)
     elif args.cmd == "postproc":
         run_postproc(args.data, args.out, args.weights, tuple(args.shots), n_episodes=args.n_episodes, seed=args.seed)
     elif args.cmd == "finetune":

@@ -28,7 +28,7 @@ def _lesion(size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_colour_prototypes_and_otsu_find_the_lesion():
     (si, sm), (qi, qm) = _lesion(seed=1), _lesion(seed=2)
-    for predict in (fsms_skin.colour_prototypes, fsms_skin.otsu_dark):
+    for predict in (fsms_skin.colour_prototypes, fsms_skin.otsu_dark, fsms_skin.dark_region):
         pred = predict(si[None, None], sm[None, None], qi[None])
         assert pred.shape == (1, 1, 32, 32)
         inter = float((pred[0] * qm).sum())
@@ -36,6 +36,8 @@ def test_colour_prototypes_and_otsu_find_the_lesion():
     # the colour predictor follows the support: lesion and skin colours swapped -> the skin is found instead
     swapped = fsms_skin.colour_prototypes(si[None, None], 1 - sm[None, None], qi[None])
     assert float((swapped[0] * qm).sum()) == 0.0
+    # dark_region: a constant query has no region -> an empty mask, not an error
+    assert float(fsms_skin.dark_region(si[None, None], sm[None, None], torch.full((1, 3, 32, 32), 0.5)).sum()) == 0
 
 
 def test_shape_postprocess_fills_holes_and_keeps_the_largest_component():
