@@ -29,7 +29,13 @@ if TYPE_CHECKING:  # the names below, imported on first access (labelless.lazy)
         support_mask_at,
     )
     from .protocol import Predictor, TestEpisode, draw_test_episodes, episode_dice, evaluate_episodes, network_predictor
-    from .pseudo import PseudoLabelClassSource, pseudo_label_source
+    from .pseudo import (
+        DarkRegionClassSource,
+        PseudoLabelClassSource,
+        dark_region_mask,
+        pseudo_label_source,
+        random_view,
+    )
     from .synthetic import (
         SHAPE_FAMILIES,
         SYNTHETIC_VERSION,
@@ -76,6 +82,9 @@ _EXPORTS = {
     "network_predictor": "protocol",
     "evaluate_episodes": "protocol",
     "PseudoLabelClassSource": "pseudo",
+    "DarkRegionClassSource": "pseudo",
+    "dark_region_mask": "pseudo",
+    "random_view": "pseudo",
     "pseudo_label_source": "pseudo",
     "SHAPE_FAMILIES": "synthetic",
     "TEXTURE_KINDS": "synthetic",
@@ -130,6 +139,9 @@ __all__ = [
     "network_predictor",
     "evaluate_episodes",
     "PseudoLabelClassSource",
+    "DarkRegionClassSource",
+    "dark_region_mask",
+    "random_view",
     "pseudo_label_source",
     "SHAPE_FAMILIES",
     "TEXTURE_KINDS",
