@@ -47,6 +47,7 @@ __all__ = [
     "colour_prototypes",
     "dark_region",
     "shape_postprocess",
+    "run_compare",
     "run_baselines",
     "run_postproc",
     "summarize",
@@ -246,6 +247,61 @@ def run_finetune_reference(
 POSTPROC_VARIANTS = {"none": None, "fill": (True, False), "largest": (False, True), "largest_fill": (True, True)}
 
 
+def run_compare(
+    data: str | os.PathLike,
+    png: str | os.PathLike,
+    before: str | os.PathLike,
+    after: str | os.PathLike,
+    pool: str = "isic_samples_test",
+    n_pairs: int = 4,
+    image_size: int = 112,
+    seed: int = 0,
+) -> Path:
+    """A before | after figure: ``n_pairs`` seeded 1-shot (support, query) pairs of test pool ``pool``, one row each:
+    the support with its mask, the query segmented by the CPU-profile model of ``before`` and of ``after`` (red: the
+    model's mask, green: the ground-truth outline; per-image Dice in the titles). Written atomically to ``png``."""
+    from labelless.evaluation.overlays import render_panels, rgb_overlay
+    from labelless.fewshot.image.workflow import target_pools
+
+    pools = target_pools(None, data, image_size)["test"]
+    if pool not in pools:
+        raise SystemExit(f"unknown pool {pool!r}; known: {sorted(pools)}")
+    p = pools[pool]
+    nets = [_cpu_profile_network(w).eval() for w in (before, after)]
+    rng = np.random.default_rng(seed)
+    rows, seen = [], set()
+    while len(rows) < int(n_pairs) and len(seen) < len(p.image_ids) * (len(p.image_ids) - 1):
+        a, b = (p.image_ids[int(j)] for j in rng.choice(len(p.image_ids), 2, replace=False))
+        if (a, b) in seen:
+            continue
+        seen.add((a, b))
+        (si, sm), (qi, qm) = p.load(a), p.load(b)
+        si, sm, qi, qm = (torch.as_tensor(x).float() for x in (si, sm, qi, qm))
+        sm, qm = (sm > 0.5).float(), (qm > 0.5).float()
+        def big(img):  # noqa: ANN001, ANN202  (2x, so that the titles fit)
+            return img.resize((2 * img.width, 2 * img.height), resample=0)
+
+        panels = [(big(rgb_overlay(si, truth=sm[0])), f"support {a}")]
+        for name, net in zip(("before", "after"), nets):
+            with torch.no_grad():
+                pred = (torch.sigmoid(net(si[None, None], sm[None, None], qi[None])) > 0.5).float()[0, 0]
+            dice = float(2 * (pred * qm[0]).sum() / (pred.sum() + qm[0].sum()).clamp_min(1))
+            panels.append((big(rgb_overlay(qi, truth=qm[0], prediction=pred)), f"{name} {b}: Dice {100 * dice:.1f}"))
+        rows.append(render_panels(panels))
+    from PIL import Image
+
+    sheet = Image.new("RGB", (rows[0].width, sum(r.height for r in rows)))
+    for i, r in enumerate(rows):
+        sheet.paste(r, (0, i * rows[0].height))
+    out = Path(png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.png")
+    sheet.save(tmp)
+    os.replace(tmp, out)
+    print(f"written {out}")
+    return out
+
+
 def run_postproc(
     data: str | os.PathLike,
     out: str | os.PathLike,
@@ -365,10 +421,21 @@ def main(argv: list[str] | None = None) -> None:
     pp.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     pp.add_argument("--n_episodes", type=int, default=200)
     pp.add_argument("--seed", type=int, default=0)
+    c = sub.add_parser("compare", help="before | after overlays of two weight files on seeded 1-shot pairs")
+    c.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    c.add_argument("--before", required=True)
+    c.add_argument("--after", default=str(Path(__file__).resolve().parents[1]
+                                          / "bundles/fsms_fewshot_skin_segmentation/models/model.pt"))  # fmt: skip
+    c.add_argument("--pool", default="isic_samples_test")
+    c.add_argument("--n_pairs", type=int, default=4)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--png", required=True)
     s = sub.add_parser("summarize", help="markdown table of evaluation folders")
     s.add_argument("specs", nargs="+", help="LABEL=FOLDER[+FOLDER...] (folders with metrics.json)")
     args = parser.parse_args(argv)
-    if args.cmd == "baselines":
+    if args.cmd == "compare":
+        run_compare(args.data, args.png, args.before, args.after, args.pool, args.n_pairs, seed=args.seed)
+    elif args.cmd == "baselines":
         run_baselines(args.data, args.out, tuple(args.shots), args.image_size, args.n_episodes, seed=args.seed,
                       names=tuple(args.only) if args.only else None)
     elif args.cmd == "postproc":
