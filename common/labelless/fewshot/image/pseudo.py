@@ -50,6 +50,41 @@ logger = logging.getLogger(__name__)
 PSEUDO_PREFIX = "pseudo/"
 
 
+def _set_view_options(
+    source: Any,
+    min_area: float,
+    max_area: float,
+    rotation: float,
+    scale: Sequence[float],
+    translation: float,
+    colour: float,
+    seed: int,
+) -> None:
+    """Check and set the area and view options shared by the pseudo-label sources (see their Args)."""
+    source.min_area = as_float(min_area, "min_area")
+    source.max_area = as_float(max_area, "max_area")
+    if not 0 <= source.min_area < source.max_area <= 1:
+        raise ConfigError(f"need 0 <= min_area < max_area <= 1, got {min_area!r}, {max_area!r}")
+    source.rotation = as_float(rotation, "rotation")
+    lo, hi = (as_float(v, "scale") for v in scale)
+    if not 0 < lo <= hi:
+        raise ConfigError(f"scale must be (low, high) with 0 < low <= high, got {scale!r}")
+    source.scale = (lo, hi)
+    source.translation = as_float(translation, "translation")
+    source.colour = as_float(colour, "colour")
+    source.seed = int(seed)
+
+
+def _checked_image(pool: Any, pid: str) -> torch.Tensor:
+    """``pool.load_image(pid)`` as a float32 tensor, checked to be a finite ``[3, H, W]`` image."""
+    img = torch.as_tensor(pool.load_image(pid), dtype=torch.float32)
+    if img.ndim != 3 or img.shape[0] != 3:
+        raise DataError(f"unlabelled image {pid!r}", f"expected a [3, H, W] RGB image, got {tuple(img.shape)}")
+    if not bool(torch.isfinite(img).all()):
+        raise DataError(f"unlabelled image {pid!r}", "image has non-finite values")
+    return img
+
+
 class PseudoLabelClassSource:
     """Superpixel pseudo-label classes of unlabelled images (see the module docstring).
 
@@ -120,18 +155,7 @@ class PseudoLabelClassSource:
         self.felzenszwalb_min_size = as_int(felzenszwalb_min_size, "felzenszwalb_min_size", minimum=1)
         self.n_segments = as_int_list(n_segments, "n_segments", minimum=2)
         self.compactness = as_float(compactness, "compactness")
-        self.min_area = as_float(min_area, "min_area")
-        self.max_area = as_float(max_area, "max_area")
-        if not 0 <= self.min_area < self.max_area <= 1:
-            raise ConfigError(f"need 0 <= min_area < max_area <= 1, got {min_area!r}, {max_area!r}")
-        self.rotation = as_float(rotation, "rotation")
-        lo, hi = (as_float(s, "scale") for s in scale)
-        if not 0 < lo <= hi:
-            raise ConfigError(f"scale must be (low, high) with 0 < low <= high, got {scale!r}")
-        self.scale = (lo, hi)
-        self.translation = as_float(translation, "translation")
-        self.colour = as_float(colour, "colour")
-        self.seed = int(seed)
+        _set_view_options(self, min_area, max_area, rotation, scale, translation, colour, seed)
         self.classes = [
             f"{PSEUDO_PREFIX}{pid}/{j}" for pid in self.image_ids for j in range(self.classes_per_image)
         ]  # fmt: skip
@@ -174,12 +198,7 @@ class PseudoLabelClassSource:
         """
         pid, slot = self._parse(cls)
         i = self._index[pid]
-        image = self.pool.load_image(pid)
-        img = torch.as_tensor(image, dtype=torch.float32)
-        if img.ndim != 3 or img.shape[0] != 3:
-            raise DataError(f"unlabelled image {pid!r}", f"expected a [3, H, W] RGB image, got {tuple(img.shape)}")
-        if not bool(torch.isfinite(img).all()):
-            raise DataError(f"unlabelled image {pid!r}", "image has non-finite values")
+        img = _checked_image(self.pool, pid)
         mask = self._cache.get_or_load(("mask", cls), lambda: self._choose_segment(img, pid, i, slot))
         return img, mask.clone()
 
@@ -385,18 +404,7 @@ class DarkRegionClassSource:
         self.pool = pool
         self.n_views = as_int(n_views, "n_views", minimum=1)
         self.sigma = as_float(sigma, "sigma")
-        self.min_area = as_float(min_area, "min_area")
-        self.max_area = as_float(max_area, "max_area")
-        if not 0 <= self.min_area < self.max_area <= 1:
-            raise ConfigError(f"need 0 <= min_area < max_area <= 1, got {min_area!r}, {max_area!r}")
-        self.rotation = as_float(rotation, "rotation")
-        lo, hi = (as_float(v, "scale") for v in scale)
-        if not 0 < lo <= hi:
-            raise ConfigError(f"scale must be (low, high) with 0 < low <= high, got {scale!r}")
-        self.scale = (lo, hi)
-        self.translation = as_float(translation, "translation")
-        self.colour = as_float(colour, "colour")
-        self.seed = int(seed)
+        _set_view_options(self, min_area, max_area, rotation, scale, translation, colour, seed)
         self._cache = LRUCache(int(cache_size))
         self.image_ids: list[str] = []
         self.skipped: list[str] = []
@@ -429,15 +437,7 @@ class DarkRegionClassSource:
         return list(self._ids)
 
     def _image(self, pid: str) -> torch.Tensor:
-        def load() -> torch.Tensor:
-            img = torch.as_tensor(self.pool.load_image(pid), dtype=torch.float32)
-            if img.ndim != 3 or img.shape[0] != 3:
-                raise DataError(f"unlabelled image {pid!r}", f"expected a [3, H, W] RGB image, got {tuple(img.shape)}")
-            if not bool(torch.isfinite(img).all()):
-                raise DataError(f"unlabelled image {pid!r}", "image has non-finite values")
-            return img
-
-        return self._cache.get_or_load(("image", pid), load)
+        return self._cache.get_or_load(("image", pid), lambda: _checked_image(self.pool, pid))
 
     def region_mask(self, pid: str) -> torch.Tensor:
         """The pseudo-label ``[1, H, W]`` of image ``pid`` (one of ``image_ids``), before any view transform."""
