@@ -260,8 +260,13 @@ def run_compare(
     """A before | after figure: ``n_pairs`` seeded 1-shot (support, query) pairs of test pool ``pool``, one row each:
     the support with its mask, the query segmented by the CPU-profile model of ``before`` and of ``after`` (red: the
     model's mask, green: the ground-truth outline; per-image Dice in the titles). Written atomically to ``png``."""
+    from PIL import Image
+
     from labelless.evaluation.overlays import render_panels, rgb_overlay
     from labelless.fewshot.image.workflow import target_pools
+
+    def big(img: Image.Image) -> Image.Image:  # 2x, so that the panel titles fit
+        return img.resize((2 * img.width, 2 * img.height), resample=Image.Resampling.NEAREST)
 
     pools = target_pools(None, data, image_size)["test"]
     if pool not in pools:
@@ -278,9 +283,6 @@ def run_compare(
         (si, sm), (qi, qm) = p.load(a), p.load(b)
         si, sm, qi, qm = (torch.as_tensor(x).float() for x in (si, sm, qi, qm))
         sm, qm = (sm > 0.5).float(), (qm > 0.5).float()
-        def big(img):  # noqa: ANN001, ANN202  (2x, so that the titles fit)
-            return img.resize((2 * img.width, 2 * img.height), resample=0)
-
         panels = [(big(rgb_overlay(si, truth=sm[0])), f"support {a}")]
         for name, net in zip(("before", "after"), nets):
             with torch.no_grad():
@@ -288,8 +290,6 @@ def run_compare(
             dice = float(2 * (pred * qm[0]).sum() / (pred.sum() + qm[0].sum()).clamp_min(1))
             panels.append((big(rgb_overlay(qi, truth=qm[0], prediction=pred)), f"{name} {b}: Dice {100 * dice:.1f}"))
         rows.append(render_panels(panels))
-    from PIL import Image
-
     sheet = Image.new("RGB", (rows[0].width, sum(r.height for r in rows)))
     for i, r in enumerate(rows):
         sheet.paste(r, (0, i * rows[0].height))
