@@ -245,3 +245,47 @@ def test_dark_region_options_fail_with_a_clear_message(tmp_path):
     flat = ImageFolderPool([tmp_path / "flat.png", root / "images" / "img0.png"], size=64)
     with pytest.raises(DataError, match="only 1 of 2 unlabelled images have a dark region"):
         DarkRegionClassSource(flat)
+
+
+def test_dark_region_zoomed_views_at_oversampled_resolution(tmp_path, monkeypatch):
+    """``oversample=2`` reads the unlabelled images at twice the episode size, finds the dark region there and
+    downsamples each view: the views have the episode size, binary non-empty masks that still match the blob (the
+    view of the untransformed image equals the area-downsampled 2× image), no mask file is opened, and a zoom range
+    above 1 gives views whose region covers more of the frame."""
+    root = _write_lesions(tmp_path / "skin", n=4, size=128)
+    opened = _forbid_opening(monkeypatch, root / "masks")
+    pools = {"unlabeled": ImageFolderPool(root / "images", size=32)}
+    src = pseudo_label_source(pools, None, image_size=32, fraction=1.0, kind="dark", oversample=2, n_views=6,
+                              scale=(1.5, 2.0), rotation=0.0, translation=0.0, colour=0.0)  # fmt: skip
+    assert isinstance(src, DarkRegionClassSource) and src.output_size == 32 and src.sigma == 4.0
+    flat = pseudo_label_source(pools, None, image_size=32, fraction=1.0, kind="dark", n_views=6, rotation=0.0,
+                               translation=0.0, colour=0.0)  # fmt: skip
+    zoom_area, flat_area = [], []
+    for idx in range(len(src.ids("pseudo/dark"))):
+        img, msk = src.load_pair("pseudo/dark", idx)
+        assert img.shape == (3, 32, 32) and msk.shape == (1, 32, 32) and bool(msk.any())
+        assert set(torch.unique(msk).tolist()) <= {0.0, 1.0}
+        zoom_area.append(float(msk.mean()))
+        flat_area.append(float(flat.load_pair("pseudo/dark", idx)[1].mean()))
+    assert np.mean(zoom_area) > 1.5 * np.mean(flat_area)
+    pid = src.image_ids[0]
+    big = src._image(pid)
+    assert big.shape == (3, 64, 64)
+    small_img, small_msk = src._resized(big, src.region_mask(pid))
+    expected = torch.nn.functional.interpolate(big[None], size=(32, 32), mode="area")[0]
+    assert torch.allclose(small_img, expected)
+    assert _dice(small_msk[0], flat.region_mask(pid)[0] > 0) > 0.85
+    assert not opened
+
+
+def test_view_options_fail_with_a_clear_message(tmp_path):
+    root = _write_lesions(tmp_path / "skin", n=2)
+    pool = ImageFolderPool(root / "images", size=64)
+    with pytest.raises(ConfigError, match="scale must be"):
+        DarkRegionClassSource(pool, scale=(0.8, 1.2, 2.0))
+    with pytest.raises(ConfigError, match="scale must be"):
+        DarkRegionClassSource(pool, scale=(2.0, 1.0))
+    with pytest.raises(ConfigError, match="only used by pseudo_kind 'dark'"):
+        pseudo_label_source({"unlabeled": pool}, None, 64, fraction=0.5, kind="segments", oversample=2)
+    with pytest.raises(ConfigError, match="pseudo_oversample"):
+        pseudo_label_source({"unlabeled": pool}, None, 64, fraction=0.5, kind="dark", oversample=0)

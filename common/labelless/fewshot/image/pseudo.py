@@ -66,6 +66,8 @@ def _set_view_options(
     if not 0 <= source.min_area < source.max_area <= 1:
         raise ConfigError(f"need 0 <= min_area < max_area <= 1, got {min_area!r}, {max_area!r}")
     source.rotation = as_float(rotation, "rotation")
+    if isinstance(scale, (str, bytes)) or len(scale) != 2:
+        raise ConfigError(f"scale must be (low, high) with 0 < low <= high, got {scale!r}")
     lo, hi = (as_float(v, "scale") for v in scale)
     if not 0 < lo <= hi:
         raise ConfigError(f"scale must be (low, high) with 0 < low <= high, got {scale!r}")
@@ -369,6 +371,10 @@ class DarkRegionClassSource:
         colour: strength of the colour jitter (0 disables it).
         seed: seed of every view.
         cache_size: images kept in memory.
+        output_size: size of the views (square). ``None``: the pool's image size. When the pool's images are larger
+            (e.g. read at 2× for zoomed views, see ``scale``), the dark region is found at the pool's size (``sigma``
+            in the pool's pixels), each view is warped at that size and then area-downsampled to ``output_size``
+            (mask: area fraction > 0.5), so a zoomed-in view keeps the detail of the original image.
 
     Raises:
         ConfigError: bad options, an empty pool.
@@ -395,7 +401,9 @@ class DarkRegionClassSource:
         colour: float = 0.15,
         seed: int = 0,
         cache_size: int = 512,
+        output_size: int | None = None,
     ) -> None:
+        self.output_size = None if output_size is None else as_int(output_size, "output_size", minimum=1)
         if pool is None or not hasattr(pool, "image_ids") or not hasattr(pool, "load_image"):
             raise ConfigError("dark-region classes need an image pool with image_ids and load_image(id)")
         image_ids = [str(i) for i in pool.image_ids]
@@ -463,8 +471,19 @@ class DarkRegionClassSource:
         rng = np.random.default_rng((self.seed, self._index[pid], 1 + int(idx) % self.n_views))
         img_v, msk_v = random_view(img, mask, rng, self.rotation, self.scale, self.translation, self.colour)
         if not bool(msk_v.any()):
-            return img.clone(), mask
-        return img_v, msk_v
+            img_v, msk_v = img.clone(), mask
+        return self._resized(img_v, msk_v)
+
+    def _resized(self, img: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The view at ``output_size`` (area downsampling; the mask keeps the cells more than half covered, or its
+        area fraction when that empties it)."""
+        size = self.output_size
+        if size is None or tuple(img.shape[1:]) == (size, size):
+            return img, mask
+        img = F.interpolate(img[None], size=(size, size), mode="area")[0]
+        frac = F.interpolate(mask[None].float(), size=(size, size), mode="area")[0]
+        small = (frac > 0.5).float()
+        return img.contiguous(), small if bool(small.any()) else (frac > 0).float()
 
 
 def pseudo_label_source(
@@ -473,6 +492,7 @@ def pseudo_label_source(
     image_size: int = 112,
     fraction: float = 0.0,
     kind: str = "segments",
+    oversample: int = 1,
     **kwargs: Any,
 ) -> PseudoLabelClassSource | DarkRegionClassSource | None:
     """The pseudo-label class source of a bundle config: the target pools' ``unlabeled`` pool (its masks are never
@@ -486,6 +506,9 @@ def pseudo_label_source(
         kind: ``"segments"`` (default): :class:`PseudoLabelClassSource`, one class per segment of one image;
             ``"dark"``: :class:`DarkRegionClassSource`, one class across images (each image's dark region; for
             images where the target is darker than its surroundings, such as dermoscopy lesions).
+        oversample: ``"dark"`` only: the images are read at ``oversample × image_size``, their dark region found
+            there (``sigma`` scaled by the same factor) and each view downsampled to ``image_size`` after its warp,
+            so that zoomed-in views (``scale`` above 1) keep the original detail. 1: everything at ``image_size``.
         kwargs: options of the chosen source (``classes_per_image`` is ignored by ``"dark"``).
 
     Raises:
@@ -500,6 +523,9 @@ def pseudo_label_source(
     kind = str(kind).lower()
     if kind not in ("segments", "dark"):
         raise ConfigError(f"pseudo_kind must be 'segments' or 'dark', got {kind!r}")
+    factor = as_int(oversample, "pseudo_oversample", minimum=1)
+    if factor > 1 and kind != "dark":
+        raise ConfigError(f"pseudo_oversample={factor} is only used by pseudo_kind 'dark', got kind {kind!r}")
     if frac == 0:
         return None
     files: list[Path] = []
@@ -521,10 +547,11 @@ def pseudo_label_source(
     seen: dict[str, Path] = {}
     for f in files:  # one id per file stem (the first folder wins)
         seen.setdefault(f.stem, f)
-    pool = ImageFolderPool(list(seen.values()), size=int(image_size))
+    pool = ImageFolderPool(list(seen.values()), size=int(image_size) * factor)
     if kind == "dark":
         kwargs.pop("classes_per_image", None)
-        dark = DarkRegionClassSource(pool, **kwargs)
+        kwargs["sigma"] = as_float(kwargs.get("sigma", 2.0), "sigma") * factor
+        dark = DarkRegionClassSource(pool, output_size=int(image_size), **kwargs)
         logger.info("dark-region pseudo-label class: %d of %d unlabelled images (%d without a dark region)",
                     len(dark.image_ids), len(seen), len(dark.skipped))  # fmt: skip
         return dark
