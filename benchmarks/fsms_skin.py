@@ -16,6 +16,9 @@ query (Otsu on the smoothed grey image, one component, holes filled), i.e. the t
 ``postproc`` scores the shipped model's masks with and without a shape post-processing (hole filling, the largest
 connected component, both) on the validation pool, and runs the variant chosen there on the test pools.
 
+``reselect`` chooses the checkpoint of each training run on an in-domain validation pool (the ISIC-2016 images of the
+unlabelled 40 % with their masks, which training never reads) and scores the chosen one on the test pools.
+
 They tell how much of a score comes from the data (ISIC crops are mostly lesion) rather than from the model.
 
 ``summarize`` prints one markdown row per (test pool, K) with the episode Dice (%) of every evaluation folder given
@@ -25,6 +28,7 @@ Usage::
 
     python benchmarks/fsms_skin.py baselines --data ../shared/data --out runs/fsms/eval_trivial
     python benchmarks/fsms_skin.py postproc --data ../shared/data --out runs/fsms/eval_postproc
+    python benchmarks/fsms_skin.py reselect runs/fsms_zoom/cont/fsms_zoom_s0 --out runs/fsms_zoom/reselect
     python benchmarks/fsms_skin.py summarize "baseline=runs/fsms/eval_baseline" "surrogate=runs/fsms/eval_surrogate" \\
         "copy support=runs/fsms/eval_trivial/copy_support"
 """
@@ -36,6 +40,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,6 +55,8 @@ __all__ = [
     "run_compare",
     "run_baselines",
     "run_postproc",
+    "run_reselect",
+    "in_domain_val_pool",
     "summarize",
     "main",
 ]
@@ -200,11 +207,13 @@ def finetune_predictor(
 
 
 def _cpu_profile_network(weights: str | os.PathLike) -> torch.nn.Module:
-    """The bundle's CPU-profile FSMSNet (4 blocks, width 16, 32 feature channels) with the state dict ``weights``."""
+    """The bundle's CPU-profile FSMSNet (4 blocks, width 16, 32 feature channels) with the weights of ``weights`` (a
+    plain state dict or a training checkpoint)."""
+    from labelless.io.checkpoint import read_state_dict
     from labelless.networks.fsms import FSMSNet
 
     net = FSMSNet(encoder_blocks=4, width=16, feature_channels=32)
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    net.load_state_dict(read_state_dict(weights, "FSMS weights"))
     return net
 
 
@@ -358,6 +367,67 @@ def run_postproc(
     return summaries
 
 
+def in_domain_val_pool(data: str | os.PathLike, image_size: int = 112) -> Any:
+    """The ISIC-2016 images of the unlabelled 40 % *with* their masks: a validation pool from the test pool's own
+    domain. Training never reads these masks (the images are seen unlabelled by the surrogate and the pseudo-label
+    classes); here they are read to choose checkpoints only, as a user would label a few of their unlabelled images
+    for validation. Disjoint from the test pools."""
+    from labelless.data.images import ImageFolderPool, list_images, split_pool
+
+    isic = Path(data) / "isic2016"
+    files = list_images(isic / "images")
+    unl, _ = split_pool(list(files), 0.4)
+    return ImageFolderPool([files[i] for i in unl], size=image_size, masks=isic / "masks")
+
+
+def run_reselect(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    runs: list[str],
+    image_size: int = 112,
+    n_val_episodes: int = 100,
+    n_episodes: int = 200,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """Checkpoint selection on :func:`in_domain_val_pool` instead of the CLTNet ISIC ``val`` samples: every
+    ``<run>/models/checkpoint_iteration=*.pt`` of each run is scored there (1-shot, ``n_val_episodes``), the best one
+    then on the test pools (the test pools never take part in the choice). Writes ``<out>/<run name>/val_<it>/`` and
+    ``<out>/<run name>/test/metrics.json`` (with the choice)."""
+    import re
+
+    from labelless.fewshot.image.protocol import network_predictor
+    from labelless.fewshot.image.workflow import evaluate_pools, target_pools
+    from labelless.utils import write_json_atomic
+
+    val_pool = {"isic2016_unlabeled_val": in_domain_val_pool(data, image_size)}
+    test_pools = target_pools(None, data, image_size)["test"]
+    summaries = {}
+    for run in runs:
+        name = Path(run).name
+        cks = sorted(Path(run, "models").glob("checkpoint_iteration=*.pt"),
+                     key=lambda p: int(re.sub(r"\D", "", p.stem)))  # fmt: skip
+        if not cks:
+            raise SystemExit(f"{run}: no models/checkpoint_iteration=*.pt")
+        scores = {}
+        for ck in cks:
+            rows = evaluate_pools(network_predictor(_cpu_profile_network(ck)), val_pool, (1,),
+                                  Path(out) / name / f"val_{ck.stem.split('=')[-1]}", n_episodes=n_val_episodes,
+                                  seed=seed, n_overlays=0, progress=False)  # fmt: skip
+            scores[ck] = rows[0]["episode_dice"]
+            print(f"{name} {ck.name}: in-domain val 1-shot episode Dice {100 * scores[ck]:.2f}", flush=True)
+        best = max(scores, key=scores.get)  # ties: the first
+        rows = evaluate_pools(network_predictor(_cpu_profile_network(best)), test_pools, (1, 5),
+                              Path(out) / name / "test", n_episodes=n_episodes, seed=seed, n_overlays=0,
+                              progress=False)  # fmt: skip
+        for r in rows:
+            print(f"{name} {best.name} {r['pool']:18s} {r['shots']}-shot: episode Dice {100 * r['episode_dice']:.2f}",
+                  flush=True)  # fmt: skip
+        summaries[name] = {"label": name, "checkpoint": str(best), "seed": seed, "selection": "in-domain val",
+                           "val_scores": {p.name: v for p, v in scores.items()}, "results": rows}  # fmt: skip
+        write_json_atomic(Path(out) / name / "test" / "metrics.json", summaries[name])
+    return summaries
+
+
 def summarize(specs: list[str]) -> str:
     """Markdown table: one row per (pool, K), one column per ``LABEL=FOLDER`` (episode Dice in %, per-image Dice in
     brackets). ``LABEL=FOLDER+FOLDER+...`` averages several evaluations (e.g. the last checkpoints of one run):
@@ -430,6 +500,11 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--n_pairs", type=int, default=4)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--png", required=True)
+    rs = sub.add_parser("reselect", help="checkpoints of training runs chosen on the in-domain ISIC-2016 val pool")
+    rs.add_argument("runs", nargs="+", help="run folders with models/checkpoint_iteration=*.pt")
+    rs.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    rs.add_argument("--out", required=True)
+    rs.add_argument("--n_val_episodes", type=int, default=100)
     s = sub.add_parser("summarize", help="markdown table of evaluation folders")
     s.add_argument("specs", nargs="+", help="LABEL=FOLDER[+FOLDER...] (folders with metrics.json)")
     args = parser.parse_args(argv)
@@ -443,6 +518,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.cmd == "finetune":
         run_finetune_reference(args.data, args.out, args.weights, tuple(args.shots), tuple(args.pools),
                                n_episodes=args.n_episodes, steps=args.steps, seed=args.seed)  # fmt: skip
+    elif args.cmd == "reselect":
+        run_reselect(args.data, args.out, args.runs, n_val_episodes=args.n_val_episodes)
     else:
         print(summarize(args.specs))
 

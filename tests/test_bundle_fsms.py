@@ -23,7 +23,10 @@ BUNDLE = BUNDLES / BUNDLE_NAME
 CONFIGS = BUNDLE / "configs"
 SMALL = {"width": 4, "feature_channels": 8, "image_size": 64}
 # episode Dice of the shipped model.pt on the first 20 seeded 1-shot episodes (eval_seed 0), measured when shipped
-SHIPPED_20_EPISODES = {"isic2016_test": 0.6692, "ham10000_test": 0.8345, "isic_samples_test": 0.8754}
+SHIPPED_20_EPISODES = {
+    "model.pt": {"isic2016_test": 0.6692, "ham10000_test": 0.8345, "isic_samples_test": 0.8754},
+    "model_lesion_crops.pt": {"isic2016_test": 0.7610, "ham10000_test": 0.7119, "isic_samples_test": 0.8187},
+}
 
 
 def _blob_image(rng: np.random.Generator, h: int, w: int, grey: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -245,13 +248,14 @@ def test_shipped_weights_load_strictly_and_segment_the_phantoms(tmp_path):
     assert np.mean(dices) > 0.7, dices
 
 
-def test_shipped_weights_on_the_real_skin_pools(tmp_path):
-    """evaluate.json with the shipped weights on the shared data's skin pools (20 of the 200 seeded 1-shot episodes):
-    the figures measured when the weights were shipped, within 1 point (CPU float differences flip a few pixels at
-    most)."""
+@pytest.mark.parametrize("weights", sorted(SHIPPED_20_EPISODES))
+def test_shipped_weights_on_the_real_skin_pools(tmp_path, weights):
+    """evaluate.json with each shipped weight file on the shared data's skin pools (20 of the 200 seeded 1-shot
+    episodes): the figures measured when the weights were shipped, within 1 point (CPU float differences flip a few
+    pixels at most)."""
     from conftest import shared_data_dir
 
-    path = BUNDLE / "models" / "model.pt"
+    path = BUNDLE / "models" / weights
     if not path.exists():
         pytest.skip("models/model.pt not trained yet")
     data = shared_data_dir()
@@ -260,11 +264,11 @@ def test_shipped_weights_on_the_real_skin_pools(tmp_path):
     out = tmp_path / "eval"
     wf = bundle_workflow(
         BUNDLE_NAME, ["train.json", "evaluate.json"], "train", shared_data_dir=str(data), output_dir=str(out),
-        eval_shots=[1], n_eval_episodes=20, n_overlays=0,
+        eval_shots=[1], n_eval_episodes=20, n_overlays=0, eval_ckpt_path=str(path),
     )  # fmt: skip
     wf.initialize()
     wf.run()
     got = {r["pool"]: r["episode_dice"] for r in json.loads((out / "metrics.json").read_text())["results"]}
-    assert set(got) == set(SHIPPED_20_EPISODES)
-    for pool, expected in SHIPPED_20_EPISODES.items():
+    assert set(got) == set(SHIPPED_20_EPISODES[weights])
+    for pool, expected in SHIPPED_20_EPISODES[weights].items():
         assert abs(got[pool] - expected) < 0.01, (pool, got[pool], expected)

@@ -50,3 +50,26 @@ def test_shape_postprocess_fills_holes_and_keeps_the_largest_component():
     assert not fsms_skin.shape_postprocess(mask, fill=False)[6, 6]
     assert fsms_skin.shape_postprocess(mask, largest=False)[16, 16]
     assert not fsms_skin.shape_postprocess(np.zeros((5, 5), bool)).any()
+
+
+def test_in_domain_val_pool_is_the_unlabelled_split_with_masks_and_disjoint_from_test(tmp_path):
+    """``reselect``'s validation pool: the ISIC-2016 ids of the unlabelled 40 % (the same split as the bundle's
+    pools), with their masks; none of them is a test image."""
+    from PIL import Image
+
+    from labelless.fewshot.image.classes import skin_pools
+
+    isic = tmp_path / "isic2016"
+    (isic / "images").mkdir(parents=True)
+    (isic / "masks").mkdir()
+    for i in range(10):
+        img, msk = _lesion(seed=i)
+        name = f"ISIC_{i:07d}"
+        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(isic / "images" / f"{name}.jpg")
+        Image.fromarray((msk[0].numpy() * 255).astype(np.uint8)).save(isic / "masks" / f"{name}.png")
+    val = fsms_skin.in_domain_val_pool(tmp_path, image_size=32)
+    pools = skin_pools(tmp_path, size=32)
+    assert list(val.image_ids) == list(pools["isic2016_unlabeled"].image_ids) and len(val.image_ids) == 4
+    assert not set(val.image_ids) & set(pools["isic2016_test"].image_ids)
+    img, msk = val.load(val.image_ids[0])
+    assert msk is not None and float(torch.as_tensor(msk).sum()) > 0
