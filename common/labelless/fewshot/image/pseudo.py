@@ -305,8 +305,12 @@ def random_view(
     return out_img.contiguous(), out_msk
 
 
+#: Gaussian smoothing (pixels at the episode size) of the dark-region pseudo-label.
+DARK_SIGMA = 2.0
+
+
 def dark_region_mask(
-    img: torch.Tensor, sigma: float = 2.0, min_area: float = 0.02, max_area: float = 0.95
+    img: torch.Tensor, sigma: float = DARK_SIGMA, min_area: float = 0.02, max_area: float = 0.95
 ) -> np.ndarray | None:
     """The dark-region pseudo-label of one RGB image (no mask read): the grey image smoothed (Gaussian ``sigma``),
     thresholded by Otsu's method, darker = region; of its 8-connected components the largest one that lies mostly
@@ -392,7 +396,7 @@ class DarkRegionClassSource:
         self,
         pool: Any,
         n_views: int = 6,
-        sigma: float = 2.0,
+        sigma: float = DARK_SIGMA,
         min_area: float = 0.02,
         max_area: float = 0.95,
         rotation: float = 30.0,
@@ -550,7 +554,7 @@ def pseudo_label_source(
     pool = ImageFolderPool(list(seen.values()), size=int(image_size) * factor)
     if kind == "dark":
         kwargs.pop("classes_per_image", None)
-        kwargs["sigma"] = as_float(kwargs.get("sigma", 2.0), "sigma") * factor
+        kwargs["sigma"] = as_float(kwargs.get("sigma", DARK_SIGMA), "sigma") * factor
         dark = DarkRegionClassSource(pool, output_size=int(image_size), **kwargs)
         logger.info("dark-region pseudo-label class: %d of %d unlabelled images (%d without a dark region)",
                     len(dark.image_ids), len(seen), len(dark.skipped))  # fmt: skip
