@@ -375,6 +375,7 @@ BUNDLE_CASES: list[tuple[str, tuple, tuple[str, ...]]] = [
     ("fsms-train-learning_rate-text", _fsms_train(learning_rate="x"), ("learning_rate", MUST_NUM)),
     ("fsms-train-surrogate_mode", _fsms_train(surrogate_mode="bogus"), ("surrogate_mode", "'bogus'")),
     ("fsms-train-surrogate-maybe", _fsms_train(surrogate="maybe"), ("surrogate", "true or false")),
+    ("fsms-train-lr_schedule", _fsms_train(lr_schedule="linear"), ("lr_schedule", "'linear'")),
     ("fsms-train-surrogate_weight-text", _fsms_train(surrogate_weight="x"), ("surrogate_weight", MUST_NUM)),
     ("fsms-train-n_steps-negative", _fsms_train(n_steps=-1), ("n_steps", ">= 1")),
     ("fsms-train-missing-class-dir", _fsms_train(class_dirs="{in}/nope"), ("nope", "does not exist")),
@@ -388,8 +389,10 @@ BUNDLE_CASES: list[tuple[str, tuple, tuple[str, ...]]] = [
     ("fsms-eval-split", _fsms_eval(eval_split="bogus"), ("eval_split", "'bogus'")),
     ("fsms-eval-output-in-dataset", _fsms_eval(output_dir="{in}/les/eval"), ("output_dir", INSIDE, "les")),
     ("fsms-eval-n_overlays-negative", _fsms_eval(n_overlays=-1), ("n_overlays", ">= 0")),
+    ("fsms-eval-support_threshold", _fsms_eval(support_threshold="maybe"), ("support_threshold", "true or false")),
     # inference.json
     ("fsms-infer-n_shots-vs-supports", _fsms_inf(n_shots=3), ("n_shots=3", "1 support image")),
+    ("fsms-infer-support_threshold", _fsms_inf(support_threshold="maybe"), ("support_threshold", "true or false")),
     ("fsms-infer-1px-query", _fsms_inf(queries=["{in}/x/one_px.png"]), ("one_px.png", "1x1", "too small")),
     ("fsms-infer-3px-wide-query", _fsms_inf(queries=["{in}/x/thin.png"]), ("thin.png", "40x3", "too small")),
     ("fsms-infer-output-is-query-folder", _fsms_inf(queries="{in}/les/images", output_dir="{in}/les/images"),

@@ -17,6 +17,7 @@ from PIL import Image
 
 from _bundles import BUNDLES, bundle_workflow, root_cause
 from labelless.errors import DataError
+from labelless.fewshot.image.protocol import SUPPORT_THRESHOLD_GRID
 
 BUNDLE_NAME = "fsms_fewshot_skin_segmentation"
 BUNDLE = BUNDLES / BUNDLE_NAME
@@ -87,7 +88,8 @@ def test_bundle_layout():
 def test_surrogate_trains_the_surrogate_head_and_the_baseline_does_not(trained, tmp_path):
     ckpt = torch.load(trained / "fsms_surrogate_1shot.pt", map_location="cpu", weights_only=True)
     assert ckpt["trainer"]["iteration"] == 3
-    assert {"model", "seg_optimizer", "sur_optimizer", "trainer"} <= set(ckpt)
+    assert {"model", "seg_optimizer", "sur_optimizer", "seg_lr_scheduler", "sur_lr_scheduler", "trainer"} <= set(ckpt)
+    assert ckpt["seg_optimizer"]["param_groups"][0]["lr"] == 1e-4  # lr_schedule "constant" (the default)
     base = _train(tmp_path, surrogate="false")  # the command-line string form
     b = torch.load(base / "fsms_baseline_1shot.pt", map_location="cpu", weights_only=True)
     assert any(k.startswith("surrogate") for k in b["model"])  # the head exists ...
@@ -131,12 +133,17 @@ def test_pseudo_label_classes_and_init_ckpt_through_the_config(trained, lesions,
 
     monkeypatch.setattr(MetaTrainEpisodes, "__getitem__", record)
     init = trained / "fsms_surrogate_1shot.pt"
-    out = _train(tmp_path, dataset_dir=str(lesions), pseudo_fraction=1.0, pseudo_kind=kind, init_ckpt=str(init))
+    schedule = {"segments": "constant", "dark": "cosine"}[kind]
+    out = _train(tmp_path, dataset_dir=str(lesions), pseudo_fraction=1.0, pseudo_kind=kind, init_ckpt=str(init),
+                 lr_schedule=schedule)  # fmt: skip
     assert drawn and all(c.startswith("pseudo/") for c in drawn)
     assert all(c == "pseudo/dark" for c in drawn) == (kind == "dark")
     assert not seen, f"masks opened while building pseudo-label episodes: {seen[:3]}"
     ckpt = torch.load(out / "fsms_surrogate_1shot.pt", map_location="cpu", weights_only=True)
     assert ckpt["trainer"]["iteration"] == 3 and ckpt["seg_optimizer"]["state"]
+    # cosine: 1e-4 at iteration 0 down to 0 at n_steps (3); constant: unchanged
+    for opt in ("seg_optimizer", "sur_optimizer"):
+        assert ckpt[opt]["param_groups"][0]["lr"] == pytest.approx(1e-4 if schedule == "constant" else 0.0, abs=1e-12)
     (tmp_path / "bad").mkdir()
     with pytest.raises(Exception) as err:
         _train(tmp_path / "bad", dataset_dir=str(lesions), init_ckpt=str(tmp_path / "missing.pt"))
@@ -148,11 +155,12 @@ def test_evaluate_unseen_folder_with_overrides_only(trained, lesions, tmp_path):
     wf = bundle_workflow(
         BUNDLE_NAME, ["train.json", "evaluate.json"], "train", dataset_dir=str(lesions), output_dir=str(out),
         eval_ckpt_path=str(trained / "fsms_surrogate_1shot.pt"), eval_shots=[1, 2], n_eval_episodes=4, n_overlays=1,
-        **SMALL,
+        support_threshold=True, **SMALL,
     )  # fmt: skip
     wf.initialize()
     wf.run()
     summary = json.loads((out / "metrics.json").read_text())
+    assert summary["support_threshold"] is True
     assert [(r["pool"], r["shots"]) for r in summary["results"]] == [("lesions0", 1), ("lesions0", 2)]
     assert all(0.0 <= r["episode_dice"] <= 1.0 and r["n_episodes"] == 4 for r in summary["results"])
     assert (out / "metrics.md").is_file() and list((out / "lesions0_1shot").rglob("*.png"))
@@ -164,11 +172,14 @@ def test_inference_writes_masks_at_the_query_size(trained, lesions, tmp_path):
     wf = bundle_workflow(
         BUNDLE_NAME, ["inference.json"], "infer", ckpt_path=str(trained / "fsms_surrogate_1shot.pt"),
         output_dir=str(out), support_images=[str(lesions / "images" / "LES_000.jpg")],
-        support_masks=[str(lesions / "masks" / "LES_000_segmentation.png")], queries=queries, **SMALL,
+        support_masks=[str(lesions / "masks" / "LES_000_segmentation.png")], queries=queries, support_threshold=True,
+        **SMALL,
     )  # fmt: skip
     wf.initialize()
     assert wf.check_properties() == []
     wf.run()
+    fitted = json.loads((out / "inference_summary.json").read_text())["support_threshold"]
+    assert any(fitted == pytest.approx(t) for t in SUPPORT_THRESHOLD_GRID)
     m3 = np.asarray(Image.open(out / "LES_003_mask.png"))
     m4 = np.asarray(Image.open(out / "LES_004_mask.png"))
     m7 = np.asarray(Image.open(out / "LES_007_mask.png"))

@@ -21,6 +21,7 @@ from labelless.engines import (
     EpisodicProgressBar,
     EpisodicTrainer,
     StopAtIteration,
+    annealed_lr_schedule,
     iteration_lr_schedule,
     prepare_episode_batch,
 )
@@ -171,6 +172,33 @@ class TestSchedule(unittest.TestCase):
         sched = iteration_lr_schedule(opt)
         self.assertEqual(sorted(sched.milestones), list(range(1000, 99_001, 1000)))
         self.assertAlmostEqual(1e-3 * 0.95 ** len(sched.milestones), 6.2e-6, delta=0.05e-6)
+
+    def test_annealed_schedules(self):
+        opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+        sched = annealed_lr_schedule(opt, "cosine", n_steps=4)
+        lrs = []
+        for _ in range(6):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        c = 0.5 * (1 + np.cos(np.pi * np.arange(5) / 4))
+        np.testing.assert_allclose(lrs, [*(1e-4 * c), 0.0], rtol=1e-9, atol=1e-15)  # held at the end
+        opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+        floor = annealed_lr_schedule(opt, "cosine", n_steps=2, min_factor=0.1)
+        for _ in range(3):
+            opt.step()
+            floor.step()
+        self.assertAlmostEqual(opt.param_groups[0]["lr"], 1e-5)
+        opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+        const = annealed_lr_schedule(opt, "constant", n_steps=2)
+        for _ in range(3):
+            opt.step()
+            const.step()
+        self.assertEqual(opt.param_groups[0]["lr"], 1e-4)
+        with self.assertRaisesRegex(ConfigError, "lr_schedule must be one of"):
+            annealed_lr_schedule(opt, "linear", n_steps=2)
+        with self.assertRaisesRegex(ConfigError, "min_factor"):
+            annealed_lr_schedule(opt, "cosine", n_steps=2, min_factor=2.0)
 
     def test_per_iteration_stepping(self):
         trainer, _, opt, _ = _trainer(epoch_length=5, max_epochs=2, schedule={"step": 3, "gamma": 0.5, "n_steps": 10})

@@ -16,7 +16,15 @@ from PIL import Image
 from labelless.errors import ConfigError, DataError
 from labelless.fewshot.image.episodes import MetaTrainEpisodes
 from labelless.fewshot.image.inference import FewShotImageInferenceRunner
-from labelless.fewshot.image.protocol import draw_test_episodes, episode_dice, evaluate_episodes, network_predictor
+from labelless.fewshot.image.protocol import (
+    draw_test_episodes,
+    episode_dice,
+    evaluate_episodes,
+    network_predictor,
+    recentre_probabilities,
+    support_calibrated_predictor,
+    support_thresholds,
+)
 from labelless.fewshot.image.workflow import FewShotImageEvaluationRunner
 
 S = 32
@@ -433,3 +441,117 @@ class TestInference(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# ---------------------------------------------------------------------------------------------------- support threshold
+def _dim_predictor(calls: list | None = None):
+    """Predictor whose probability is 0.35 on the bright (lesion, 0.9) pixels of the query and 0.1 elsewhere: every
+    lesion is missed at 0.5 and found exactly at 0.3. Records (support ids, query id) of each call."""
+
+    def predict(s_img: torch.Tensor, s_msk: torch.Tensor, q_img: torch.Tensor) -> torch.Tensor:
+        if calls is not None:
+            ids = lambda x: [round(float(v) * 100) for v in x[..., 1, 0, 0].flatten()]  # noqa: E731
+            calls.append((ids(s_img), ids(q_img)))
+        return torch.where(q_img[:, 2:3] > 0.5, 0.35, 0.1)
+
+    return predict
+
+
+class TestSupportThreshold(unittest.TestCase):
+    @pytest.fixture(autouse=True)
+    def _tmp_path(self, tmp_path):
+        self._tmp = tmp_path
+
+    @staticmethod
+    def _task(ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [_pair(1, i) for i in ids]
+        return (torch.as_tensor(np.stack([p[0] for p in pairs]))[None],
+                torch.as_tensor(np.stack([p[1] for p in pairs]))[None])  # fmt: skip
+
+    def test_one_shot_the_support_segments_itself(self):
+        s, m = self._task([3])
+        calls: list = []
+        t = support_thresholds(_dim_predictor(calls), s, m)
+        self.assertEqual(t.tolist(), [pytest.approx(0.3)])  # 0.2 marks everything, 0.4 and above nothing
+        self.assertEqual(calls, [([3], [3])])
+
+    def test_k_shot_leave_one_out(self):
+        s, m = self._task([1, 2, 4])
+        calls: list = []
+        support_thresholds(_dim_predictor(calls), s, m)
+        # each support is segmented from the other two, never from itself
+        self.assertEqual(calls, [([2, 4], [1]), ([1, 4], [2]), ([1, 2], [4])])
+
+    def test_ties_go_to_the_threshold_nearest_one_half(self):
+        s, m = self._task([3])
+        exact = lambda si, sm, q: torch.where(q[:, 2:3] > 0.5, 0.95, 0.05)  # noqa: E731 - every t in 0.2..0.7 is perfect
+        self.assertEqual(support_thresholds(exact, s, m).tolist(), [0.5])
+
+    def test_recentred_probabilities_threshold_like_the_original(self):
+        g = torch.Generator().manual_seed(0)
+        p = torch.rand((3, 1, 16, 16), generator=g)
+        t = torch.tensor([0.2, 0.5, 0.7])
+        for at in (0.5, 0.4):
+            r = recentre_probabilities(p, t, at=at)
+            away = (p - t.view(3, 1, 1, 1)).abs() > 1e-4
+            self.assertTrue(torch.equal((r > at)[away], (p > t.view(3, 1, 1, 1))[away]))
+        self.assertTrue(torch.allclose(recentre_probabilities(p, torch.full((3,), 0.5)), p.clamp(1e-6, 1 - 1e-6)))
+
+    def test_calibrated_predictor_applies_each_tasks_threshold(self):
+        s, m = self._task([3])
+        q = torch.as_tensor(_pair(1, 5)[0])[None]
+        truth = torch.as_tensor(_pair(1, 5)[1])[None] > 0.5
+        plain = _dim_predictor()(s, m, q)
+        self.assertFalse(bool((plain > 0.5).any()))  # the plain 0.5 threshold misses the lesion
+        calibrated = support_calibrated_predictor(_dim_predictor())(s, m, q)
+        self.assertTrue(torch.equal(calibrated > 0.5, truth))
+
+    def test_errors(self):
+        s, m = self._task([3])
+        with self.assertRaisesRegex(ConfigError, r"grid must be thresholds in \(0, 1\)"):
+            support_thresholds(_dim_predictor(), s, m, grid=(0.0, 0.5))
+        with self.assertRaisesRegex(ConfigError, "grid"):
+            support_thresholds(_dim_predictor(), s, m, grid=())
+        with self.assertRaisesRegex(DataError, r"expected \[T, K, 3, H, W\]"):
+            support_thresholds(_dim_predictor(), s[0], m[0])
+        with self.assertRaisesRegex(DataError, "shape"):
+            support_thresholds(lambda si, sm, q: q[:, :1, :4], s, m)
+
+    def test_evaluation_runner_option(self):
+        class Dim(torch.nn.Module):  # FSMSNet signature: the logits of _dim_predictor
+            def __init__(self) -> None:
+                super().__init__()
+                self.w = torch.nn.Parameter(torch.ones(()))
+
+            def forward(self, s, m, q):
+                p = torch.where(q[:, 2:3] > 0.5, 0.35, 0.1)
+                return self.w * torch.log(p / (1 - p))
+
+        pools = {"test": {"a": FakePool(6)}}
+        kw = dict(shots=[1, 2], n_episodes=2, n_tasks=2, n_overlays=0)
+        plain = FewShotImageEvaluationRunner(Dim(), pools, self._tmp / "plain", **kw).run()
+        cal = FewShotImageEvaluationRunner(Dim(), pools, self._tmp / "cal", support_threshold=True, **kw).run()
+        self.assertEqual([r["episode_dice"] for r in plain["results"]], [0.0, 0.0])
+        self.assertEqual([r["episode_dice"] for r in cal["results"]], [1.0, 1.0])
+        saved = json.loads((self._tmp / "cal" / "metrics.json").read_text())
+        self.assertIs(saved["support_threshold"], True)
+        with self.assertRaisesRegex(ConfigError, "support_threshold"):
+            FewShotImageEvaluationRunner(Dim(), pools, self._tmp / "x", support_threshold="maybe")
+
+    def test_inference_runner_option(self):
+        qdir = self._tmp / "queries"
+        qdir.mkdir()
+        img, truth = _query_image(37, 51)
+        img.save(qdir / "a.png")
+        imgs, msks = TestInference._supports(self, 1)
+        net = BrightnessNet()
+        net.forward = lambda s, m, q: torch.where(q.mean(1, keepdim=True) > 0.5, -0.6, -2.2)  # p 0.35 / 0.10
+        plain = FewShotImageInferenceRunner(net, imgs, msks, qdir, self._tmp / "plain", image_size=32).run()
+        self.assertEqual(plain[0]["foreground_fraction"], 0.0)
+        out = FewShotImageInferenceRunner(net, imgs, msks, qdir, self._tmp / "cal", image_size=32,
+                                          support_threshold=True).run()  # fmt: skip
+        pred = np.asarray(Image.open(out[0]["mask"])) == 255
+        self.assertGreater(2 * (pred & truth).sum() / (pred.sum() + truth.sum()), 0.85)  # 32 px back to 37 x 51
+        summary = json.loads((self._tmp / "cal" / "inference_summary.json").read_text())
+        self.assertEqual(summary["support_threshold"], pytest.approx(0.3))
+        self.assertIsNone(json.loads((self._tmp / "plain" / "inference_summary.json").read_text())["support_threshold"])

@@ -28,7 +28,14 @@ if TYPE_CHECKING:  # the names below, imported on first access (labelless.lazy)
         save_checkpoint_atomic,
         set_rng_state,
     )
-    from .episodic import EPISODE_KEYS, EpisodicTrainer, iteration_lr_schedule, prepare_episode_batch
+    from .episodic import (
+        EPISODE_KEYS,
+        LR_SCHEDULES,
+        EpisodicTrainer,
+        annealed_lr_schedule,
+        iteration_lr_schedule,
+        prepare_episode_batch,
+    )
     from .handlers import LazySummaryWriter, rank_handlers, use_handler
     from .semisup import (
         PRETRAIN_PROFILES,
@@ -63,6 +70,8 @@ _EXPORTS = {
     "EpisodicTrainer": "episodic",
     "prepare_episode_batch": "episodic",
     "iteration_lr_schedule": "episodic",
+    "annealed_lr_schedule": "episodic",
+    "LR_SCHEDULES": "episodic",
     "EPISODE_KEYS": "episodic",
     "LazySummaryWriter": "handlers",
     "rank_handlers": "handlers",
@@ -111,6 +120,8 @@ __all__ = [
     "EpisodicTrainer",
     "prepare_episode_batch",
     "iteration_lr_schedule",
+    "annealed_lr_schedule",
+    "LR_SCHEDULES",
     "EPISODE_KEYS",
     "LazySummaryWriter",
     "rank_handlers",

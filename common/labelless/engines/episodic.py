@@ -38,6 +38,7 @@ sees the same episodes as an uninterrupted one and reaches the same weights.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -46,7 +47,7 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import MultiStepLR
+from torch.optim.lr_scheduler import LambdaLR, MultiStepLR
 
 from labelless.data.keys import EpisodeKeys
 from labelless.engines.base import StepTrainer
@@ -57,6 +58,8 @@ __all__ = [
     "EpisodicTrainer",
     "prepare_episode_batch",
     "iteration_lr_schedule",
+    "LR_SCHEDULES",
+    "annealed_lr_schedule",
     "EPISODE_KEYS",
 ]
 
@@ -156,6 +159,44 @@ def iteration_lr_schedule(
         raise ConfigError(f"step and n_steps must be positive integers, got step={step!r}, n_steps={n_steps!r}")
     milestones = [(i + 1) * int(step) for i in range(int(n_steps) // int(step) - 1)]
     return MultiStepLR(optimizer, milestones=milestones, gamma=float(gamma), last_epoch=last_epoch)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def annealed_lr_schedule(
+    optimizer: Optimizer, kind: str = "constant", n_steps: int = 1, min_factor: float = 0.0
+) -> LambdaLR:
+    """A per-iteration schedule of the lr over a run of ``n_steps`` iterations: ``"constant"`` (factor 1, the
+    optimiser's lr unchanged) or ``"cosine"`` (half a cosine from 1 at iteration 0 to ``min_factor`` at ``n_steps``,
+    held there after). Step it once per iteration (MONAI ``LrScheduleHandler(epoch_level=False)``); a resumed run
+    restores the iteration from the scheduler's state.
+
+    Args:
+        optimizer: the optimiser (every parameter group is scaled by the same factor).
+        kind: one of :data:`LR_SCHEDULES`.
+        n_steps: total training iterations.
+        min_factor: the final factor of ``"cosine"``, in [0, 1].
+
+    Returns:
+        a ``torch.optim.lr_scheduler.LambdaLR``.
+
+    Raises:
+        ConfigError: an unknown ``kind``, a non-positive ``n_steps`` or ``min_factor`` outside [0, 1].
+    """
+    if kind not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {kind!r}")
+    if int(n_steps) < 1 or not 0.0 <= float(min_factor) <= 1.0:
+        raise ConfigError(f"n_steps must be a positive integer and min_factor in [0, 1], got n_steps={n_steps!r}, "
+                          f"min_factor={min_factor!r}")  # fmt: skip
+    total, low = int(n_steps), float(min_factor)
+
+    def factor(it: int) -> float:
+        if kind == "constant":
+            return 1.0
+        return low + (1.0 - low) * 0.5 * (1.0 + math.cos(math.pi * min(it, total) / total))
+
+    return LambdaLR(optimizer, lr_lambda=factor)
 
 
 class EpisodicTrainer(StepTrainer):

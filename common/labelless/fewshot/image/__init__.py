@@ -28,7 +28,18 @@ if TYPE_CHECKING:  # the names below, imported on first access (labelless.lazy)
         list_query_files,
         support_mask_at,
     )
-    from .protocol import Predictor, TestEpisode, draw_test_episodes, episode_dice, evaluate_episodes, network_predictor
+    from .protocol import (
+        SUPPORT_THRESHOLD_GRID,
+        Predictor,
+        TestEpisode,
+        draw_test_episodes,
+        episode_dice,
+        evaluate_episodes,
+        network_predictor,
+        recentre_probabilities,
+        support_calibrated_predictor,
+        support_thresholds,
+    )
     from .pseudo import (
         DarkRegionClassSource,
         PseudoLabelClassSource,
@@ -80,6 +91,10 @@ _EXPORTS = {
     "draw_test_episodes": "protocol",
     "episode_dice": "protocol",
     "network_predictor": "protocol",
+    "SUPPORT_THRESHOLD_GRID": "protocol",
+    "support_thresholds": "protocol",
+    "recentre_probabilities": "protocol",
+    "support_calibrated_predictor": "protocol",
     "evaluate_episodes": "protocol",
     "PseudoLabelClassSource": "pseudo",
     "DarkRegionClassSource": "pseudo",
@@ -137,6 +152,10 @@ __all__ = [
     "draw_test_episodes",
     "episode_dice",
     "network_predictor",
+    "SUPPORT_THRESHOLD_GRID",
+    "support_thresholds",
+    "recentre_probabilities",
+    "support_calibrated_predictor",
     "evaluate_episodes",
     "PseudoLabelClassSource",
     "DarkRegionClassSource",

@@ -18,6 +18,7 @@ masks).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -33,7 +34,7 @@ from labelless.data.images import image_size as image_file_size
 from labelless.data.images import list_images, load_mask, load_rgb, resize_mask
 from labelless.errors import ConfigError, DataError
 from labelless.evaluation.overlays import rgb_overlay
-from labelless.fewshot.image.protocol import network_predictor
+from labelless.fewshot.image.protocol import network_predictor, recentre_probabilities, support_thresholds
 from labelless.io.loading import LoadFiled, loaded_meta
 from labelless.io.suffixes import IMAGE_2D_SUFFIXES
 from labelless.io.writers import write_image2d
@@ -42,7 +43,7 @@ from labelless.paths import check_output_outside_inputs, locked_output
 from labelless.transforms.postprocess import Binarized
 from labelless.transforms.spatial import ResizeInPlaned
 from labelless.transforms.utility import run_transform, runner_items
-from labelless.utils import atomic_path, write_json_atomic
+from labelless.utils import as_bool, atomic_path, write_json_atomic
 
 __all__ = [
     "MIN_IMAGE_SIDE",
@@ -51,6 +52,8 @@ __all__ = [
     "list_query_files",
     "FewShotImageInferenceRunner",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 #: the smallest height and width of a support or query image (pixels); smaller images are refused before any work
@@ -131,6 +134,12 @@ class FewShotImageInferenceRunner:
             are predicted ``batch_size`` at a time. Default: ``preprocessing`` applied to each query in turn.
         handlers: callables called with each query's summary entry plus ``index`` and ``total`` after its files are
             written (e.g. :class:`~labelless.transforms.utility.LogItemd`); default none.
+        support_threshold: fit the threshold on the supports (the one of
+            :data:`~labelless.fewshot.image.protocol.SUPPORT_THRESHOLD_GRID` that segments them best: with K = 1 the
+            support segments itself, with K > 1 each support is segmented from the others) and apply it instead of
+            ``threshold``: the probabilities are remapped monotonically so that the fitted threshold falls on
+            ``threshold`` (:func:`~labelless.fewshot.image.protocol.recentre_probabilities`), so ``postprocessing``
+            is unchanged. The fitted value is logged and written to ``inference_summary.json``.
 
     Raises:
         DataError: no supports, different numbers of support images and masks, missing or unreadable files, an image
@@ -162,6 +171,7 @@ class FewShotImageInferenceRunner:
         postprocessing: Callable[[dict], dict] | None = None,
         dataloader: Iterable[Any] | None = None,
         handlers: Sequence[Callable[[dict], Any]] | None = None,
+        support_threshold: bool = False,
     ) -> None:
         if isinstance(support_images, (str, os.PathLike)) or isinstance(support_masks, (str, os.PathLike)):
             raise ConfigError("support_images and support_masks must be lists of files")
@@ -184,6 +194,7 @@ class FewShotImageInferenceRunner:
             stems[q.stem] = q
         self.image_size = as_int(image_size, "image_size", 8)
         self.threshold = as_float(threshold, "threshold", 0.0, 1.0, lo_open=True, hi_open=True)
+        self.support_threshold = as_bool(support_threshold, "support_threshold")
         self.n_overlays = len(self.queries) if n_overlays is None else as_int(n_overlays, "n_overlays", 0)
         self.batch_size = as_int(batch_size, "batch_size", 1)
         inputs = self.queries + self.support_images + self.support_masks
@@ -264,6 +275,11 @@ class FewShotImageInferenceRunner:
         s_img, s_msk = self.load_supports()
         k = s_img.shape[0]
         size = (self.image_size, self.image_size)
+        fitted = None
+        if self.support_threshold:
+            fitted = float(support_thresholds(self.predict, s_img[None], s_msk[None])[0])
+            logger.info("support_threshold: %.2f fitted on the %d support(s) (applied instead of %.2f)", fitted, k,
+                        self.threshold)  # fmt: skip
         self.output_dir.mkdir(parents=True, exist_ok=True)
         outputs: list[dict[str, Any]] = []
         for items in self._batches():
@@ -277,6 +293,8 @@ class FewShotImageInferenceRunner:
                 raise DataError(
                     "network", f"returned shape {tuple(probs.shape)} or non-finite values; expected {(b, 1, *size)}"
                 )
+            if fitted is not None:
+                probs = recentre_probabilities(probs, torch.full((b,), fitted), at=self.threshold)
             for j, (p, meta, item) in enumerate(zip(paths, metas, items)):
                 orig = meta["original"]
                 h, w = orig.shape[1:]
@@ -299,6 +317,6 @@ class FewShotImageInferenceRunner:
         write_json_atomic(self.output_dir / "inference_summary.json", {
             "n_shots": int(k), "support_images": [str(p) for p in self.support_images],
             "support_masks": [str(p) for p in self.support_masks], "image_size": self.image_size,
-            "threshold": self.threshold, "outputs": outputs,
+            "threshold": self.threshold, "support_threshold": fitted, "outputs": outputs,
         })  # fmt: skip
         return outputs

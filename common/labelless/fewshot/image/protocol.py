@@ -22,7 +22,8 @@ Decisions (fsms.md §1.4, §4.1, §5):
 
 Predictors: any callable ``predict(support_images [T, K, 3, H, W], support_masks [T, K, 1, H, W], query_images
 [T, 3, H, W]) -> probabilities [T, 1, H, W]`` in [0, 1] (tensor or array); :func:`network_predictor` wraps a network
-with the ``FSMSNet`` forward signature (logits) into one.
+with the ``FSMSNet`` forward signature (logits) into one. :func:`support_calibrated_predictor` wraps a predictor so that
+each task uses the threshold that segments its own supports best (:func:`support_thresholds`), instead of 0.5.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ __all__ = [
     "draw_test_episodes",
     "episode_dice",
     "network_predictor",
+    "SUPPORT_THRESHOLD_GRID",
+    "support_thresholds",
+    "recentre_probabilities",
+    "support_calibrated_predictor",
     "evaluate_episodes",
 ]
 
@@ -180,6 +185,97 @@ def network_predictor(
             return torch.sigmoid(network(s, m, q).float()).cpu()
 
     return predict
+
+
+SUPPORT_THRESHOLD_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def _support_dice(probs: torch.Tensor, masks: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Dice of ``probs > t`` against ``masks`` (both ``[T, K, 1, H, W]``) for every ``t`` of ``grid``, averaged
+    over the K supports: ``[T, len(grid)]``."""
+    m = masks > 0.5
+    out = []
+    for t in grid.tolist():
+        p = probs > t
+        inter = (p & m).sum(dim=(-1, -2, -3)).float()
+        total = (p.sum(dim=(-1, -2, -3)) + m.sum(dim=(-1, -2, -3))).float()
+        out.append((2 * inter / total.clamp(min=1)).mean(dim=1))
+    return torch.stack(out, dim=-1)
+
+
+def support_thresholds(
+    predict: Predictor,
+    support_images: torch.Tensor,
+    support_masks: torch.Tensor,
+    grid: Sequence[float] = SUPPORT_THRESHOLD_GRID,
+) -> torch.Tensor:
+    """Per task, the probability threshold under which ``predict`` segments the task's own labelled supports best.
+
+    With K = 1 the support is segmented with itself as the support; with K > 1 each support is segmented from the
+    other K − 1 (leave one out). The threshold of ``grid`` with the highest mean Dice over the K supports is chosen;
+    ties go to the one nearest 0.5. Only the supports' masks are read, never a query's: this is a test-time
+    calibration that a user with K labelled images can run.
+
+    Args:
+        predict: a predictor (module docstring).
+        support_images: ``[T, K, 3, H, W]``.
+        support_masks: ``[T, K, 1, H, W]`` {0, 1}, none empty.
+        grid: candidate thresholds, each in (0, 1).
+
+    Returns:
+        ``[T]`` float32 thresholds.
+
+    Raises:
+        ConfigError: an empty grid or a threshold outside (0, 1).
+        DataError: supports of the wrong shape, or a predictor output of the wrong shape.
+    """
+    g = torch.as_tensor([float(t) for t in grid], dtype=torch.float32)
+    if g.numel() == 0 or not bool(((g > 0) & (g < 1)).all()):
+        raise ConfigError(f"support threshold grid must be thresholds in (0, 1), got {list(grid)!r}")
+    s = torch.as_tensor(support_images, dtype=torch.float32)
+    m = torch.as_tensor(support_masks, dtype=torch.float32)
+    if s.ndim != 5 or m.ndim != 5 or s.shape[:2] != m.shape[:2] or s.shape[-2:] != m.shape[-2:]:
+        raise DataError("supports", f"images {tuple(s.shape)} and masks {tuple(m.shape)}: expected [T, K, 3, H, W] "
+                                    "and [T, K, 1, H, W]")  # fmt: skip
+    n_tasks, k = s.shape[:2]
+    shape = (n_tasks, 1, *s.shape[-2:])
+    if k == 1:
+        probs = _check_probabilities(predict(s, m, s[:, 0]), shape)[:, None]
+    else:
+        probs = torch.stack([
+            _check_probabilities(predict(s[:, [j for j in range(k) if j != i]], m[:, [j for j in range(k) if j != i]],
+                                         s[:, i]), shape)
+            for i in range(k)
+        ], dim=1)  # fmt: skip
+    scores = _support_dice(probs, m, g) - 1e-6 * (g - 0.5).abs()  # ties: nearest 0.5
+    return g[scores.argmax(dim=-1)]
+
+
+def recentre_probabilities(probs: torch.Tensor, thresholds: torch.Tensor, at: float = 0.5) -> torch.Tensor:
+    """Monotone remap of ``[T, 1, H, W]`` probabilities so that each task's threshold ``thresholds[t]`` moves to
+    ``at``: ``sigmoid(logit(p) − logit(t) + logit(at))``, hence ``p' > at`` exactly where ``p > t`` (up to the
+    clamp of p to [1e-6, 1 − 1e-6])."""
+    p = torch.as_tensor(probs, dtype=torch.float32).clamp(1e-6, 1 - 1e-6)
+    t = torch.as_tensor(thresholds, dtype=torch.float32).reshape(-1, *([1] * (p.ndim - 1)))
+    a = torch.tensor(float(at))
+    return torch.sigmoid(torch.logit(p) - torch.logit(t) + torch.logit(a))
+
+
+def support_calibrated_predictor(predict: Predictor, grid: Sequence[float] = SUPPORT_THRESHOLD_GRID) -> Predictor:
+    """Wrap a predictor so that each task is thresholded at its :func:`support_thresholds` threshold: the returned
+    probabilities are :func:`recentre_probabilities` of ``predict``'s, so the protocol's fixed ``p > 0.5`` applies
+    the task's own threshold. The cost is one (K = 1) or K (K > 1) extra predictions per task."""
+
+    def calibrated(
+        support_images: torch.Tensor, support_masks: torch.Tensor, query_images: torch.Tensor
+    ) -> torch.Tensor:
+        s = torch.as_tensor(support_images, dtype=torch.float32)
+        m = torch.as_tensor(support_masks, dtype=torch.float32)
+        q = torch.as_tensor(query_images, dtype=torch.float32)
+        t = support_thresholds(predict, s, m, grid)
+        return recentre_probabilities(_check_probabilities(predict(s, m, q), (q.shape[0], 1, *q.shape[-2:])), t)
+
+    return calibrated
 
 
 def _check_probabilities(out: Any, shape: tuple[int, ...]) -> torch.Tensor:

@@ -26,10 +26,10 @@ from torch import nn
 from labelless.data.images import ImageFolderPool, split_pool
 from labelless.errors import ConfigError, DataError
 from labelless.fewshot.image.classes import ClassFolderDataset, skin_pools
-from labelless.fewshot.image.protocol import evaluate_episodes, network_predictor
+from labelless.fewshot.image.protocol import evaluate_episodes, network_predictor, support_calibrated_predictor
 from labelless.options import as_int, as_int_list
 from labelless.paths import check_output_outside_inputs, locked_output
-from labelless.utils import is_unset, write_json_atomic, write_text_atomic
+from labelless.utils import as_bool, is_unset, write_json_atomic, write_text_atomic
 
 __all__ = [
     "UnionClassSource",
@@ -349,6 +349,8 @@ class FewShotImageEvaluationRunner:
         label: a name of the model for the summary (e.g. "with surrogate").
         split: ``"test"`` (the test pools) or ``"val"`` (the validation pool of :func:`target_pools`, e.g. to follow
             training or select a checkpoint without touching the test pools).
+        support_threshold: threshold each task at the probability that segments its own K supports best
+            (:func:`~labelless.fewshot.image.protocol.support_calibrated_predictor`) instead of 0.5.
 
     Raises:
         ConfigError: no pool to evaluate (``split="val"`` without a validation pool: it exists with
@@ -370,8 +372,10 @@ class FewShotImageEvaluationRunner:
         n_overlays: int = 3,
         label: str = "",
         split: str = "test",
+        support_threshold: bool = False,
     ) -> None:
         self.network = network
+        self.support_threshold = as_bool(support_threshold, "support_threshold")
         if split not in ("test", "val"):
             raise ConfigError(f"eval_split (split) {split!r}: expected 'test' or 'val'")
         if split == "val":
@@ -417,6 +421,8 @@ class FewShotImageEvaluationRunner:
         self._load()
         self.network.to(self.device).eval()
         predict = network_predictor(self.network, self.device)
+        if self.support_threshold:
+            predict = support_calibrated_predictor(predict)
         rows = evaluate_pools(
             predict, self.pools, self.shots, self.output_dir, n_episodes=self.n_episodes, n_tasks=self.n_tasks,
             seed=self.seed, n_overlays=self.n_overlays,
@@ -427,6 +433,7 @@ class FewShotImageEvaluationRunner:
             "protocol": f"{self.n_episodes} episodes x {self.n_tasks} tasks, K support + 1 query from the test pool, "
             "micro-Dice pooled per episode (fsms.md §4.1); seeded episodes",
             "seed": self.seed,
+            "support_threshold": self.support_threshold,
             "results": rows,
         }
         self.output_dir.mkdir(parents=True, exist_ok=True)
