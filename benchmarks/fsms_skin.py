@@ -21,6 +21,9 @@ unlabelled 40 % with their masks, which training never reads) and scores the cho
 
 They tell how much of a score comes from the data (ISIC crops are mostly lesion) rather than from the model.
 
+``threshold`` scores weight files with the fixed 0.5 threshold and with the threshold fitted on each task's supports
+(the bundle's ``support_threshold``) on both validation pools, then on the test pools.
+
 ``summarize`` prints one markdown row per (test pool, K) with the episode Dice (%) of every evaluation folder given
 (``LABEL=F1+F2+...``: mean ± sd over several folders, e.g. the last checkpoints of one run).
 
@@ -29,6 +32,7 @@ Usage::
     python benchmarks/fsms_skin.py baselines --data ../shared/data --out runs/fsms/eval_trivial
     python benchmarks/fsms_skin.py postproc --data ../shared/data --out runs/fsms/eval_postproc
     python benchmarks/fsms_skin.py reselect runs/fsms_zoom/cont/fsms_zoom_s0 --out runs/fsms_zoom/reselect
+    python benchmarks/fsms_skin.py threshold bundles/fsms_fewshot_skin_segmentation/models/model.pt --out runs/fsms/thr
     python benchmarks/fsms_skin.py summarize "baseline=runs/fsms/eval_baseline" "surrogate=runs/fsms/eval_surrogate" \\
         "copy support=runs/fsms/eval_trivial/copy_support"
 """
@@ -56,6 +60,7 @@ __all__ = [
     "run_baselines",
     "run_postproc",
     "run_reselect",
+    "run_threshold",
     "in_domain_val_pool",
     "summarize",
     "main",
@@ -388,14 +393,17 @@ def run_reselect(
     n_val_episodes: int = 100,
     n_episodes: int = 200,
     seed: int = 0,
+    support_threshold: bool = False,
 ) -> dict[str, dict]:
     """Checkpoint selection on :func:`in_domain_val_pool` instead of the CLTNet ISIC ``val`` samples: every
     ``<run>/models/checkpoint_iteration=*.pt`` of each run is scored there (1-shot, ``n_val_episodes``), the best one
     then on the test pools (the test pools never take part in the choice). Writes ``<out>/<run name>/val_<it>/`` and
-    ``<out>/<run name>/test/metrics.json`` (with the choice)."""
+    ``<out>/<run name>/test/metrics.json`` (with the choice). ``support_threshold``: every prediction (validation
+    and test) thresholds each task at the threshold fitted on its supports
+    (:func:`~labelless.fewshot.image.protocol.support_calibrated_predictor`)."""
     import re
 
-    from labelless.fewshot.image.protocol import network_predictor
+    from labelless.fewshot.image.protocol import network_predictor, support_calibrated_predictor
     from labelless.fewshot.image.workflow import evaluate_pools, target_pools
     from labelless.utils import write_json_atomic
 
@@ -409,23 +417,79 @@ def run_reselect(
         if not cks:
             raise SystemExit(f"{run}: no models/checkpoint_iteration=*.pt")
         scores = {}
+
+        def predictor(ck: Path) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+            plain = network_predictor(_cpu_profile_network(ck))
+            return support_calibrated_predictor(plain) if support_threshold else plain
+
         for ck in cks:
-            rows = evaluate_pools(network_predictor(_cpu_profile_network(ck)), val_pool, (1,),
+            rows = evaluate_pools(predictor(ck), val_pool, (1,),
                                   Path(out) / name / f"val_{ck.stem.split('=')[-1]}", n_episodes=n_val_episodes,
                                   seed=seed, n_overlays=0, progress=False)  # fmt: skip
             scores[ck] = rows[0]["episode_dice"]
             print(f"{name} {ck.name}: in-domain val 1-shot episode Dice {100 * scores[ck]:.2f}", flush=True)
         best = max(scores, key=scores.get)  # ties: the first
-        rows = evaluate_pools(network_predictor(_cpu_profile_network(best)), test_pools, (1, 5),
+        rows = evaluate_pools(predictor(best), test_pools, (1, 5),
                               Path(out) / name / "test", n_episodes=n_episodes, seed=seed, n_overlays=0,
                               progress=False)  # fmt: skip
         for r in rows:
             print(f"{name} {best.name} {r['pool']:18s} {r['shots']}-shot: episode Dice {100 * r['episode_dice']:.2f}",
                   flush=True)  # fmt: skip
         summaries[name] = {"label": name, "checkpoint": str(best), "seed": seed, "selection": "in-domain val",
+                           "support_threshold": support_threshold,
                            "val_scores": {p.name: v for p, v in scores.items()}, "results": rows}  # fmt: skip
         write_json_atomic(Path(out) / name / "test" / "metrics.json", summaries[name])
     return summaries
+
+
+def run_threshold(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    weights: list[str],
+    shots: tuple[int, ...] = (1, 5),
+    image_size: int = 112,
+    n_val_episodes: int = 100,
+    n_episodes: int = 200,
+    seed: int = 0,
+    test: bool = True,
+    test_variants: tuple[str, ...] = ("plain", "support"),
+) -> dict[str, dict]:
+    """The fixed 0.5 threshold against the threshold fitted on each task's supports (``support_threshold``), per
+    weight file: both on the two validation pools (:func:`in_domain_val_pool` and the CLTNet ISIC ``val`` samples),
+    then (``test``) both on the test pools, so the test rows of the variant that validation prefers can be read
+    beside the other (``test_variants``: only these on the test pools, e.g. when the plain test rows exist already).
+    Writes ``<out>/<weights stem>/{val,test}_{plain,support}/metrics.json``."""
+    from labelless.fewshot.image.protocol import network_predictor, support_calibrated_predictor
+    from labelless.fewshot.image.workflow import evaluate_pools, target_pools
+
+    all_pools = target_pools(None, data, image_size)
+    val_pools = {"isic2016_unlabeled_val": in_domain_val_pool(data, image_size), "cltnet_isic_val": all_pools["val"]}
+    results: dict[str, dict] = {}
+    for w in weights:
+        name = Path(w).parent.parent.name + "_" + Path(w).stem if Path(w).parent.name == "models" else Path(w).stem
+        plain = network_predictor(_cpu_profile_network(w))
+        variants = {"plain": plain, "support": support_calibrated_predictor(plain)}
+        for split, pools, n in (("val", val_pools, n_val_episodes), ("test", all_pools["test"], n_episodes)):
+            if split == "test" and not test:
+                continue
+            for v, predict in variants.items():
+                if split == "test" and v not in test_variants:
+                    continue
+                rows = evaluate_pools(predict, pools, shots, Path(out) / name / f"{split}_{v}", n_episodes=n,
+                                      seed=seed, n_overlays=0, progress=False)  # fmt: skip
+                _write_rows(Path(out) / name / f"{split}_{v}", rows, label=f"{name} {v}", weights=w,
+                            support_threshold=v == "support")  # fmt: skip
+                results[f"{name}/{split}_{v}"] = {r["pool"] + f"/{r['shots']}": r["episode_dice"] for r in rows}
+                for r in rows:
+                    print(f"{name} {split} {v:7s} {r['pool']:22s} {r['shots']}-shot: episode Dice "
+                          f"{100 * r['episode_dice']:.2f}", flush=True)  # fmt: skip
+    return results
+
+
+def _write_rows(folder: Path, rows: list[dict], **info: Any) -> None:
+    from labelless.utils import write_json_atomic
+
+    write_json_atomic(folder / "metrics.json", {**info, "results": rows})
 
 
 def summarize(specs: list[str]) -> str:
@@ -505,6 +569,16 @@ def main(argv: list[str] | None = None) -> None:
     rs.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
     rs.add_argument("--out", required=True)
     rs.add_argument("--n_val_episodes", type=int, default=100)
+    rs.add_argument("--support_threshold", action="store_true",
+                    help="threshold every task at the threshold fitted on its supports")  # fmt: skip
+    th = sub.add_parser("threshold", help="fixed 0.5 vs the support-fitted threshold, on validation then test")
+    th.add_argument("weights", nargs="+", help="weight files (plain state dicts or training checkpoints)")
+    th.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    th.add_argument("--out", required=True)
+    th.add_argument("--n_val_episodes", type=int, default=100)
+    th.add_argument("--n_episodes", type=int, default=200)
+    th.add_argument("--val_only", action="store_true", help="skip the test pools")
+    th.add_argument("--test_variants", nargs="+", default=["plain", "support"], choices=["plain", "support"])
     s = sub.add_parser("summarize", help="markdown table of evaluation folders")
     s.add_argument("specs", nargs="+", help="LABEL=FOLDER[+FOLDER...] (folders with metrics.json)")
     args = parser.parse_args(argv)
@@ -519,7 +593,12 @@ def main(argv: list[str] | None = None) -> None:
         run_finetune_reference(args.data, args.out, args.weights, tuple(args.shots), tuple(args.pools),
                                n_episodes=args.n_episodes, steps=args.steps, seed=args.seed)  # fmt: skip
     elif args.cmd == "reselect":
-        run_reselect(args.data, args.out, args.runs, n_val_episodes=args.n_val_episodes)
+        run_reselect(args.data, args.out, args.runs, n_val_episodes=args.n_val_episodes,
+                     support_threshold=args.support_threshold)  # fmt: skip
+    elif args.cmd == "threshold":
+        run_threshold(args.data, args.out, args.weights, n_val_episodes=args.n_val_episodes,
+                      n_episodes=args.n_episodes, test=not args.val_only,
+                      test_variants=tuple(args.test_variants))  # fmt: skip
     else:
         print(summarize(args.specs))
 
