@@ -277,7 +277,7 @@ class FewShotImageInferenceRunner:
         size = (self.image_size, self.image_size)
         fitted = None
         if self.support_threshold:
-            fitted = float(support_thresholds(self.predict, s_img[None], s_msk[None])[0])
+            fitted = round(float(support_thresholds(self.predict, s_img[None], s_msk[None])[0]), 6)
             logger.info("support_threshold: %.2f fitted on the %d support(s) (applied instead of %.2f)", fitted, k,
                         self.threshold)  # fmt: skip
         self.output_dir.mkdir(parents=True, exist_ok=True)
