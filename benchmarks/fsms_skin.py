@@ -407,6 +407,10 @@ def run_reselect(
     from labelless.fewshot.image.workflow import evaluate_pools, target_pools
     from labelless.utils import write_json_atomic
 
+    def predictor(ck: Path) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        plain = network_predictor(_cpu_profile_network(ck))
+        return support_calibrated_predictor(plain) if support_threshold else plain
+
     val_pool = {"isic2016_unlabeled_val": in_domain_val_pool(data, image_size)}
     test_pools = target_pools(None, data, image_size)["test"]
     summaries = {}
@@ -417,11 +421,6 @@ def run_reselect(
         if not cks:
             raise SystemExit(f"{run}: no models/checkpoint_iteration=*.pt")
         scores = {}
-
-        def predictor(ck: Path) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-            plain = network_predictor(_cpu_profile_network(ck))
-            return support_calibrated_predictor(plain) if support_threshold else plain
-
         for ck in cks:
             rows = evaluate_pools(predictor(ck), val_pool, (1,),
                                   Path(out) / name / f"val_{ck.stem.split('=')[-1]}", n_episodes=n_val_episodes,
@@ -461,6 +460,7 @@ def run_threshold(
     Writes ``<out>/<weights stem>/{val,test}_{plain,support}/metrics.json``."""
     from labelless.fewshot.image.protocol import network_predictor, support_calibrated_predictor
     from labelless.fewshot.image.workflow import evaluate_pools, target_pools
+    from labelless.utils import write_json_atomic
 
     all_pools = target_pools(None, data, image_size)
     val_pools = {"isic2016_unlabeled_val": in_domain_val_pool(data, image_size), "cltnet_isic_val": all_pools["val"]}
@@ -477,19 +477,14 @@ def run_threshold(
                     continue
                 rows = evaluate_pools(predict, pools, shots, Path(out) / name / f"{split}_{v}", n_episodes=n,
                                       seed=seed, n_overlays=0, progress=False)  # fmt: skip
-                _write_rows(Path(out) / name / f"{split}_{v}", rows, label=f"{name} {v}", weights=w,
-                            support_threshold=v == "support")  # fmt: skip
+                write_json_atomic(Path(out) / name / f"{split}_{v}" / "metrics.json",
+                                  {"label": f"{name} {v}", "weights": w, "support_threshold": v == "support",
+                                   "results": rows})  # fmt: skip
                 results[f"{name}/{split}_{v}"] = {r["pool"] + f"/{r['shots']}": r["episode_dice"] for r in rows}
                 for r in rows:
                     print(f"{name} {split} {v:7s} {r['pool']:22s} {r['shots']}-shot: episode Dice "
                           f"{100 * r['episode_dice']:.2f}", flush=True)  # fmt: skip
     return results
-
-
-def _write_rows(folder: Path, rows: list[dict], **info: Any) -> None:
-    from labelless.utils import write_json_atomic
-
-    write_json_atomic(folder / "metrics.json", {**info, "results": rows})
 
 
 def summarize(specs: list[str]) -> str:

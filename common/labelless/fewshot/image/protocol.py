@@ -242,11 +242,11 @@ def support_thresholds(
     if k == 1:
         probs = _check_probabilities(predict(s, m, s[:, 0]), shape)[:, None]
     else:
-        probs = torch.stack([
-            _check_probabilities(predict(s[:, [j for j in range(k) if j != i]], m[:, [j for j in range(k) if j != i]],
-                                         s[:, i]), shape)
-            for i in range(k)
-        ], dim=1)  # fmt: skip
+        held_out = []
+        for i in range(k):
+            others = [j for j in range(k) if j != i]
+            held_out.append(_check_probabilities(predict(s[:, others], m[:, others], s[:, i]), shape))
+        probs = torch.stack(held_out, dim=1)
     scores = _support_dice(probs, m, g) - 1e-6 * (g - 0.5).abs()  # ties: nearest 0.5
     return g[scores.argmax(dim=-1)]
 
