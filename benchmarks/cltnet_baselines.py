@@ -7,7 +7,8 @@
 
 - ``trivial``: "all foreground" (every non-black pixel is lesion) and an **Otsu intensity baseline** (Otsu threshold
   of the grey image over its non-black pixels; lesion = brighter, or darker with ``--dark`` for dermoscopy), both with
-  the bundle's post-processing defaults (background zeroing); no training.
+  the bundle's post-processing defaults (background zeroing; ``--zero_corners`` also drops the corner triangles, as
+  the bundle's ``zero_corners`` option does); no training.
 - ``cam``: a small CNN classifier trained on the same image-level labels (trainA = 1, trainB = 0, seeded, CPU),
   then Grad-CAM (``monai.visualize.GradCAM``) of the lesion class, min-max normalised and thresholded at 0.5
   (``gradcam``) or at its per-image Otsu threshold over the non-black pixels (``gradcam_otsu``, the post-processing
@@ -34,6 +35,7 @@ from torch import nn
 from labelless.data.images import find_image_mask_pairs, load_mask, load_rgb
 from labelless.evaluation.metrics import segmentation_scores
 from labelless.evaluation.reports import write_image_reports
+from labelless.transforms.postprocess import zero_corners
 from labelless.weak.data import UnpairedDomainDataset
 from labelless.weak.domains import WEAK_IMAGE_SUFFIXES, WeakDomainFolders
 
@@ -67,16 +69,18 @@ def _grey(image: torch.Tensor) -> np.ndarray:
     return (image * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0).numpy()
 
 
-def _body(image: torch.Tensor) -> np.ndarray:
-    return ~np.all(image.numpy() <= 1e-6, axis=0)
+def _body(image: torch.Tensor, corners: bool = False) -> np.ndarray:
+    """The non-black pixels; with ``corners``, also outside the corner triangles (``zero_corners``, dermoscopy)."""
+    body = ~np.all(image.numpy() <= 1e-6, axis=0)
+    return body & (zero_corners(np.ones(body.shape)) > 0) if corners else body
 
 
-def predict_all(image: torch.Tensor) -> np.ndarray:
-    return _body(image)
+def predict_all(image: torch.Tensor, corners: bool = False) -> np.ndarray:
+    return _body(image, corners)
 
 
-def predict_otsu(image: torch.Tensor, dark: bool = False) -> np.ndarray:
-    grey, body = _grey(image), _body(image)
+def predict_otsu(image: torch.Tensor, dark: bool = False, corners: bool = False) -> np.ndarray:
+    grey, body = _grey(image), _body(image, corners)
     if body.sum() < 2 or grey[body].max() == grey[body].min():
         return np.zeros(grey.shape, bool)
     t = threshold_otsu(grey[body])
@@ -123,9 +127,11 @@ def train_classifier(folders: WeakDomainFolders, image_size: int, steps: int, se
 
 def cmd_trivial(args: argparse.Namespace) -> None:
     for split, pairs in _splits(args.dataset_dir, args.extra).items():
-        for name, fn in (("all_foreground", predict_all), ("otsu", lambda im: predict_otsu(im, args.dark))):
+        fns = (("all_foreground", lambda im: predict_all(im, args.zero_corners)),
+               ("otsu", lambda im: predict_otsu(im, args.dark, args.zero_corners)))  # fmt: skip
+        for name, fn in fns:
             res = _score(pairs, fn)
-            res.update({"method": name, "split": split, "dataset": args.dataset_dir})
+            res.update({"method": name, "split": split, "dataset": args.dataset_dir, "zero_corners": args.zero_corners})
             write_image_reports(res, Path(args.out) / name / split, title=f"{name} baseline, {split}")
             print(f"{name:15s} {split:12s} DI {100 * res['mean_dice']:.2f} JA {100 * res['mean_ja']:.2f} "
                   f"(n={res['n_images']})")  # fmt: skip
@@ -149,19 +155,20 @@ def cmd_cam(args: argparse.Namespace) -> None:
         return (m - m.min()) / (m.max() - m.min() + 1e-8)
 
     def predict(image: torch.Tensor) -> np.ndarray:
-        return (heatmap(image) >= 0.5) & _body(image)
+        return (heatmap(image) >= 0.5) & _body(image, args.zero_corners)
 
     def predict_otsu_cam(image: torch.Tensor) -> np.ndarray:
         """The same per-image Otsu threshold over the non-black pixels as CLTNet's ``otsu`` post-processing."""
         from labelless.transforms.postprocess import otsu_mask
 
-        return otsu_mask(heatmap(image), _body(image))
+        return otsu_mask(heatmap(image), _body(image, args.zero_corners))
 
     for split, pairs in _splits(args.dataset_dir, args.extra).items():
         for name, fn in (("gradcam", predict), ("gradcam_otsu", predict_otsu_cam)):
             res = _score(pairs, fn)
             res.update({"method": f"{name}_classifier", "split": split, "dataset": args.dataset_dir,
-                        "classifier_steps": args.steps, "seed": args.seed})  # fmt: skip
+                        "classifier_steps": args.steps, "seed": args.seed,
+                        "zero_corners": args.zero_corners})  # fmt: skip
             write_image_reports(res, Path(args.out) / name / split, title=f"{name} baseline, {split}")
             print(f"{name:15s} {split:12s} DI {100 * res['mean_dice']:.2f} JA {100 * res['mean_ja']:.2f} "
                   f"(n={res['n_images']})")  # fmt: skip
@@ -174,8 +181,10 @@ def cmd_summarize(args: argparse.Namespace) -> None:
         for mj in sorted(Path(folder).rglob("metrics.json")):
             r = json.loads(mj.read_text())
             where = mj.parent.relative_to(folder)
-            print(f"| {name} | {where} | {r['n_images']} | {100 * r['mean_dice']:.2f} | "
-                  f"{100 * r['mean_ja']:.2f} | {100 * r['mean_se']:.2f} | {100 * r['mean_sp']:.2f} |")
+            print(
+                f"| {name} | {where} | {r['n_images']} | {100 * r['mean_dice']:.2f} | "
+                f"{100 * r['mean_ja']:.2f} | {100 * r['mean_se']:.2f} | {100 * r['mean_sp']:.2f} |"
+            )
 
 
 def main() -> None:
@@ -190,6 +199,7 @@ def main() -> None:
         p.add_argument("--image_size", type=int, default=128)
         p.add_argument("--steps", type=int, default=600)
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--zero_corners", action="store_true", help="drop the corner triangles too (dermoscopy)")
     s = sub.add_parser("summarize")
     s.add_argument("runs", nargs="+")
     args = ap.parse_args()

@@ -1,7 +1,9 @@
 # Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
 """What the CLTNet mask gate M looks like on labelled lesion images: mean M inside the lesion, in the rest of the
-non-black (brain) area, the Dice of M > 0.5 and of a per-image Otsu threshold of M (inside the brain). A diagnostic of
-saturation or inversion of M during training (docs/results.md, CLTNet), not a selection tool.
+non-black (brain) area, the Dice of M > 0.5 and of a per-image Otsu threshold of M (inside the brain), and the Dice /
+Jaccard of the other side of that threshold (1 - M, the bundle's ``invert_mask``). A diagnostic of saturation or
+inversion of M during training (docs/results.md, CLTNet); with ``--domain`` it also prints the mean M over unlabelled
+folders (e.g. normal=trainB, lesion=trainA).
 
     python benchmarks/cltnet_mask_stats.py runs/cltnet/maskid/models/checkpoint_iteration=500.pt \
         --folder ../shared/data/weak_samples/BraTS/brats_1/val [--image_size 128 --ngf 16 --ndf 16]
@@ -21,6 +23,7 @@ from skimage.filters import threshold_otsu
 
 from labelless.data.images import find_image_mask_pairs, load_mask, load_rgb
 from labelless.networks.cltnet import build_cltnet
+from labelless.transforms.postprocess import zero_corners
 from labelless.transforms.translation import TranslationInput
 from labelless.weak.domains import WEAK_IMAGE_SUFFIXES
 
@@ -30,8 +33,15 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     return 1.0 if s == 0 else 2.0 * int((pred & gt).sum()) / s
 
 
+def jaccard(pred: np.ndarray, gt: np.ndarray) -> float:
+    u = int((pred | gt).sum())
+    return 1.0 if u == 0 else int((pred & gt).sum()) / u
+
+
 @torch.no_grad()
-def stats(ckpt: Path, folder: Path, image_size: int, ngf: int, ndf: int) -> dict:
+def stats(
+    ckpt: Path, folder: Path, image_size: int, ngf: int, ndf: int, corners: bool = False, domains: dict | None = None
+) -> dict:
     net = build_cltnet(ngf=ngf, ndf=ndf)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     state = state.get("model", state)
@@ -50,11 +60,21 @@ def stats(ckpt: Path, folder: Path, image_size: int, ngf: int, ndf: int) -> dict
         body = ~np.all(img.numpy() <= 1e-6, axis=0)
         m = net.gen_ab(TranslationInput(image_size)(img)[None]).mask[0, 0].numpy()
         inside, outside = m[gt], m[body & ~gt]
+        if corners:
+            body &= zero_corners(np.ones(m.shape)) > 0
         t = threshold_otsu(m[body]) if np.ptp(m[body]) > 1e-6 else 0.5
         rows.append({"in": float(inside.mean()), "out": float(outside.mean()) if outside.size else float("nan"),
-                     "dice_05": dice((m > 0.5) & body, gt), "dice_otsu": dice((m > t) & body, gt)})  # fmt: skip
+                     "dice_05": dice((m > 0.5) & body, gt), "dice_otsu": dice((m > t) & body, gt),
+                     "dice_otsu_inverted": dice((m <= t) & body, gt),
+                     "ja_otsu_inverted": jaccard((m <= t) & body, gt)})  # fmt: skip
     mean = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}
-    return {"ckpt": str(ckpt), "n_images": len(rows), **mean}
+    out = {"ckpt": str(ckpt), "n_images": len(rows), **mean}
+    for name, domain in (domains or {}).items():  # mean M on unlabelled domain images (image-level labels only)
+        files = sorted(f for f in Path(domain).iterdir() if f.suffix.lower() in WEAK_IMAGE_SUFFIXES)
+        out[f"mean_m_{name}"] = round(float(np.mean([
+            net.gen_ab(TranslationInput(image_size)(load_rgb(f, size=image_size))[None]).mask.mean() for f in files
+        ])), 4)  # fmt: skip
+    return out
 
 
 def main() -> None:
@@ -66,9 +86,19 @@ def main() -> None:
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--ngf", type=int, default=16)
     parser.add_argument("--ndf", type=int, default=16)
+    parser.add_argument("--zero_corners", action="store_true", help="drop the corner triangles (dermoscopy)")
+    parser.add_argument(
+        "--domain",
+        action="append",
+        default=[],
+        metavar="NAME=FOLDER",
+        help="also print the mean M over the images of an unlabelled folder (e.g. normal=.../trainB)",
+    )
     args = parser.parse_args()
+    domains = dict(d.split("=", 1) for d in args.domain)
     for c in args.ckpts:
-        print(json.dumps(stats(Path(c), Path(args.folder), args.image_size, args.ngf, args.ndf)))
+        print(json.dumps(stats(Path(c), Path(args.folder), args.image_size, args.ngf, args.ndf, args.zero_corners,
+                               domains)))  # fmt: skip
 
 
 if __name__ == "__main__":

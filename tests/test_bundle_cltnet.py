@@ -98,6 +98,16 @@ def test_inference_png_and_nifti_at_input_size(trained, data, tmp_path):
     pred = nib.load(str(out / "slice_mask.nii.gz"))
     assert pred.shape[:2] == (64, 64) and np.allclose(pred.affine, np.diag([0.8, 0.8, 1.0, 1.0]))
     assert (out / "odd_overlay.png").is_file() and json.loads((out / "inference_summary.json").read_text())["images"]
+    # invert_mask: the lesion probability is 1 - M where the image is not black, and the summary says so
+    inv = tmp_path / "pred_inv"
+    wf = bundle_workflow(BUNDLE, ["inference.json"], "infer", ckpt_path=str(gen), images=str(queries),
+                         output_dir=str(inv), invert_mask=True, **TINY)  # fmt: skip
+    wf.initialize()
+    wf.run()
+    assert json.loads((inv / "inference_summary.json").read_text())["invert_mask"] is True
+    p0, p1 = (np.asarray(Image.open(d / "odd_prob.png")).astype(int) for d in (out, inv))
+    lit = img[:60, :52].reshape(60, 52, -1).max(-1) > 0
+    assert lit.any() and np.abs(p0 + p1 - 255)[lit].max() <= 1 and not p1[~lit].any()
     # the output folder must not lie inside the input folder
     with pytest.raises(Exception) as err:
         bad = bundle_workflow(BUNDLE, ["inference.json"], "infer", ckpt_path=str(gen), images=str(queries),

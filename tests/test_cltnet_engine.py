@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -23,7 +25,12 @@ from labelless.transforms.translation import (
 )
 from labelless.weak.data import UnpairedDomainDataset
 from labelless.weak.synthetic import write_weak_phantoms
-from labelless.weak.workflow import WeakSegmentationEvaluationRunner, WeakValidationHandler, resolve_domains
+from labelless.weak.workflow import (
+    WeakSegmentationEvaluationRunner,
+    WeakValidationHandler,
+    evaluate_images,
+    resolve_domains,
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +77,18 @@ def test_smoke_run_trains_keeps_rho_and_selects_on_validation(phantoms, tmp_path
     assert {"metrics.json", "metrics.csv", "metrics.md"} <= {p.name for p in (tmp_path / "eval").iterdir()}
     with pytest.raises(ConfigError, match="inside the dataset"):
         WeakSegmentationEvaluationRunner(net, folders, phantoms / "eval")
+    # the validation history also scores 1 - M (the diagnostic behind invert_mask); an inverted evaluation of the
+    # same weights reproduces the complement's figure
+    hist = json.loads((tmp_path / "ckpt" / "validation_history.json").read_text())["history"][-1]
+    assert 0.0 <= hist["complement_mean_dice"] <= 1.0 and 0.0 <= hist["complement_mean_ja"] <= 1.0
+    best = build_cltnet(ngf=8, ndf=8)
+    best.load_state_dict(torch.load(tmp_path / "ckpt" / "best_model.pt"))
+    plain, _ = evaluate_images(best, folders.val, 96, SoftMaskPostprocess("otsu"), complement=True)
+    inv = WeakSegmentationEvaluationRunner(build_cltnet(ngf=8, ndf=8), folders, tmp_path / "eval_inv", eval_split="val",
+                                           ckpt_path=tmp_path / "ckpt" / "best_model.pt", image_size=96,
+                                           postprocess="otsu", invert_mask="true").run()  # fmt: skip
+    assert inv["invert_mask"] is True and plain["invert_mask"] is False
+    assert inv["mean_dice"] == pytest.approx(plain["complement_mean_dice"])
 
 
 def test_seeded_runs_are_reproducible(phantoms):
@@ -190,6 +209,27 @@ def test_background_and_corner_zeroing():
     assert not post.zero_black_background and post.zero_corners
     with pytest.raises(ConfigError, match="pydensecrf|postprocess"):
         SoftMaskPostprocess("crf")(np.full((8, 8), 0.5), np.zeros((3, 8, 8)))
+
+
+def test_inverted_mask_reads_the_complement_and_keeps_zeroed_pixels_background():
+    """invert_mask (not in the spec): 1 - M is the lesion; the zeroing comes after the inversion, so the black
+    background and the corners stay background; otsu splits at the same place (up to its histogram bin) with the
+    sides swapped."""
+    rng = np.random.default_rng(0)
+    soft = rng.uniform(0.0, 1.0, (64, 64))
+    image = np.zeros((3, 64, 64))
+    image[:, :, :8] = -1.0  # black strip
+    plain = SoftMaskPostprocess("threshold")(soft, image)[1]
+    z, inv = SoftMaskPostprocess("threshold", invert=True)(soft, image)
+    assert np.array_equal(inv[:, 8:], soft[:, 8:] <= 0.5) and not inv[:, :8].any() and not plain[:, :8].any()
+    assert np.allclose(z[:, 8:], 1.0 - soft[:, 8:]) and np.all(z[:, :8] == 0.0)
+    o = SoftMaskPostprocess("otsu")(soft, image)[1]
+    oi = SoftMaskPostprocess("otsu", invert="true")(soft, image)[1]
+    body = image[0] > -1.0
+    assert not (o | oi)[~body].any() and o[body].mean() == pytest.approx(1.0 - oi[body].mean(), abs=0.02)
+    assert (o == oi)[body].mean() < 0.02  # the two sides swap, but for the pixels in the threshold's bin
+    with pytest.raises(ConfigError, match="invert_mask"):
+        SoftMaskPostprocess("otsu", invert="maybe")
 
 
 def test_segmentation_scores_on_a_hand_built_confusion():

@@ -193,6 +193,9 @@ class SoftMaskPostprocess(Transform):
         zero_black_background: zero the mask where the input is pure black in all channels.
         zero_corners: zero the four corner triangles (dermoscopy).
         crf_alpha: the CRF's background exponent.
+        invert: use ``1 − M`` as the lesion mask (not in the spec, off by default): for a gate that marks the tissue
+            the translation rewrites around the lesion rather than the lesion itself (seen on ISIC, docs/results.md).
+            The inversion comes before the zeroing, so zeroed pixels stay background.
 
     Returns (``__call__(mask, image)``, image ``[3, H, W]`` in [−1, 1]):
         ``(soft mask after zeroing, bool mask)``.
@@ -204,6 +207,7 @@ class SoftMaskPostprocess(Transform):
         zero_black_background: bool | str = True,
         zero_corners: bool | str = False,
         crf_alpha: float = 1.0,
+        invert: bool | str = False,
     ) -> None:
         if mode not in POSTPROCESS_MODES:
             raise ConfigError(f"postprocess must be one of {POSTPROCESS_MODES}, got {mode!r}")
@@ -211,9 +215,12 @@ class SoftMaskPostprocess(Transform):
         self.zero_black_background = as_bool(zero_black_background, "zero_black_background")
         self.zero_corners = as_bool(zero_corners, "zero_corners")
         self.crf_alpha = float(crf_alpha)
+        self.invert = as_bool(invert, "invert_mask")
 
     def __call__(self, mask: Any, image: Any) -> tuple[np.ndarray, np.ndarray]:
         soft = _soft(mask)
+        if self.invert:
+            soft = 1.0 - soft
         if self.zero_black_background:
             soft = zero_black_background(soft, image)
         if self.zero_corners:
@@ -241,7 +248,7 @@ class SoftMaskPostprocessd(MapTransform):
         keys: the soft-mask key (one).
         image_key: the loaded image the mask belongs to.
         output_key: where the binary (bool) mask goes.
-        mode, zero_black_background, zero_corners, crf_alpha: see :class:`SoftMaskPostprocess`.
+        mode, zero_black_background, zero_corners, crf_alpha, invert: see :class:`SoftMaskPostprocess`.
         allow_missing_keys: skip missing keys instead of raising.
 
     Examples::
@@ -258,13 +265,14 @@ class SoftMaskPostprocessd(MapTransform):
         zero_black_background: bool | str = True,
         zero_corners: bool | str = False,
         crf_alpha: float = 1.0,
+        invert: bool | str = False,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise ConfigError(f"SoftMaskPostprocessd takes one soft-mask key, got {list(self.keys)}")
         self.image_key, self.output_key = image_key, output_key
-        self.post = SoftMaskPostprocess(mode, zero_black_background, zero_corners, crf_alpha)
+        self.post = SoftMaskPostprocess(mode, zero_black_background, zero_corners, crf_alpha, invert)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

@@ -89,7 +89,8 @@ class WeakSegmentationInferenceRunner:
         output_dir: destination (created; not inside an input folder).
         ckpt_path: weights to load (``None``: the network as given).
         image_size: network input side.
-        postprocess, zero_black_background, zero_corners, crf_alpha: options of the default ``postprocessing``
+        postprocess, zero_black_background, zero_corners, crf_alpha, invert_mask: options of the default
+            ``postprocessing``
             (:class:`~labelless.transforms.postprocess.SoftMaskPostprocess`), reported in the summary.
         device: torch device.
         preprocessing: callable on ``{"image": file}`` (a MONAI ``Compose`` of dict transforms) giving the network
@@ -120,6 +121,7 @@ class WeakSegmentationInferenceRunner:
         zero_black_background: bool | str = True,
         zero_corners: bool | str = False,
         crf_alpha: float = 1.0,
+        invert_mask: bool | str = False,
         device: str | torch.device = "cpu",
         preprocessing: Callable[[dict], dict] | None = None,
         postprocessing: Callable[[dict], dict] | None = None,
@@ -137,10 +139,11 @@ class WeakSegmentationInferenceRunner:
         self.zero_black_background = as_bool(zero_black_background, "zero_black_background")
         self.zero_corners = as_bool(zero_corners, "zero_corners")
         self.crf_alpha = float(crf_alpha)
+        self.invert_mask = as_bool(invert_mask, "invert_mask")
         self.device = torch.device(device)
         self.preprocessing = preprocessing or self.default_preprocessing(self.image_size)
         self.postprocessing = postprocessing or self.default_postprocessing(
-            postprocess, self.zero_black_background, self.zero_corners, self.crf_alpha
+            postprocess, self.zero_black_background, self.zero_corners, self.crf_alpha, self.invert_mask
         )
         self.dataloader = dataloader
         default = [LogItemd("{input} -> {mask} ({foreground_px} lesion pixels)", logger.name)]
@@ -161,6 +164,7 @@ class WeakSegmentationInferenceRunner:
         zero_black_background: bool | str = True,
         zero_corners: bool | str = False,
         crf_alpha: float = 1.0,
+        invert_mask: bool | str = False,
     ) -> Compose:
         """The built-in ``postprocessing``: the generator's mask bilinear to the image's size and clipped to [0, 1]
         (``"prob"``), then background/corner zeroing and binarisation (``"pred"``)."""
@@ -168,7 +172,7 @@ class WeakSegmentationInferenceRunner:
             ResizeInPlaned("prob", size_of="image", clip=(0.0, 1.0)),
             SoftMaskPostprocessd("prob", image_key="image", output_key="pred", mode=postprocess,
                                  zero_black_background=zero_black_background, zero_corners=zero_corners,
-                                 crf_alpha=crf_alpha),
+                                 crf_alpha=crf_alpha, invert=invert_mask),
         ])  # fmt: skip
 
     @torch.no_grad()
@@ -222,6 +226,6 @@ class WeakSegmentationInferenceRunner:
                 handler({**rec, "index": index, "total": len(self.files)})
         summary = {"checkpoint": None if self.ckpt_path is None else str(self.ckpt_path), "image_size": self.image_size,
                    "postprocess": self.postprocess, "zero_black_background": self.zero_black_background,
-                   "zero_corners": self.zero_corners, "images": records}  # fmt: skip
+                   "zero_corners": self.zero_corners, "invert_mask": self.invert_mask, "images": records}  # fmt: skip
         write_json_atomic(self.output_dir / "inference_summary.json", summary)
         return summary

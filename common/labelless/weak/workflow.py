@@ -6,6 +6,7 @@ evaluation (cltnet.md §6–7), the validation handler that selects the model on
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -151,15 +152,22 @@ def evaluate_images(
     postprocess: SoftMaskPostprocess | None = None,
     device: str | torch.device = "cpu",
     n_overlays: int = 4,
+    complement: bool = False,
 ) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
     """Per-image scores (cltnet.md §7) of the lesion images ``pairs`` (``{"name", "image", "label"}``) at each
     image's own size; images with an empty ground truth are excluded with a warning.
+
+    With ``complement``, the result also has ``complement_mean_dice`` / ``complement_mean_ja``: the scores of the
+    same post-processing with the opposite ``invert`` (a diagnostic of a gate that marks the tissue around the lesion).
 
     Returns:
         (result with ``mean_dice``, ``mean_ja``, ``mean_ac``, ``mean_se``, ``mean_sp``, ``per_image``,
         ``n_images``, ``excluded_empty_truth``; overlays ``(name, PIL image)`` of the first ``n_overlays`` images).
     """
     post = postprocess or SoftMaskPostprocess()
+    other = copy.copy(post)
+    other.invert = not post.invert
+    flipped: list[dict[str, float]] = []
     dev = torch.device(device)
     network.eval()
     per_image, overlays, excluded = [], [], []
@@ -177,6 +185,8 @@ def evaluate_images(
         soft = soft_mask(network, image, image_size, dev)
         _, pred = post(soft.numpy(), image * 2.0 - 1.0)
         per_image.append({"name": p["name"], **segmentation_scores(pred, truth)})
+        if complement:
+            flipped.append(segmentation_scores(other(soft.numpy(), image * 2.0 - 1.0)[1], truth))
         if len(overlays) < int(n_overlays):
             overlays.append((p["name"], rgb_overlay(image, truth=truth, prediction=pred)))
     if excluded:
@@ -186,9 +196,13 @@ def evaluate_images(
         f"mean_{k}": (float(np.mean([r[m] for r in per_image])) if per_image else math.nan)
         for k, m in (("dice", "di"), ("ja", "ja"), ("ac", "ac"), ("se", "se"), ("sp", "sp"))
     }
+    if complement:
+        for k in ("dice", "ja"):
+            m = "di" if k == "dice" else k
+            result[f"complement_mean_{k}"] = float(np.mean([r[m] for r in flipped])) if flipped else math.nan
     result.update({"n_images": len(per_image), "excluded_empty_truth": excluded, "postprocess": post.mode,
                    "zero_black_background": post.zero_black_background, "zero_corners": post.zero_corners,
-                   "image_size": int(image_size), "per_image": per_image})  # fmt: skip
+                   "invert_mask": post.invert, "image_size": int(image_size), "per_image": per_image})  # fmt: skip
     return result, overlays
 
 
@@ -247,12 +261,17 @@ class WeakValidationHandler(BestSoFarState):
         it = int(engine.state.iteration)
         was_training = self.network.training
         result, overlays = evaluate_images(self.network, self.pairs, self.image_size, self.postprocess, self.device,
-                                           self.n_overlays)  # fmt: skip
+                                           self.n_overlays, complement=True)  # fmt: skip
         if was_training:
             self.network.train()
         ja, di = result["mean_ja"], result["mean_dice"]
+        cja, cdi = result["complement_mean_ja"], result["complement_mean_dice"]
         engine.state.metrics.update({"val_mean_ja": ja, "val_mean_dice": di})
-        self.history.append({"iteration": it, "val_mean_ja": ja, "val_mean_dice": di})
+        self.history.append({"iteration": it, "val_mean_ja": ja, "val_mean_dice": di, "complement_mean_ja": cja,
+                             "complement_mean_dice": cdi})  # fmt: skip
+        if cja > ja:  # the gate marks what surrounds the lesion: say which option would read it the other way
+            logger.info("iteration %d: 1 - M scores higher on the validation images (JA %.4f, DI %.4f); "
+                        "invert_mask=%s reads the mask that way", it, cja, cdi, not result["invert_mask"])  # fmt: skip
         for name, image in overlays:
             path = self.output_dir / "val_overlays" / f"iter_{it:06d}" / f"{name}.png"
             with atomic_path(path) as tmp:
@@ -284,6 +303,7 @@ class WeakSegmentationEvaluationRunner:
         ckpt_path: the weights to evaluate (a plain state dict or a training checkpoint with ``model``).
         eval_split: ``test`` (default), ``val`` (model selection) or ``all`` (test + val images: a separate test set).
         postprocess, zero_black_background, zero_corners, crf_alpha: :class:`SoftMaskPostprocess` options.
+        invert_mask: read ``1 − M`` as the lesion (``SoftMaskPostprocess(invert=...)``).
         image_size: network input side.
         n_overlays: overlay PNGs written.
         device: torch device.
@@ -304,6 +324,7 @@ class WeakSegmentationEvaluationRunner:
         zero_black_background: bool | str = True,
         zero_corners: bool | str = False,
         crf_alpha: float = 1.0,
+        invert_mask: bool | str = False,
         image_size: int = 256,
         n_overlays: int = 8,
         device: str | torch.device = "cpu",
@@ -318,7 +339,7 @@ class WeakSegmentationEvaluationRunner:
         self.ckpt_path = None if is_unset(ckpt_path) else Path(ckpt_path)
         self.eval_split = eval_split
         self.post = SoftMaskPostprocess(postprocess, zero_black_background, zero_corners,
-                                        as_float(crf_alpha, "crf_alpha", 0.0))  # fmt: skip
+                                        as_float(crf_alpha, "crf_alpha", 0.0), invert_mask)  # fmt: skip
         self.image_size, self.n_overlays = as_int(image_size, "image_size", 8), as_int(n_overlays, "n_overlays", 0)
         self.device = torch.device(device)
         self.pairs = {"test": folders.test, "val": folders.val, "all": folders.test + folders.val}[eval_split]
