@@ -253,7 +253,7 @@ OPTION_RULES: dict[str, OptionRule] = {
         "resume load_pretrain refine save_predictions predict_outside_extent zero_black_background zero_corners "
         "freeze_generator surrogate surrogate_include_support imagenet_normalization use_fspa use_bcma "
         "use_cross_attention use_mcam use_psm psm_on_background psm_with_local optim_set_to_none amp support_threshold "
-        "invert_mask",
+        "invert_mask flip_tta",
     ),
     **_rules("ints", "folds support_slices", 0),
     **_rules("ints", "eval_shots", 1),

@@ -116,7 +116,7 @@ def watershed_mask(mask: Any) -> np.ndarray:
 
 
 def crf_mask(mask: Any, image_rgb: Any, alpha: float = 1.0, iterations: int = 10) -> np.ndarray:
-    """Dense-CRF refinement of cltnet.md §6 (optional dependency ``pydensecrf``).
+    """Dense-CRF refinement of cltnet.md §6 (optional module ``pydensecrf``: ``pip install pydensecrf2``).
 
     Args:
         mask: soft mask in [0, 1].
@@ -132,8 +132,9 @@ def crf_mask(mask: Any, image_rgb: Any, alpha: float = 1.0, iterations: int = 10
         import pydensecrf.densecrf as dcrf
         from pydensecrf.utils import unary_from_softmax
     except ImportError as e:
-        raise ConfigError("postprocess='crf' needs the optional package pydensecrf (pip install pydensecrf); "
-                          "use 'threshold' or 'watershed' without it") from e  # fmt: skip
+        raise ConfigError("postprocess='crf' needs the optional module pydensecrf (pip install pydensecrf2, a "
+                          "maintained build of it); use 'otsu', 'threshold' or 'watershed' "
+                          "without it") from e  # fmt: skip
     m = _soft(mask)
     fg = m / m.max() if m.max() > 0 else m
     probs = np.stack([(1.0 - fg) ** float(alpha), fg]).astype(np.float32)

@@ -45,7 +45,7 @@ from labelless.transforms.translation import TranslationInputd
 from labelless.transforms.utility import LogItemd, run_transform, runner_items
 from labelless.utils import as_bool, atomic_path, is_unset, path_suffix, write_json_atomic
 from labelless.weak.domains import WEAK_IMAGE_SUFFIXES
-from labelless.weak.workflow import _segmenter, load_weak_weights
+from labelless.weak.workflow import _segmenter, gate_mask, load_weak_weights
 
 __all__ = ["OUTPUT_SUFFIXES", "list_weak_inputs", "WeakSegmentationInferenceRunner"]
 
@@ -90,8 +90,10 @@ class WeakSegmentationInferenceRunner:
         ckpt_path: weights to load (``None``: the network as given).
         image_size: network input side.
         postprocess, zero_black_background, zero_corners, crf_alpha, invert_mask: options of the default
-            ``postprocessing``
-            (:class:`~labelless.transforms.postprocess.SoftMaskPostprocess`), reported in the summary.
+            ``postprocessing`` (:class:`~labelless.transforms.postprocess.SoftMaskPostprocess`), reported in the
+            summary.
+        flip_tta: average the mask over the four flips of each input
+            (:func:`~labelless.weak.workflow.gate_mask`), reported in the summary.
         device: torch device.
         preprocessing: callable on ``{"image": file}`` (a MONAI ``Compose`` of dict transforms) giving the network
             input ``[3, S, S]`` in ``"image"`` and the ``"image_meta_dict"`` of
@@ -122,6 +124,7 @@ class WeakSegmentationInferenceRunner:
         zero_corners: bool | str = False,
         crf_alpha: float = 1.0,
         invert_mask: bool | str = False,
+        flip_tta: bool | str = False,
         device: str | torch.device = "cpu",
         preprocessing: Callable[[dict], dict] | None = None,
         postprocessing: Callable[[dict], dict] | None = None,
@@ -140,6 +143,7 @@ class WeakSegmentationInferenceRunner:
         self.zero_corners = as_bool(zero_corners, "zero_corners")
         self.crf_alpha = float(crf_alpha)
         self.invert_mask = as_bool(invert_mask, "invert_mask")
+        self.flip_tta = as_bool(flip_tta, "flip_tta")
         self.device = torch.device(device)
         self.preprocessing = preprocessing or self.default_preprocessing(self.image_size)
         self.postprocessing = postprocessing or self.default_postprocessing(
@@ -178,8 +182,8 @@ class WeakSegmentationInferenceRunner:
     @torch.no_grad()
     def predict(self, image: torch.Tensor) -> torch.Tensor:
         """The lesion probability map ``[1, S, S]`` (on ``device``) of one network input ``[3, S, S]`` in [−1, 1]:
-        the A→B generator's mask."""
-        return _segmenter(self.network)(image[None].to(self.device)).mask.float()[0]
+        the A→B generator's mask (averaged over the four flips with ``flip_tta``)."""
+        return gate_mask(_segmenter(self.network), image[None].to(self.device), self.flip_tta)[0]
 
     def _items(self) -> Iterator[dict[Hashable, Any]]:
         """The preprocessed items: from ``dataloader``, or ``preprocessing`` applied to each image."""
@@ -226,6 +230,7 @@ class WeakSegmentationInferenceRunner:
                 handler({**rec, "index": index, "total": len(self.files)})
         summary = {"checkpoint": None if self.ckpt_path is None else str(self.ckpt_path), "image_size": self.image_size,
                    "postprocess": self.postprocess, "zero_black_background": self.zero_black_background,
-                   "zero_corners": self.zero_corners, "invert_mask": self.invert_mask, "images": records}  # fmt: skip
+                   "zero_corners": self.zero_corners, "invert_mask": self.invert_mask, "flip_tta": self.flip_tta,
+                   "images": records}  # fmt: skip
         write_json_atomic(self.output_dir / "inference_summary.json", summary)
         return summary

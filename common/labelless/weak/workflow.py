@@ -33,7 +33,7 @@ from labelless.options import as_float, as_int
 from labelless.paths import locked_output
 from labelless.transforms.postprocess import SoftMaskPostprocess
 from labelless.transforms.translation import TranslationInput
-from labelless.utils import atomic_path, is_unset, write_json_atomic
+from labelless.utils import as_bool, atomic_path, is_unset, write_json_atomic
 from labelless.weak.data import UnpairedDomainDataset
 from labelless.weak.domains import WeakDomainFolders
 
@@ -42,6 +42,8 @@ __all__ = [
     "resolve_domains",
     "check_image_size",
     "training_dataset",
+    "FLIP_DIMS",
+    "gate_mask",
     "soft_mask",
     "inference_images",
     "export_generator",
@@ -135,12 +137,32 @@ def _segmenter(network: torch.nn.Module) -> torch.nn.Module:
     raise ConfigError(f"the network must be a CLTNet or a CLTGenerator, got {type(net).__name__}")
 
 
+#: The flips of :func:`gate_mask`'s test-time averaging: none, left-right, up-down, both.
+FLIP_DIMS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-1, -2))
+
+
+def gate_mask(generator: torch.nn.Module, x: torch.Tensor, flip_tta: bool = False) -> torch.Tensor:
+    """The mask gate ``M`` ``[B, 1, S, S]`` of the A→B generator on network inputs ``x`` ``[B, 3, S, S]``.
+
+    With ``flip_tta`` (not in the spec), the mean of ``M`` over the four flips of ``x`` (:data:`FLIP_DIMS`), each
+    flipped back: a gate whose position is biased in one direction (on ISIC it sits 4–8 % of the image below and right
+    of the lesion, docs/results.md) is averaged back over the lesion; an unbiased gate is smoothed.
+    """
+    if not flip_tta:
+        return generator(x).mask.float()
+    masks = [generator(torch.flip(x, d) if d else x).mask.float() for d in FLIP_DIMS]
+    return torch.stack([torch.flip(m, d) if d else m for m, d in zip(masks, FLIP_DIMS)]).mean(0)
+
+
 @torch.no_grad()
-def soft_mask(network: torch.nn.Module, image: torch.Tensor, image_size: int, device: torch.device) -> torch.Tensor:
+def soft_mask(
+    network: torch.nn.Module, image: torch.Tensor, image_size: int, device: torch.device, flip_tta: bool = False
+) -> torch.Tensor:
     """The lesion probability map M of ``image`` (``[3, H, W]`` in [0, 1]) at its own size ``[H, W]``: the A→B
-    generator's mask at ``image_size``, resized back bilinearly."""
+    generator's mask at ``image_size`` (averaged over flips with ``flip_tta``, :func:`gate_mask`), resized back
+    bilinearly."""
     x = TranslationInput(image_size)(image)[None].to(device)
-    m = _segmenter(network)(x).mask.float()
+    m = gate_mask(_segmenter(network), x, flip_tta)
     m = F.interpolate(m, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
     return m[0, 0].clamp(0.0, 1.0).cpu()
 
@@ -153,12 +175,14 @@ def evaluate_images(
     device: str | torch.device = "cpu",
     n_overlays: int = 4,
     complement: bool = False,
+    flip_tta: bool = False,
 ) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
     """Per-image scores (cltnet.md §7) of the lesion images ``pairs`` (``{"name", "image", "label"}``) at each
     image's own size; images with an empty ground truth are excluded with a warning.
 
     With ``complement``, the result also has ``complement_mean_dice`` / ``complement_mean_ja``: the scores of the
     same post-processing with the opposite ``invert`` (a diagnostic of a gate that marks the tissue around the lesion).
+    ``flip_tta`` averages M over the four flips of each image (:func:`gate_mask`).
 
     Returns:
         (result with ``mean_dice``, ``mean_ja``, ``mean_ac``, ``mean_se``, ``mean_sp``, ``per_image``,
@@ -182,7 +206,7 @@ def evaluate_images(
         if not truth.any():
             excluded.append(p["name"])
             continue
-        soft = soft_mask(network, image, image_size, dev)
+        soft = soft_mask(network, image, image_size, dev, flip_tta)
         _, pred = post(soft.numpy(), image * 2.0 - 1.0)
         per_image.append({"name": p["name"], **segmentation_scores(pred, truth)})
         if complement:
@@ -202,7 +226,8 @@ def evaluate_images(
             result[f"complement_mean_{k}"] = float(np.mean([r[m] for r in flipped])) if flipped else math.nan
     result.update({"n_images": len(per_image), "excluded_empty_truth": excluded, "postprocess": post.mode,
                    "zero_black_background": post.zero_black_background, "zero_corners": post.zero_corners,
-                   "invert_mask": post.invert, "image_size": int(image_size), "per_image": per_image})  # fmt: skip
+                   "invert_mask": post.invert, "flip_tta": bool(flip_tta), "image_size": int(image_size),
+                   "per_image": per_image})  # fmt: skip
     return result, overlays
 
 
@@ -229,6 +254,7 @@ class WeakValidationHandler(BestSoFarState):
         n_overlays: overlays per evaluation.
         postprocess: post-processing of the masks (default: threshold 0.5 with background zeroing).
         device: device of the network.
+        flip_tta: average M over the four flips of each validation image (:func:`gate_mask`).
     """
 
     def __init__(
@@ -242,8 +268,10 @@ class WeakValidationHandler(BestSoFarState):
         n_overlays: int = 4,
         postprocess: SoftMaskPostprocess | None = None,
         device: str | torch.device = "cpu",
+        flip_tta: bool | str = False,
     ) -> None:
         self.pairs, self.network = list(pairs), network
+        self.flip_tta = as_bool(flip_tta, "flip_tta")
         self.ckpt_dir, self.output_dir = Path(ckpt_dir), Path(output_dir)
         self.interval, self.image_size, self.n_overlays = int(interval), int(image_size), int(n_overlays)
         self.postprocess = postprocess
@@ -261,7 +289,7 @@ class WeakValidationHandler(BestSoFarState):
         it = int(engine.state.iteration)
         was_training = self.network.training
         result, overlays = evaluate_images(self.network, self.pairs, self.image_size, self.postprocess, self.device,
-                                           self.n_overlays, complement=True)  # fmt: skip
+                                           self.n_overlays, complement=True, flip_tta=self.flip_tta)  # fmt: skip
         if was_training:
             self.network.train()
         ja, di = result["mean_ja"], result["mean_dice"]
@@ -304,6 +332,7 @@ class WeakSegmentationEvaluationRunner:
         eval_split: ``test`` (default), ``val`` (model selection) or ``all`` (test + val images: a separate test set).
         postprocess, zero_black_background, zero_corners, crf_alpha: :class:`SoftMaskPostprocess` options.
         invert_mask: read ``1 − M`` as the lesion (``SoftMaskPostprocess(invert=...)``).
+        flip_tta: average M over the four flips of each image (:func:`gate_mask`).
         image_size: network input side.
         n_overlays: overlay PNGs written.
         device: torch device.
@@ -325,6 +354,7 @@ class WeakSegmentationEvaluationRunner:
         zero_corners: bool | str = False,
         crf_alpha: float = 1.0,
         invert_mask: bool | str = False,
+        flip_tta: bool | str = False,
         image_size: int = 256,
         n_overlays: int = 8,
         device: str | torch.device = "cpu",
@@ -340,6 +370,7 @@ class WeakSegmentationEvaluationRunner:
         self.eval_split = eval_split
         self.post = SoftMaskPostprocess(postprocess, zero_black_background, zero_corners,
                                         as_float(crf_alpha, "crf_alpha", 0.0), invert_mask)  # fmt: skip
+        self.flip_tta = as_bool(flip_tta, "flip_tta")
         self.image_size, self.n_overlays = as_int(image_size, "image_size", 8), as_int(n_overlays, "n_overlays", 0)
         self.device = torch.device(device)
         self.pairs = {"test": folders.test, "val": folders.val, "all": folders.test + folders.val}[eval_split]
@@ -355,7 +386,7 @@ class WeakSegmentationEvaluationRunner:
             logger.warning("no ckpt_path: evaluating the network's current (possibly random) weights")
         self.network.to(self.device)
         result, overlays = evaluate_images(self.network, self.pairs, self.image_size, self.post, self.device,
-                                           self.n_overlays)  # fmt: skip
+                                           self.n_overlays, flip_tta=self.flip_tta)  # fmt: skip
         result = {"split": self.eval_split, "checkpoint": None if self.ckpt_path is None else str(self.ckpt_path),
                   "dataset": str(self.folders.root), **result}  # fmt: skip
         paths = write_image_reports(result, self.output_dir, overlays, title=f"Weakly supervised segmentation, "
