@@ -455,9 +455,11 @@ BUNDLE_CASES: list[tuple[str, tuple, tuple[str, ...]]] = [
     ("clt-eval-crf_alpha-text", _clt_eval(crf_alpha="x"), ("crf_alpha", MUST_NUM)),
     ("clt-eval-zero_corners-maybe", _clt_eval(zero_corners="maybe"), ("zero_corners", "true or false")),
     ("clt-eval-invert_mask-maybe", _clt_eval(invert_mask="maybe"), ("invert_mask", "true or false")),
+    ("clt-eval-flip_tta-maybe", _clt_eval(flip_tta="maybe"), ("flip_tta", "true or false")),
     # inference.json
     ("clt-infer-crf_alpha-text", _clt_inf(crf_alpha="x"), ("crf_alpha", MUST_NUM)),
     ("clt-infer-invert_mask-maybe", _clt_inf(invert_mask="maybe"), ("invert_mask", "true or false")),
+    ("clt-infer-flip_tta-maybe", _clt_inf(flip_tta="maybe"), ("flip_tta", "true or false")),
     ("clt-infer-image_size-0", _clt_inf(image_size=0), ("image_size", ">= 8")),
     ("clt-infer-output-in-input", _clt_inf(output_dir="{in}/weak/testA/images/pred"), ("output_dir", INSIDE)),
     ("clt-infer-corrupt-image", _clt_inf(images=["{in}/x/corrupt.png"]), ("corrupt.png", "cannot read")),

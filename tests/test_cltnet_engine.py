@@ -27,9 +27,11 @@ from labelless.transforms.translation import (
 from labelless.weak.data import UnpairedDomainDataset
 from labelless.weak.synthetic import write_weak_phantoms
 from labelless.weak.workflow import (
+    FLIP_DIMS,
     WeakSegmentationEvaluationRunner,
     WeakValidationHandler,
     evaluate_images,
+    gate_mask,
     resolve_domains,
 )
 
@@ -87,8 +89,9 @@ def test_smoke_run_trains_keeps_rho_and_selects_on_validation(phantoms, tmp_path
     plain, _ = evaluate_images(best, folders.val, 96, SoftMaskPostprocess("otsu"), complement=True)
     inv = WeakSegmentationEvaluationRunner(build_cltnet(ngf=8, ndf=8), folders, tmp_path / "eval_inv", eval_split="val",
                                            ckpt_path=tmp_path / "ckpt" / "best_model.pt", image_size=96,
-                                           postprocess="otsu", invert_mask="true").run()  # fmt: skip
-    assert inv["invert_mask"] is True and plain["invert_mask"] is False
+                                           postprocess="otsu", invert_mask="true", flip_tta="true").run()  # fmt: skip
+    plain, _ = evaluate_images(best, folders.val, 96, SoftMaskPostprocess("otsu"), complement=True, flip_tta=True)
+    assert inv["invert_mask"] is True and plain["invert_mask"] is False and inv["flip_tta"] is plain["flip_tta"] is True
     assert inv["mean_dice"] == pytest.approx(plain["complement_mean_dice"])
 
 
@@ -244,6 +247,22 @@ def test_inverted_mask_reads_the_complement_and_keeps_zeroed_pixels_background()
     assert (o == oi)[body].mean() < 0.02  # the two sides swap, but for the pixels in the threshold's bin
     with pytest.raises(ConfigError, match="invert_mask"):
         SoftMaskPostprocess("otsu", invert="maybe")
+
+
+def test_flip_tta_makes_the_mask_flip_equivariant():
+    """flip_tta (not in the spec): M averaged over the four flips, each flipped back, so that flipping the input flips
+    the mask exactly; without it the mask of a random network is not flip-equivariant."""
+    torch.manual_seed(0)
+    gen = build_cltnet(ngf=8, ndf=8).gen_ab.eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        plain = gate_mask(gen, x)
+        avg = gate_mask(gen, x, flip_tta=True)
+        ref = torch.stack([torch.flip(gen(torch.flip(x, d)).mask, d) if d else gen(x).mask for d in FLIP_DIMS]).mean(0)
+        assert avg.shape == plain.shape == (2, 1, 32, 32) and torch.allclose(avg, ref, atol=1e-6)
+        for d in FLIP_DIMS[1:]:
+            assert torch.allclose(gate_mask(gen, torch.flip(x, d), flip_tta=True), torch.flip(avg, d), atol=1e-5)
+        assert not torch.allclose(gate_mask(gen, torch.flip(x, (-1,))), torch.flip(plain, (-1,)), atol=1e-5)
 
 
 def test_segmentation_scores_on_a_hand_built_confusion():
