@@ -145,12 +145,14 @@ def gate_mask(generator: torch.nn.Module, x: torch.Tensor, flip_tta: bool = Fals
     """The mask gate ``M`` ``[B, 1, S, S]`` of the A→B generator on network inputs ``x`` ``[B, 3, S, S]``.
 
     With ``flip_tta`` (not in the spec), the mean of ``M`` over the four flips of ``x`` (:data:`FLIP_DIMS`), each
-    flipped back: a gate whose position is biased in one direction (on ISIC it sits 4–8 % of the image below and right
-    of the lesion, docs/results.md) is averaged back over the lesion; an unbiased gate is smoothed.
+    flipped back: a gate whose position is biased in one direction (on ISIC it sits 4–9 % of the image below and right
+    of the lesion, docs/results.md) is averaged back over the lesion; an unbiased gate is smoothed. The four views go
+    through the generator as one batch (its normalisations are per sample).
     """
     if not flip_tta:
         return generator(x).mask.float()
-    masks = [generator(torch.flip(x, d) if d else x).mask.float() for d in FLIP_DIMS]
+    views = torch.cat([torch.flip(x, d) if d else x for d in FLIP_DIMS])
+    masks = generator(views).mask.float().chunk(len(FLIP_DIMS))
     return torch.stack([torch.flip(m, d) if d else m for m, d in zip(masks, FLIP_DIMS)]).mean(0)
 
 
@@ -191,7 +193,7 @@ def evaluate_images(
     post = postprocess or SoftMaskPostprocess()
     other = copy.copy(post)
     other.invert = not post.invert
-    flipped: list[dict[str, float]] = []
+    complemented: list[dict[str, float]] = []
     dev = torch.device(device)
     network.eval()
     per_image, overlays, excluded = [], [], []
@@ -210,7 +212,7 @@ def evaluate_images(
         _, pred = post(soft.numpy(), image * 2.0 - 1.0)
         per_image.append({"name": p["name"], **segmentation_scores(pred, truth)})
         if complement:
-            flipped.append(segmentation_scores(other(soft.numpy(), image * 2.0 - 1.0)[1], truth))
+            complemented.append(segmentation_scores(other(soft.numpy(), image * 2.0 - 1.0)[1], truth))
         if len(overlays) < int(n_overlays):
             overlays.append((p["name"], rgb_overlay(image, truth=truth, prediction=pred)))
     if excluded:
@@ -223,7 +225,7 @@ def evaluate_images(
     if complement:
         for k in ("dice", "ja"):
             m = "di" if k == "dice" else k
-            result[f"complement_mean_{k}"] = float(np.mean([r[m] for r in flipped])) if flipped else math.nan
+            result[f"complement_mean_{k}"] = float(np.mean([r[m] for r in complemented])) if complemented else math.nan
     result.update({"n_images": len(per_image), "excluded_empty_truth": excluded, "postprocess": post.mode,
                    "zero_black_background": post.zero_black_background, "zero_corners": post.zero_corners,
                    "invert_mask": post.invert, "flip_tta": bool(flip_tta), "image_size": int(image_size),
