@@ -22,6 +22,7 @@ import torch
 from skimage.filters import threshold_otsu
 
 from labelless.data.images import find_image_mask_pairs, load_mask, load_rgb
+from labelless.evaluation.metrics import segmentation_scores
 from labelless.networks.cltnet import build_cltnet
 from labelless.transforms.postprocess import zero_corners
 from labelless.transforms.translation import TranslationInput
@@ -29,13 +30,7 @@ from labelless.weak.domains import WEAK_IMAGE_SUFFIXES
 
 
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    s = int(pred.sum()) + int(gt.sum())
-    return 1.0 if s == 0 else 2.0 * int((pred & gt).sum()) / s
-
-
-def jaccard(pred: np.ndarray, gt: np.ndarray) -> float:
-    u = int((pred | gt).sum())
-    return 1.0 if u == 0 else int((pred & gt).sum()) / u
+    return segmentation_scores(pred, gt)["di"]
 
 
 @torch.no_grad()
@@ -65,8 +60,8 @@ def stats(
         t = threshold_otsu(m[body]) if np.ptp(m[body]) > 1e-6 else 0.5
         rows.append({"in": float(inside.mean()), "out": float(outside.mean()) if outside.size else float("nan"),
                      "dice_05": dice((m > 0.5) & body, gt), "dice_otsu": dice((m > t) & body, gt),
-                     "dice_otsu_inverted": dice((m <= t) & body, gt),
-                     "ja_otsu_inverted": jaccard((m <= t) & body, gt)})  # fmt: skip
+                     **{f"{k}_otsu_inverted": v for k, v in segmentation_scores((m <= t) & body, gt).items()
+                        if k in ("di", "ja")}})  # fmt: skip
     mean = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}
     out = {"ckpt": str(ckpt), "n_images": len(rows), **mean}
     for name, domain in (domains or {}).items():  # mean M on unlabelled domain images (image-level labels only)
