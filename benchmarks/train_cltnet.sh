@@ -5,6 +5,10 @@
 #   benchmarks/train_cltnet.sh brats [n_steps] [overrides...]
 #   benchmarks/train_cltnet.sh isic [n_steps] [overrides...]   # ISIC-2016 domains (loss weights "isic"), CLTNet ISIC val
 # ISIC_PATCH_SCALE=image builds the B patches at the A images' scale (mirror-tiled; runs/cltnet/isic_domains_tile).
+# ISIC_MIN_MEAN=<m> rejects corner patches darker than m (default 0.2, spec §1.2: vignetting only; 0.6 also rejects
+# the dark corners of frame-filling lesions, runs/cltnet/isic_domains_m<m>).
+# ISIC_VAL_FRACTION=<f> holds the last f of the ids before the test split out of training as a labelled val/ split
+# (masks read for selection only), which then replaces the CLTNet ISIC val samples for the validation.
 # CLTNET_EVERY=<n>: checkpoint and validate every n iterations (250).
 # CLTNET_OUT=<folder> writes elsewhere (default runs/cltnet/brats). An interrupted run continues with the same
 # command plus `--resume true` (from the newest complete checkpoint; the log is appended to).
@@ -24,10 +28,16 @@ case "$NAME" in
         WEIGHTS=brats ;;
     isic)  # lesion images of ISIC-2016 (first 60 % of the ids) / their lesion-free corner patches; test = last 40 %
         SCALE="${ISIC_PATCH_SCALE:-resize}"  # image: B patches at the A images' scale, mirror-tiled
+        MIN_MEAN="${ISIC_MIN_MEAN:-0.2}"
         DOMAINS="$RUN/isic_domains$([ "$SCALE" = image ] && echo _tile || true)"
+        VAL_FRACTION="${ISIC_VAL_FRACTION:-0}"
+        [ "$MIN_MEAN" = 0.2 ] || DOMAINS="${DOMAINS}_m$MIN_MEAN"
+        [ "$VAL_FRACTION" = 0 ] || DOMAINS="${DOMAINS}_v$VAL_FRACTION"
         [ -f "$DOMAINS/manifest.json" ] || labelless weak_domains_images "$DATA/isic2016/images" "$DOMAINS" \
-            --masks_dir "$DATA/isic2016/masks" --patch_scale "$SCALE"
+            --masks_dir "$DATA/isic2016/masks" --patch_scale "$SCALE" --min_mean "$MIN_MEAN" \
+            --val_fraction "$VAL_FRACTION"
         VAL="$DATA/weak_samples/ISIC/isic_1/val"
+        [ "$VAL_FRACTION" = 0 ] || VAL="$DOMAINS/val"
         WEIGHTS=isic ;;
     *) echo "usage: $0 brats|isic [n_steps]" >&2; exit 2 ;;
 esac

@@ -532,6 +532,8 @@ CLI_CASES: list[tuple[str, str, tuple, dict, tuple[str, ...]]] = [
     ("weak_domains-output-in-input", "weak_domains", ("{in}/abd", "{in}/abd/wd"), {}, (INSIDE, "abd")),
     ("weak_domains_images-test_fraction", "weak_domains_images", ("{in}/les/images", "{out}/wd"),
      {"test_fraction": 1.5}, ("test_fraction", "1.5")),
+    ("weak_domains_images-val_fraction-no-masks", "weak_domains_images", ("{in}/les/images", "{out}/wd"),
+     {"val_fraction": 0.1}, ("val_fraction", "masks_dir")),
     ("weak_domains_csv-columns", "weak_domains_csv", ("{in}/x/tags.csv", "{out}/wd"), {}, ("tags.csv", "header")),
     ("fsms_synthetic-size-text", "fsms_synthetic", ("{out}/fs",), {"size": "abc"}, ("--size", MUST_INT)),
     ("verify_metadata-bad-json", "verify_metadata", ("{in}/x/meta.json",), {}, ("meta.json", "cannot read")),

@@ -274,3 +274,45 @@ def test_shared_sample_folders_and_brats_volumes(tmp_path):
     assert all(r["lesion_px"] == 0 for r in m["slices"] if r["domain"] == "B")
     assert all(r["lesion_px"] >= 100 for r in m["slices"] if r["domain"] == "A")
     assert not set(m["split"]["test"]) & set(m["split"]["train"])
+
+
+def test_write_image_domains_val_split_is_labelled_and_not_trained_on(tmp_path):
+    skin = np.full((40, 50, 3), 180, np.uint8)
+    m = np.zeros((40, 50), np.uint8)
+    m[10:30, 10:40] = 255
+    (tmp_path / "masks").mkdir()
+    for i in range(10):
+        _png(tmp_path / "images" / f"ISIC_{i}.png", skin)
+        if i < 5:  # training images: unreadable masks, never opened
+            (tmp_path / "masks" / f"ISIC_{i}_segmentation.png").write_bytes(b"not a png")
+        else:
+            _png(tmp_path / "masks" / f"ISIC_{i}_segmentation.png", m)
+    man = write_image_domains(tmp_path / "images", tmp_path / "out", masks_dir=tmp_path / "masks", test_fraction=0.3,
+                              val_fraction=0.2, size=32)  # fmt: skip
+    assert man["train_ids"] == [f"ISIC_{i}" for i in range(5)]
+    assert man["val_ids"] == ["ISIC_5", "ISIC_6"] and man["test_ids"] == ["ISIC_7", "ISIC_8", "ISIC_9"]
+    assert man["counts"] == {"trainA": 5, "trainB": 20, "testA": 3, "val": 2}
+    assert not any(p.name.startswith(("ISIC_5", "ISIC_6")) for p in (tmp_path / "out" / "trainB").iterdir())
+    folders = WeakDomainFolders(tmp_path / "out")
+    assert [r["name"] for r in folders.val] == ["ISIC_5", "ISIC_6"] and len(folders.train_a) == 5
+    label = np.asarray(Image.open(folders.val[0]["label"]))
+    assert label.shape == (32, 32) and set(np.unique(label)) == {0, 255}
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"val_fraction": 0.2}, "needs masks_dir"),
+        ({"val_fraction": -0.1, "masks_dir": "masks"}, "val_fraction must be in"),
+        ({"val_fraction": 0.9, "masks_dir": "masks"}, "leaves no training image"),
+    ],
+)
+def test_write_image_domains_val_fraction_errors(tmp_path, kwargs, needle):
+    for i in range(4):
+        _png(tmp_path / "images" / f"ISIC_{i}.png", np.full((20, 20, 3), 180, np.uint8))
+        _png(tmp_path / "masks" / f"ISIC_{i}_segmentation.png", np.zeros((20, 20), np.uint8))
+    if "masks_dir" in kwargs:
+        kwargs = {**kwargs, "masks_dir": tmp_path / kwargs["masks_dir"]}
+    with pytest.raises(ConfigError, match=needle):
+        write_image_domains(tmp_path / "images", tmp_path / "out", test_fraction=0.25, size=16, **kwargs)
+    assert not (tmp_path / "out").exists()

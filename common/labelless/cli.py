@@ -567,6 +567,7 @@ class LabellessCLI:
         max_std: float = 0.05,
         size: int = 256,
         patch_scale: str = "resize",
+        val_fraction: float = 0.0,
     ) -> str:
         """Build lesion (A) / normal (B) folders from a folder of lesion images (e.g. dermoscopy), without pixel labels:
         B = lesion-free corner patches of the training images.
@@ -582,6 +583,8 @@ class LabellessCLI:
             size: output image side.
             patch_scale: "resize" (the corner crop resized to --size, spec default) or "image" (kept at the scale of
                 the A images and mirror-tiled to --size).
+            val_fraction: fraction of all ids, taken just before the test ids, written with their masks as a
+                labelled val/ split for model selection (not trained on; needs --masks_dir).
         """
         from labelless.weak.domains import write_image_domains
 
@@ -590,7 +593,8 @@ class LabellessCLI:
                                 side_fraction=as_float(side_fraction, "--side_fraction", parse=True),
                                 min_mean=as_float(min_mean, "--min_mean", parse=True),
                                 max_std=as_float(max_std, "--max_std", parse=True),
-                                size=as_int(size, "--size", parse=True), patch_scale=str(patch_scale))  # fmt: skip
+                                size=as_int(size, "--size", parse=True), patch_scale=str(patch_scale),
+                                val_fraction=as_float(val_fraction, "--val_fraction", parse=True))  # fmt: skip
         counts = ", ".join(f"{k} {v}" for k, v in sorted(m["counts"].items()))
         return f"{counts}; written to {out_dir}"
 

@@ -445,10 +445,15 @@ def write_image_domains(
     max_std: float = 0.05,
     size: int = 256,
     patch_scale: str = "resize",
+    val_fraction: float = 0.0,
 ) -> dict[str, Any]:
     """Lesion images (e.g. ISIC) → ``trainA`` (the first ``1 − test_fraction`` of the sorted ids, images only),
     ``trainB`` (lesion-free corner patches of the **train** images, :func:`lesion_free_patches`) and ``testA``
     (the other images, with their masks from ``masks_dir`` when given).
+
+    With ``val_fraction > 0`` the last ``val_fraction`` of all ids before the test ids become a labelled
+    validation split ``val/images`` + ``val/labels`` (for checkpoint and post-processing selection): those images
+    are neither in ``trainA`` nor a source of ``trainB`` patches, and ``masks_dir`` is required.
 
     The masks of training images are never read. Images are written as ``size × size`` RGB PNGs; ``patch_scale``
     as in :func:`lesion_free_patches`.
@@ -458,17 +463,27 @@ def write_image_domains(
         DataError: no images, unreadable files, a test image without mask, no patch kept.
     """
     _check_patch_scale(patch_scale)
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if float(val_fraction) > 0 and masks_dir is None:
+        raise ConfigError("val_fraction > 0 needs masks_dir: the validation images are scored against masks")
     images = list_images(images_dir)
     if not images:
         raise DataError(images_dir, f"no images ({', '.join(IMAGE_2D_SUFFIXES)}) in the folder")
     final = _fresh_output(out_dir, [images_dir] + ([masks_dir] if masks_dir is not None else []))
     with _staged(final) as out:
         train, test = _image_ids_split(list(images), test_fraction)
+        n_val = int(round(float(val_fraction) * len(images)))
+        if n_val >= len(train):
+            raise ConfigError(f"val_fraction {val_fraction} leaves no training image ({len(train)} before the test ids)")
+        train, val = train[: len(train) - n_val], train[len(train) - n_val :]
         labelled = {}
-        if masks_dir is not None and test:
+        if masks_dir is not None and (test or val):
             pairs = find_image_mask_pairs(images_dir, masks_dir)
             labelled = {p["name"]: Path(p["label"]) for p in pairs.pairs}
         records, counts = [], {"trainA": 0, "trainB": 0, "testA": 0}
+        if val:
+            counts["val"] = 0
         for pid in train:
             rgb = read_rgb(images[pid])
             records.append({"folder": "trainA", "image": _write_png(_to_uint8_rgb(_resize(rgb, size, "bilinear")), out,
@@ -478,23 +493,28 @@ def write_image_domains(
                 records.append({"folder": "trainB", "image": _write_png(patch, out, f"trainB/{pid}_{corner}.png"),
                                 "source": str(images[pid])})  # fmt: skip
                 counts["trainB"] += 1
-        for pid in test:
-            rgb = read_rgb(images[pid])
-            rec = {"folder": "testA", "image": _write_png(_to_uint8_rgb(_resize(rgb, size, "bilinear")), out,
-                                                          f"testA/images/{pid}.png")}  # fmt: skip
-            if labelled:
-                mask = load_mask(labelled[pid], size=None)[0].numpy()
-                if mask.shape != rgb.shape[:2]:
-                    raise DataError(labelled[pid], f"mask size {mask.shape} differs from the image {rgb.shape[:2]}")
-                m = _resize(mask, size, "nearest") > 0.5
-                rec["label"] = _write_png(m.astype(np.uint8) * 255, out, f"testA/labels/{pid}_segmentation.png")
-            records.append(rec)
-            counts["testA"] += 1
+        for folder, ids in (("val", val), ("testA", test)):
+            for pid in ids:
+                rgb = read_rgb(images[pid])
+                rec = {"folder": folder, "image": _write_png(_to_uint8_rgb(_resize(rgb, size, "bilinear")), out,
+                                                             f"{folder}/images/{pid}.png")}  # fmt: skip
+                if labelled:
+                    if pid not in labelled:
+                        raise DataError(images[pid], f"no mask for this {folder} image in {masks_dir}")
+                    mask = load_mask(labelled[pid], size=None)[0].numpy()
+                    if mask.shape != rgb.shape[:2]:
+                        raise DataError(labelled[pid], f"mask size {mask.shape} differs from the image {rgb.shape[:2]}")
+                    m = _resize(mask, size, "nearest") > 0.5
+                    rec["label"] = _write_png(m.astype(np.uint8) * 255, out, f"{folder}/labels/{pid}_segmentation.png")
+                records.append(rec)
+                counts[folder] += 1
         if not counts["trainB"]:
             raise DataError(images_dir, "no corner patch passed the lesion-free rules (min_mean / max_std); relax them")
         manifest = {"source": str(Path(images_dir).resolve()), "counts": counts, "train_ids": train, "test_ids": test,
-                    "options": {"test_fraction": test_fraction, "side_fraction": side_fraction, "min_mean": min_mean,
-                                "max_std": max_std, "size": size, "patch_scale": patch_scale},
+                    "val_ids": val,
+                    "options": {"test_fraction": test_fraction, "val_fraction": val_fraction,
+                                "side_fraction": side_fraction, "min_mean": min_mean, "max_std": max_std,
+                                "size": size, "patch_scale": patch_scale},
                     "images": records}  # fmt: skip
         write_json_atomic(out / "manifest.json", manifest)
     return manifest
