@@ -475,7 +475,8 @@ def write_image_domains(
         train, test = _image_ids_split(list(images), test_fraction)
         n_val = int(round(float(val_fraction) * len(images)))
         if n_val >= len(train):
-            raise ConfigError(f"val_fraction {val_fraction} leaves no training image ({len(train)} before the test ids)")
+            raise ConfigError(f"val_fraction {val_fraction} leaves no training image "
+                              f"({len(train)} ids before the test ids)")  # fmt: skip
         train, val = train[: len(train) - n_val], train[len(train) - n_val :]
         labelled = {}
         if masks_dir is not None and (test or val):
