@@ -17,15 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from labelless.data.images import find_image_mask_pairs, load_mask
-
-
-def corner_fraction(mask: np.ndarray, corner: str, side_fraction: float) -> float:
-    """Lesion fraction of one corner crop (``tl``, ``tr``, ``bl``, ``br``) of side ``side_fraction · min(H, W)``."""
-    h, w = mask.shape
-    s = max(int(round(side_fraction * min(h, w))), 1)
-    rows = slice(0, s) if corner[0] == "t" else slice(h - s, h)
-    cols = slice(0, s) if corner[1] == "l" else slice(w - s, w)
-    return float(mask[rows, cols].mean())
+from labelless.weak.domains import corner_slices
 
 
 def main() -> None:
@@ -48,8 +40,8 @@ def main() -> None:
             raise SystemExit(f"{src}: no mask in {args.masks_dir}")
         if src not in cache:
             cache[src] = load_mask(masks[src], size=None)[0].numpy() > 0.5
-        corner = Path(rec["image"]).stem.rsplit("_", 1)[-1]
-        fractions.append(corner_fraction(cache[src], corner, side))
+        rows, cols = corner_slices(cache[src].shape, side)[Path(rec["image"]).stem.rsplit("_", 1)[-1]]
+        fractions.append(float(cache[src][rows, cols].mean()))
     f = np.asarray(fractions)
     print(f"{args.domains}: {len(f)} B patches of {len(cache)} images (min_mean {manifest['options']['min_mean']}, "
           f"max_std {manifest['options']['max_std']}); mean lesion fraction {f.mean():.3f}; "

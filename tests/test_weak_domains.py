@@ -316,3 +316,14 @@ def test_write_image_domains_val_fraction_errors(tmp_path, kwargs, needle):
     with pytest.raises(ConfigError, match=needle):
         write_image_domains(tmp_path / "images", tmp_path / "out", test_fraction=0.25, size=16, **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+def test_corner_slices_cover_the_four_corners():
+    from labelless.weak import corner_slices
+
+    sl = corner_slices((10, 20, 3), 0.3)
+    assert set(sl) == {"tl", "tr", "bl", "br"}
+    a = np.zeros((10, 20))
+    for r, c in sl.values():
+        a[r, c] += 1
+    assert a[:3, :3].all() and a[:3, -3:].all() and a[-3:, :3].all() and a[-3:, -3:].all() and a.sum() == 36

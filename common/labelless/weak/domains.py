@@ -58,6 +58,7 @@ __all__ = [
     "find_volume_cases",
     "split_cases",
     "write_volume_domains",
+    "corner_slices",
     "lesion_free_patches",
     "write_image_domains",
     "write_tagged_domains",
@@ -379,6 +380,15 @@ def _patch_at_image_scale(crop: np.ndarray, image_hw: tuple[int, int], size: int
     return np.ascontiguousarray(np.concatenate(tiles, axis=1)[:size, :size])
 
 
+def corner_slices(shape: Sequence[int], side_fraction: float = 0.3) -> dict[str, tuple[slice, slice]]:
+    """Row/column slices of the four corner crops (``tl``, ``tr``, ``bl``, ``br``) of side
+    ``side_fraction · min(H, W)`` of an image of ``shape`` ``(H, W, ...)`` (cltnet.md §1.2)."""
+    h, w = int(shape[0]), int(shape[1])
+    s = max(int(round(float(side_fraction) * min(h, w))), 1)
+    top, bottom, left, right = slice(0, s), slice(h - s, h), slice(0, s), slice(w - s, w)
+    return {"tl": (top, left), "tr": (top, right), "bl": (bottom, left), "br": (bottom, right)}
+
+
 def lesion_free_patches(
     rgb: np.ndarray,
     side_fraction: float = 0.3,
@@ -413,10 +423,9 @@ def lesion_free_patches(
         raise ConfigError(f"side_fraction must be in (0, 0.5], got {side_fraction!r}")
     _check_patch_scale(patch_scale)
     h, w = a.shape[:2]
-    s = max(int(round(float(side_fraction) * min(h, w))), 1)
-    corners = {"tl": a[:s, :s], "tr": a[:s, w - s :], "bl": a[h - s :, :s], "br": a[h - s :, w - s :]}
     out = []
-    for name, crop in corners.items():
+    for name, (rows, cols) in corner_slices(a.shape, side_fraction).items():
+        crop = a[rows, cols]
         if float(crop.mean()) < float(min_mean) or float(crop.reshape(-1, 3).std(axis=0).mean()) > float(max_std):
             continue
         if patch_scale == "image":
