@@ -575,7 +575,7 @@ class LabellessCLI:
         Args:
             images_dir: lesion images (never written).
             out_dir: new output folder (trainA/, trainB/, testA/images [+ labels], manifest.json).
-            masks_dir: masks of the images; read for the test images only (evaluation).
+            masks_dir: masks of the images; read for the test and val images only (evaluation, selection).
             test_fraction: last fraction of the sorted ids held out for testing.
             side_fraction: corner patch side as a fraction of min(H, W).
             min_mean: reject darker patches (vignetting).
