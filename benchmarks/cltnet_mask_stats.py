@@ -27,6 +27,7 @@ from labelless.networks.cltnet import build_cltnet
 from labelless.transforms.postprocess import zero_corners
 from labelless.transforms.translation import TranslationInput
 from labelless.weak.domains import WEAK_IMAGE_SUFFIXES
+from labelless.weak.workflow import load_weak_weights
 
 
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -35,15 +36,17 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
 
 @torch.no_grad()
 def stats(
-    ckpt: Path, folder: Path, image_size: int, ngf: int, ndf: int, corners: bool = False, domains: dict | None = None
+    ckpt: Path,
+    folder: Path,
+    image_size: int,
+    ngf: int,
+    ndf: int,
+    corners: bool = False,
+    domains: dict | None = None,
+    n_layers_global: int = 7,
 ) -> dict:
-    net = build_cltnet(ngf=ngf, ndf=ndf)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    state = state.get("model", state)
-    if any(k.startswith("gen_ab.") for k in state):
-        net.load_state_dict(state)
-    else:  # a generator-only state dict (a bundle's models/model.pt)
-        net.gen_ab.load_state_dict(state)
+    net = build_cltnet(ngf=ngf, ndf=ndf, n_layers_global=n_layers_global)
+    load_weak_weights(net.gen_ab, ckpt)  # the A→B generator of a full checkpoint or of a model.pt
     net.eval()
     pairs = find_image_mask_pairs(folder / "images", folder / "labels", image_suffixes=WEAK_IMAGE_SUFFIXES).pairs
     rows = []
@@ -81,6 +84,7 @@ def main() -> None:
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--ngf", type=int, default=16)
     parser.add_argument("--ndf", type=int, default=16)
+    parser.add_argument("--n_layers_global", type=int, default=7, help="6 for a 64-px profile")
     parser.add_argument("--zero_corners", action="store_true", help="drop the corner triangles (dermoscopy)")
     parser.add_argument(
         "--domain",
@@ -93,7 +97,7 @@ def main() -> None:
     domains = dict(d.split("=", 1) for d in args.domain)
     for c in args.ckpts:
         print(json.dumps(stats(Path(c), Path(args.folder), args.image_size, args.ngf, args.ndf, args.zero_corners,
-                               domains)))  # fmt: skip
+                               domains, args.n_layers_global)))  # fmt: skip
 
 
 if __name__ == "__main__":

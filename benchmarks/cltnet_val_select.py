@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--image_size", type=int, default=128)
     ap.add_argument("--ngf", type=int, default=16)
     ap.add_argument("--ndf", type=int, default=16)
+    ap.add_argument("--n_layers_global", type=int, default=7, help="6 for a 64-px profile (train.json's option)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     val = Path(args.val_dir)
@@ -49,7 +50,7 @@ def main() -> None:
     rows = []
     posts = [(m.split(":")[0], float(m.split(":")[1]) if ":" in m else 1.0) for m in args.postprocess.split(",")]
     for ckpt in sorted((Path(c) for c in args.ckpts), key=lambda p: (str(p.parent), _iteration(p))):
-        net = build_cltnet(ngf=args.ngf, ndf=args.ndf)
+        net = build_cltnet(ngf=args.ngf, ndf=args.ndf, n_layers_global=args.n_layers_global)
         load_weak_weights(net, ckpt)
         for (mode, alpha), tta in itertools.product(posts, (False, True)):
             post = SoftMaskPostprocess(mode, zero_corners=args.zero_corners, crf_alpha=alpha)
