@@ -36,17 +36,10 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
 
 @torch.no_grad()
 def stats(
-    ckpt: Path,
-    folder: Path,
-    image_size: int,
-    ngf: int,
-    ndf: int,
-    corners: bool = False,
-    domains: dict | None = None,
-    n_layers_global: int = 7,
+    ckpt: Path, folder: Path, image_size: int, ngf: int, ndf: int, corners: bool = False, domains: dict | None = None
 ) -> dict:
-    net = build_cltnet(ngf=ngf, ndf=ndf, n_layers_global=n_layers_global)
-    load_weak_weights(net.gen_ab, ckpt)  # the A→B generator of a full checkpoint or of a model.pt
+    net = build_cltnet(ngf=ngf, ndf=ndf)
+    load_weak_weights(net.gen_ab, ckpt)  # A→B generator of a full checkpoint (any D depth) or model.pt
     net.eval()
     pairs = find_image_mask_pairs(folder / "images", folder / "labels", image_suffixes=WEAK_IMAGE_SUFFIXES).pairs
     rows = []
@@ -65,7 +58,7 @@ def stats(
                      "dice_05": dice((m > 0.5) & body, gt), "dice_otsu": dice((m > t) & body, gt),
                      **{f"{k}_otsu_inverted": v for k, v in segmentation_scores((m <= t) & body, gt).items()
                         if k in ("di", "ja")}})  # fmt: skip
-    mean = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}
+    mean = {k: round(float(np.nanmean([r[k] for r in rows])), 4) for k in rows[0]}  # "out": NaN if all lesion
     out = {"ckpt": str(ckpt), "n_images": len(rows), **mean}
     for name, domain in (domains or {}).items():  # mean M on unlabelled domain images (image-level labels only)
         files = sorted(f for f in Path(domain).iterdir() if f.suffix.lower() in WEAK_IMAGE_SUFFIXES)
@@ -84,7 +77,6 @@ def main() -> None:
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--ngf", type=int, default=16)
     parser.add_argument("--ndf", type=int, default=16)
-    parser.add_argument("--n_layers_global", type=int, default=7, help="6 for a 64-px profile")
     parser.add_argument("--zero_corners", action="store_true", help="drop the corner triangles (dermoscopy)")
     parser.add_argument(
         "--domain",
@@ -97,7 +89,7 @@ def main() -> None:
     domains = dict(d.split("=", 1) for d in args.domain)
     for c in args.ckpts:
         print(json.dumps(stats(Path(c), Path(args.folder), args.image_size, args.ngf, args.ndf, args.zero_corners,
-                               domains, args.n_layers_global)))  # fmt: skip
+                               domains)))  # fmt: skip
 
 
 if __name__ == "__main__":
