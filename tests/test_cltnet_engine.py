@@ -265,6 +265,35 @@ def test_flip_tta_makes_the_mask_flip_equivariant():
         assert not torch.allclose(gate_mask(gen, torch.flip(x, (-1,))), torch.flip(plain, (-1,)), atol=1e-5)
 
 
+def test_threshold_sweep_readings_match_the_bundle_mask():
+    """benchmarks/cltnet_threshold_sweep.py (a diagnostic): its M reading is the bundle's soft mask (flip-averaged
+    or not) at the image's size; its diff reading is |x − y| / 2 of the translation, in [0, 1], zero where y = x."""
+    from pathlib import Path
+
+    from labelless.weak.workflow import soft_mask
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cltnet_threshold_sweep.py"
+    spec = importlib.util.spec_from_file_location("cltnet_threshold_sweep", script)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    torch.manual_seed(0)
+    net = build_cltnet(ngf=8, ndf=8)
+    net.eval()
+    image = torch.rand(3, 40, 48)
+    for tta in (False, True):
+        maps = sweep.readings(net.gen_ab, image, 32, tta)
+        assert maps["M"].shape == maps["diff"].shape == (40, 48)
+        assert np.allclose(maps["M"], soft_mask(net, image, 32, torch.device("cpu"), tta).numpy(), atol=1e-5)
+        assert 0.0 <= maps["diff"].min() and maps["diff"].max() <= 1.0 and maps["diff"].max() > 0.0
+
+    class Identity(torch.nn.Module):  # a generator that changes nothing: diff is 0
+        def forward(self, x):
+            return type("Out", (), {"mask": torch.full_like(x[:, :1], 0.3), "y": x})()
+
+    maps = sweep.readings(Identity(), image, 32, True)
+    assert np.allclose(maps["diff"], 0.0) and np.allclose(maps["M"], 0.3)
+
+
 def test_segmentation_scores_on_a_hand_built_confusion():
     pred = np.zeros((4, 5), bool)
     truth = np.zeros((4, 5), bool)
