@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,17 +35,14 @@ import torch.nn.functional as F
 
 from labelless.data.images import find_image_mask_pairs, load_mask, load_rgb
 from labelless.evaluation.metrics import segmentation_scores
-from labelless.networks.cltnet import build_cltnet
 from labelless.transforms.postprocess import SoftMaskPostprocess, crf_mask
 from labelless.transforms.translation import TranslationInput
 from labelless.utils import write_json_atomic
 from labelless.weak.domains import WEAK_IMAGE_SUFFIXES
-from labelless.weak.workflow import FLIP_DIMS, load_weak_weights
+from labelless.weak.workflow import FLIP_DIMS
 
-
-def _iteration(path: Path) -> int:
-    m = re.search(r"iteration=(\d+)", path.name)
-    return int(m.group(1)) if m else -1
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cltnet_cli import add_model_args, iteration, load_model, sorted_checkpoints  # noqa: E402
 
 
 @torch.no_grad()
@@ -72,12 +69,8 @@ def main() -> None:
     ap.add_argument("--readings", default="M,diff")
     ap.add_argument("--thresholds", default="0.02,0.05,0.1,0.2,0.3,0.4,0.45,0.5,0.55,0.6,0.7,0.8")
     ap.add_argument("--crf_alphas", default="", help="e.g. 0.5,1,2,4 (min-max-normalised M; needs pydensecrf2)")
-    ap.add_argument("--zero_corners", action="store_true")
     ap.add_argument("--flip_tta", action="store_true")
-    ap.add_argument("--image_size", type=int, default=128)
-    ap.add_argument("--ngf", type=int, default=16)
-    ap.add_argument("--ndf", type=int, default=16)
-    ap.add_argument("--n_layers_global", type=int, default=7, help="6 for a 64-px profile")
+    add_model_args(ap)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     thresholds = [float(t) for t in args.thresholds.split(",")]
@@ -94,10 +87,8 @@ def main() -> None:
         folders[name] = [(img, t) for img, t in data if t.any()]
     post = SoftMaskPostprocess("otsu", zero_corners=args.zero_corners)
     rows = []
-    for ckpt in sorted((Path(c) for c in args.ckpts), key=lambda p: (str(p.parent), _iteration(p))):
-        net = build_cltnet(ngf=args.ngf, ndf=args.ndf, n_layers_global=args.n_layers_global)
-        load_weak_weights(net, ckpt)
-        gen = net.gen_ab.eval()
+    for ckpt in sorted_checkpoints(args.ckpts):
+        gen = load_model(args, ckpt).gen_ab.eval()
         for name, data in folders.items():
             scores: dict[str, list[float]] = {}
             for image, truth in data:
@@ -118,7 +109,7 @@ def main() -> None:
                         dice = segmentation_scores(crf_mask(unary, rgb, a) & keep, truth)["di"]
                         scores.setdefault(f"M crf_minmax a={a:g}", []).append(dice)
             means = {k: 100.0 * float(np.mean(v)) for k, v in scores.items()}
-            rows.append({"ckpt": str(ckpt), "iteration": _iteration(ckpt), "folder": name, "n_images": len(data),
+            rows.append({"ckpt": str(ckpt), "iteration": iteration(ckpt), "folder": name, "n_images": len(data),
                          "mean_dice": means})  # fmt: skip
             best = max(means, key=means.get)
             print(f"{ckpt}  {name}[{len(data)}]  best {best}: {means[best]:.2f}  |  "

@@ -17,20 +17,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import re
+import sys
 from pathlib import Path
 
 from labelless.data.images import find_image_mask_pairs
-from labelless.networks.cltnet import build_cltnet
 from labelless.transforms.postprocess import SoftMaskPostprocess
 from labelless.utils import write_json_atomic
 from labelless.weak.domains import WEAK_IMAGE_SUFFIXES
-from labelless.weak.workflow import evaluate_images, load_weak_weights
+from labelless.weak.workflow import evaluate_images
 
-
-def _iteration(path: Path) -> int:
-    m = re.search(r"iteration=(\d+)", path.name)
-    return int(m.group(1)) if m else -1
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cltnet_cli import add_model_args, iteration, load_model, sorted_checkpoints  # noqa: E402
 
 
 def main() -> None:
@@ -38,26 +35,21 @@ def main() -> None:
     ap.add_argument("ckpts", nargs="+")
     ap.add_argument("--val_dir", required=True, help="a folder with images/ and labels/")
     ap.add_argument("--postprocess", default="otsu")
-    ap.add_argument("--zero_corners", action="store_true")
-    ap.add_argument("--image_size", type=int, default=128)
-    ap.add_argument("--ngf", type=int, default=16)
-    ap.add_argument("--ndf", type=int, default=16)
-    ap.add_argument("--n_layers_global", type=int, default=7, help="6 for a 64-px profile (train.json's option)")
+    add_model_args(ap)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     val = Path(args.val_dir)
     pairs = find_image_mask_pairs(val / "images", val / "labels", image_suffixes=WEAK_IMAGE_SUFFIXES).pairs
     rows = []
     posts = [(m.split(":")[0], float(m.split(":")[1]) if ":" in m else 1.0) for m in args.postprocess.split(",")]
-    for ckpt in sorted((Path(c) for c in args.ckpts), key=lambda p: (str(p.parent), _iteration(p))):
-        net = build_cltnet(ngf=args.ngf, ndf=args.ndf, n_layers_global=args.n_layers_global)
-        load_weak_weights(net, ckpt)
+    for ckpt in sorted_checkpoints(args.ckpts):
+        net = load_model(args, ckpt)
         for (mode, alpha), tta in itertools.product(posts, (False, True)):
             post = SoftMaskPostprocess(mode, zero_corners=args.zero_corners, crf_alpha=alpha)
             res, _ = evaluate_images(net, pairs, args.image_size, post, n_overlays=0, complement=True, flip_tta=tta)
             for invert, di, ja in ((False, res["mean_dice"], res["mean_ja"]),
                                    (True, res["complement_mean_dice"], res["complement_mean_ja"])):  # fmt: skip
-                rows.append({"ckpt": str(ckpt), "iteration": _iteration(ckpt), "postprocess": mode,
+                rows.append({"ckpt": str(ckpt), "iteration": iteration(ckpt), "postprocess": mode,
                              "crf_alpha": alpha, "invert_mask": invert, "flip_tta": tta, "val_mean_dice": di,
                              "val_mean_ja": ja})  # fmt: skip
                 print(
