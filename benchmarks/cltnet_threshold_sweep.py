@@ -39,7 +39,7 @@ from labelless.transforms.postprocess import SoftMaskPostprocess, crf_mask
 from labelless.transforms.translation import TranslationInput
 from labelless.utils import write_json_atomic
 from labelless.weak.domains import WEAK_IMAGE_SUFFIXES
-from labelless.weak.workflow import FLIP_DIMS
+from labelless.weak.workflow import flip_average
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cltnet_cli import add_model_args, iteration, load_model, sorted_checkpoints  # noqa: E402
@@ -49,17 +49,15 @@ from _cltnet_cli import add_model_args, iteration, load_model, sorted_checkpoint
 def readings(generator: torch.nn.Module, image: torch.Tensor, image_size: int, flip_tta: bool) -> dict[str, np.ndarray]:
     """``{"M", "diff"}`` soft maps of ``image`` (``[3, H, W]`` in [0, 1]) at its own size (flip-averaged with
     ``flip_tta``, as :func:`labelless.weak.workflow.gate_mask`)."""
+
+    def both(v: torch.Tensor) -> torch.Tensor:
+        out = generator(v)
+        return torch.cat([out.mask.float(), (v - out.y).abs().mean(1, keepdim=True) / 2.0], dim=1)
+
     x = TranslationInput(image_size)(image)[None]
-    dims = FLIP_DIMS if flip_tta else (None,)
-    views = torch.cat([torch.flip(x, d) if d else x for d in dims])
-    out = generator(views)
-    maps = {"M": out.mask.float(), "diff": (views - out.y).abs().mean(1, keepdim=True) / 2.0}
-    res = {}
-    for key, m in maps.items():
-        m = torch.stack([torch.flip(v, d) if d else v for v, d in zip(m.chunk(len(dims)), dims)]).mean(0)
-        m = F.interpolate(m, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
-        res[key] = m[0, 0].clamp(0.0, 1.0).numpy()
-    return res
+    maps = flip_average(both, x) if flip_tta else both(x)
+    maps = F.interpolate(maps, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)[0].clamp(0.0, 1.0)
+    return {"M": maps[0].numpy(), "diff": maps[1].numpy()}
 
 
 def main() -> None:
@@ -93,14 +91,15 @@ def main() -> None:
             scores: dict[str, list[float]] = {}
             for image, truth in data:
                 soft_maps = readings(gen, image, args.image_size, args.flip_tta)
+                zeroed = {}
                 for reading in names:
-                    soft, otsu = post(soft_maps[reading], image * 2.0 - 1.0)
+                    soft, otsu = zeroed[reading] = post(soft_maps[reading], image * 2.0 - 1.0)
                     scores.setdefault(f"{reading} otsu", []).append(segmentation_scores(otsu, truth)["di"])
                     for t in thresholds:
                         dice = segmentation_scores((soft >= t) & (soft > 0), truth)["di"]
                         scores.setdefault(f"{reading} >={t:g}", []).append(dice)
                 if alphas:
-                    soft = post(soft_maps["M"], image * 2.0 - 1.0)[0]
+                    soft = (zeroed.get("M") or post(soft_maps["M"], image * 2.0 - 1.0))[0]
                     keep = soft > 0
                     lo, hi = float(soft[keep].min()), float(soft[keep].max())
                     unary = np.where(keep, (soft - lo) / max(hi - lo, 1e-6), 0.0).clip(0.0, 1.0)

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ __all__ = [
     "check_image_size",
     "training_dataset",
     "FLIP_DIMS",
+    "flip_average",
     "gate_mask",
     "soft_mask",
     "inference_images",
@@ -141,6 +142,14 @@ def _segmenter(network: torch.nn.Module) -> torch.nn.Module:
 FLIP_DIMS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-1, -2))
 
 
+def flip_average(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``fn`` over the four flips of ``x`` (:data:`FLIP_DIMS`), each result flipped back: ``fn`` maps a
+    ``[N, C, S, S]`` batch to ``[N, C', S, S]`` maps, and gets the four views of ``x`` as one batch of ``4 · B``."""
+    views = torch.cat([torch.flip(x, d) if d else x for d in FLIP_DIMS])
+    maps = fn(views).chunk(len(FLIP_DIMS))
+    return torch.stack([torch.flip(m, d) if d else m for m, d in zip(maps, FLIP_DIMS)]).mean(0)
+
+
 def gate_mask(generator: torch.nn.Module, x: torch.Tensor, flip_tta: bool = False) -> torch.Tensor:
     """The mask gate ``M`` ``[B, 1, S, S]`` of the A→B generator on network inputs ``x`` ``[B, 3, S, S]``.
 
@@ -149,11 +158,11 @@ def gate_mask(generator: torch.nn.Module, x: torch.Tensor, flip_tta: bool = Fals
     of the lesion, docs/results.md) is averaged back over the lesion; an unbiased gate is smoothed. The four views go
     through the generator as one batch (its normalisations are per sample).
     """
-    if not flip_tta:
-        return generator(x).mask.float()
-    views = torch.cat([torch.flip(x, d) if d else x for d in FLIP_DIMS])
-    masks = generator(views).mask.float().chunk(len(FLIP_DIMS))
-    return torch.stack([torch.flip(m, d) if d else m for m, d in zip(masks, FLIP_DIMS)]).mean(0)
+
+    def mask(v: torch.Tensor) -> torch.Tensor:
+        return generator(v).mask.float()
+
+    return flip_average(mask, x) if flip_tta else mask(x)
 
 
 @torch.no_grad()
