@@ -9,6 +9,8 @@
 # the dark corners of frame-filling lesions, runs/cltnet/isic_domains_m<m>).
 # ISIC_VAL_FRACTION=<f> holds the last f of the ids before the test split out of training as a labelled val/ split
 # (masks read for selection only), which then replaces the CLTNet ISIC val samples for the validation.
+# ISIC_NORMALS=inpaint|both makes trainB of the training images with their dark blob painted over (alone, or with the
+# corner patches; labelless.weak.domains.lesion_removed_image, not in the spec; runs/cltnet/isic_domains..._inpaint).
 # CLTNET_EVERY=<n>: checkpoint and validate every n iterations (250).
 # CLTNET_OUT=<folder> writes elsewhere (default runs/cltnet/brats). An interrupted run continues with the same
 # command plus `--resume true` (from the newest complete checkpoint; the log is appended to).
@@ -33,9 +35,11 @@ case "$NAME" in
         VAL_FRACTION="${ISIC_VAL_FRACTION:-0}"
         [ "$MIN_MEAN" = 0.2 ] || DOMAINS="${DOMAINS}_m$MIN_MEAN"
         [ "$VAL_FRACTION" = 0 ] || DOMAINS="${DOMAINS}_v$VAL_FRACTION"
+        NORMALS="${ISIC_NORMALS:-corners}"
+        [ "$NORMALS" = corners ] || DOMAINS="${DOMAINS}_$NORMALS"
         [ -f "$DOMAINS/manifest.json" ] || labelless weak_domains_images "$DATA/isic2016/images" "$DOMAINS" \
             --masks_dir "$DATA/isic2016/masks" --patch_scale "$SCALE" --min_mean "$MIN_MEAN" \
-            --val_fraction "$VAL_FRACTION"
+            --val_fraction "$VAL_FRACTION" --normals "$NORMALS"
         VAL="$DATA/weak_samples/ISIC/isic_1/val"
         [ "$VAL_FRACTION" = 0 ] || VAL="$DOMAINS/val"
         WEIGHTS=isic ;;

@@ -534,6 +534,8 @@ CLI_CASES: list[tuple[str, str, tuple, dict, tuple[str, ...]]] = [
      {"test_fraction": 1.5}, ("test_fraction", "1.5")),
     ("weak_domains_images-val_fraction-no-masks", "weak_domains_images", ("{in}/les/images", "{out}/wd"),
      {"val_fraction": 0.1}, ("val_fraction", "masks_dir")),
+    ("weak_domains_images-normals", "weak_domains_images", ("{in}/les/images", "{out}/wd"),
+     {"normals": "healthy"}, ("normals", "'healthy'")),
     ("weak_domains_csv-columns", "weak_domains_csv", ("{in}/x/tags.csv", "{out}/wd"), {}, ("tags.csv", "header")),
     ("fsms_synthetic-size-text", "fsms_synthetic", ("{out}/fs",), {"size": "abc"}, ("--size", MUST_INT)),
     ("verify_metadata-bad-json", "verify_metadata", ("{in}/x/meta.json",), {}, ("meta.json", "cannot read")),

@@ -18,6 +18,7 @@ from labelless.errors import ConfigError, DataError
 from labelless.weak.domains import (
     WeakDomainFolders,
     lesion_free_patches,
+    lesion_removed_image,
     split_cases,
     volume_domain_slices,
     write_image_domains,
@@ -148,6 +149,104 @@ def test_lesion_free_patches_at_the_image_scale_are_mirror_tiled():
     assert not np.array_equal(resized, patch)
     with pytest.raises(ConfigError, match="patch_scale"):
         lesion_free_patches(rgb, size=40, patch_scale="zoom")
+
+
+def _skin_with_disc(
+    size: int = 96,
+    centre: tuple[int, int] | None = None,
+    radius: int = 14,
+    skin: float = 0.75,
+    lesion: float = 0.25,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Textured skin with a dark disc (the lesion), RGB floats in [0, 1], and the disc's mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    cy, cx = centre if centre is not None else (size // 2, size // 2)
+    disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+    rgb = skin + 0.02 * rng.standard_normal((size, size, 3))
+    rgb[disc] = lesion + 0.02 * rng.standard_normal((int(disc.sum()), 3))
+    return np.clip(rgb * np.array([1.0, 0.85, 0.8]), 0, 1).astype(np.float32), disc
+
+
+def test_lesion_removed_image_paints_the_lesion_over_with_skin():
+    rgb, disc = _skin_with_disc()
+    out = lesion_removed_image(rgb, size=96, seed=0)
+    assert out is not None and out.shape == (96, 96, 3) and out.dtype == np.uint8
+    got = out.astype(float) / 255.0
+    skin_colour = rgb[~disc].mean(axis=0)
+    assert np.abs(got[disc].mean(axis=0) - skin_colour).max() < 0.03  # the disc is skin-coloured now
+    assert got[disc].std(axis=0).max() > 0.005  # with texture, not a flat fill
+    yy, xx = np.mgrid[0:96, 0:96]
+    far = (yy - 48) ** 2 + (xx - 48) ** 2 >= 35**2
+    assert np.abs(got[far] - rgb[far]).max() < 1.5 / 255  # the skin far away is untouched (up to rounding)
+    assert np.array_equal(out, lesion_removed_image(rgb, size=96, seed=0))  # seeded
+    resized = lesion_removed_image(rgb, size=48, seed=0)
+    assert resized is not None and resized.shape == (48, 48, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, why",
+    [
+        (dict(centre=(48, 4), radius=20), "touches the frame"),
+        (dict(radius=44), "fills the frame"),
+        (dict(lesion=0.7), "no contrast: Otsu split the skin"),
+    ],
+)
+def test_lesion_removed_image_skips_what_cannot_be_painted_over(kwargs, why):
+    rgb, _ = _skin_with_disc(**kwargs)
+    assert lesion_removed_image(rgb, size=96) is None, why
+
+
+def test_lesion_removed_image_errors():
+    with pytest.raises(DataError, match="RGB"):
+        lesion_removed_image(np.zeros((20, 20)))
+    with pytest.raises(ConfigError, match="max_area"):
+        lesion_removed_image(np.zeros((20, 20, 3)), min_area=0.5, max_area=0.4)
+
+
+def test_lesion_removed_image_on_the_isic_val_samples_leaves_little_lesion():
+    """On the 8 CLTNet ISIC ``val`` samples (masks read to check the rule, never by the builder) most images are
+    kept, and the pixels a kept image leaves unchanged are almost all skin."""
+    from labelless.data.images import load_mask, read_rgb
+    from labelless.weak.domains import _resize
+
+    folders = WeakDomainFolders(shared_data_dir("weak_samples/ISIC/isic_1"), require_train=False)
+    lesion_left = []
+    for i, item in enumerate(folders.val):
+        rgb = read_rgb(item["image"])
+        out = lesion_removed_image(rgb, seed=i)
+        if out is None:
+            continue
+        truth = _resize(load_mask(item["label"], size=None)[0].numpy(), 256, "nearest") > 0.5
+        before = np.round(np.clip(_resize(rgb, 256, "bilinear"), 0, 1) * 255)
+        unchanged = np.abs(out.astype(float) - before).mean(-1) <= 3
+        assert (truth & ~unchanged).sum() > 0.5 * truth.sum()  # most of the lesion was painted over
+        lesion_left.append((truth & unchanged).sum() / unchanged.sum())
+    assert len(lesion_left) >= 5 and float(np.mean(lesion_left)) < 0.05, lesion_left
+
+
+def test_write_image_domains_normals_inpaint_and_both(tmp_path):
+    for i in range(3):
+        rgb, _ = _skin_with_disc(seed=i)
+        _png(tmp_path / "images" / f"ISIC_{i}.png", np.round(rgb * 255).astype(np.uint8))
+    big, _ = _skin_with_disc(radius=44)  # frame-filling: no inpainted B image from it
+    _png(tmp_path / "images" / "ISIC_3.png", np.round(big * 255).astype(np.uint8))
+    _png(tmp_path / "images" / "ISIC_4.png", np.round(big * 255).astype(np.uint8))  # the test image
+    man = write_image_domains(tmp_path / "images", tmp_path / "inp", test_fraction=0.2, size=64, normals="inpaint")
+    names = sorted(p.name for p in (tmp_path / "inp" / "trainB").iterdir())
+    assert names == ["ISIC_0_inpaint.png", "ISIC_1_inpaint.png", "ISIC_2_inpaint.png"]
+    assert man["counts"]["trainB"] == 3 and man["options"]["normals"] == "inpaint"
+    both = write_image_domains(tmp_path / "images", tmp_path / "both", test_fraction=0.2, size=64, normals="both")
+    corners = write_image_domains(tmp_path / "images", tmp_path / "corners", test_fraction=0.2, size=64)
+    assert both["counts"]["trainB"] == corners["counts"]["trainB"] + 3
+    with pytest.raises(ConfigError, match="normals"):
+        write_image_domains(tmp_path / "images", tmp_path / "bad", normals="healthy")
+    _png(tmp_path / "filled" / "ISIC_0.png", np.round(big * 255).astype(np.uint8))
+    _png(tmp_path / "filled" / "ISIC_1.png", np.round(big * 255).astype(np.uint8))
+    with pytest.raises(DataError, match="painted over") as err:
+        write_image_domains(tmp_path / "filled", tmp_path / "none", test_fraction=0.5, size=64, normals="inpaint")
+    assert "filled" in str(err.value) and not (tmp_path / "none").exists()
 
 
 def _png(path: Path, arr: np.ndarray) -> Path:

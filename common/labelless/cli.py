@@ -568,6 +568,7 @@ class LabellessCLI:
         size: int = 256,
         patch_scale: str = "resize",
         val_fraction: float = 0.0,
+        normals: str = "corners",
     ) -> str:
         """Build lesion (A) / normal (B) folders from a folder of lesion images (e.g. dermoscopy), without pixel labels:
         B = lesion-free corner patches of the training images.
@@ -585,6 +586,9 @@ class LabellessCLI:
                 the A images and mirror-tiled to --size).
             val_fraction: fraction of all ids, taken just before the test ids, written with their masks as a
                 labelled val/ split for model selection (not trained on; needs --masks_dir).
+            normals: what trainB holds: "corners" (the corner patches, spec default), "inpaint" (the training images
+                with their dark blob painted over by the skin around it: normal skin at the A images' field of view,
+                not in the spec; images whose lesion touches the frame or fills it are skipped) or "both".
         """
         from labelless.weak.domains import write_image_domains
 
@@ -594,7 +598,8 @@ class LabellessCLI:
                                 min_mean=as_float(min_mean, "--min_mean", parse=True),
                                 max_std=as_float(max_std, "--max_std", parse=True),
                                 size=as_int(size, "--size", parse=True), patch_scale=str(patch_scale),
-                                val_fraction=as_float(val_fraction, "--val_fraction", parse=True))  # fmt: skip
+                                val_fraction=as_float(val_fraction, "--val_fraction", parse=True),
+                                normals=str(normals))  # fmt: skip
         counts = ", ".join(f"{k} {v}" for k, v in sorted(m["counts"].items()))
         return f"{counts}; written to {out_dir}"
 
