@@ -461,8 +461,10 @@ def lesion_removed_image(
 
     The blob is the largest connected component of the pixels darker than the image's Otsu threshold of grey
     intensity, computed outside the corner triangles of §6 and the black frame (near-black pixels connected to the
-    image border), with its holes filled and grown by ``margin · size`` pixels. It is replaced by a biharmonic fill
-    of the skin around it, plus the fine texture (the residual of a Gaussian blur) of skin copied from elsewhere in
+    image border). It is extended over the lesion's lighter rim (the connected pixels darker than the median of the
+    skin away from it by more than 3 robust standard deviations), its holes are filled, and it is grown by
+    ``margin · size`` pixels. It is replaced by a quadratic surface per channel fitted to the skin away from it (the
+    illumination gradient), plus the fine texture (the residual of a Gaussian blur) of skin copied from elsewhere in
     the image, blended over a soft edge. The image is skipped (None) when the blob
 
     - touches more than ``max_border`` of the image border (a lesion cut by the frame, or a frame-filling one:
@@ -627,8 +629,10 @@ def write_image_domains(
                 records.append({"folder": "trainB", "image": _write_png(removed, out, f"trainB/{pid}_inpaint.png"),
                                 "source": str(images[pid])})  # fmt: skip
                 counts["trainB"] += 1
-            patches = lesion_free_patches(rgb, side_fraction, min_mean, max_std, size, patch_scale)
-            for corner, patch in patches if normals != "inpaint" else []:
+            patches = []
+            if normals != "inpaint":
+                patches = lesion_free_patches(rgb, side_fraction, min_mean, max_std, size, patch_scale)
+            for corner, patch in patches:
                 records.append({"folder": "trainB", "image": _write_png(patch, out, f"trainB/{pid}_{corner}.png"),
                                 "source": str(images[pid])})  # fmt: skip
                 counts["trainB"] += 1
@@ -648,11 +652,13 @@ def write_image_domains(
                 records.append(rec)
                 counts[folder] += 1
         if not counts["trainB"]:
-            what = {"corners": "no corner patch passed the lesion-free rules (min_mean / max_std); relax them",
-                    "inpaint": "no training image could have its lesion painted over (lesion_removed_image: every one "
-                               "touches the frame, fills it or has no dark blob); use normals='both' or 'corners'",
-                    "both": "no corner patch passed the lesion-free rules and no lesion could be painted over"}
-            raise DataError(images_dir, what[normals])  # fmt: skip
+            what = {
+                "corners": "no corner patch passed the lesion-free rules (min_mean / max_std); relax them",
+                "inpaint": "no training image could have its lesion painted over (lesion_removed_image: every one "
+                "touches the frame, fills it or has no dark blob); use normals='both' or 'corners'",
+                "both": "no corner patch passed the lesion-free rules and no lesion could be painted over",
+            }
+            raise DataError(images_dir, what[normals])
         manifest = {"source": str(Path(images_dir).resolve()), "counts": counts, "train_ids": train, "test_ids": test,
                     "val_ids": val,
                     "options": {"test_fraction": test_fraction, "val_fraction": val_fraction,
