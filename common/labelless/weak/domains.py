@@ -439,11 +439,11 @@ def lesion_free_patches(
     return out
 
 
-def _corner_triangles(h: int, w: int, cut: float = 80 / 256) -> np.ndarray:
+def _corner_triangles(h: int, w: int) -> np.ndarray:
     """True in the four corner triangles that ``zero_corners`` (cltnet.md §6) blanks, scaled to ``(h, w)``."""
     from labelless.transforms.postprocess import zero_corners
 
-    return zero_corners(np.ones((h, w)), cut) == 0
+    return zero_corners(np.ones((h, w))) == 0
 
 
 def lesion_removed_image(
@@ -539,7 +539,7 @@ def lesion_removed_image(
     basis = np.stack([np.ones_like(yy), yy, xx, yy * yy, xx * xx, yy * xx], axis=-1)
     coef, *_ = np.linalg.lstsq(basis[far], img[far], rcond=None)
     smooth = basis @ coef
-    texture = img - np.stack([ndimage.gaussian_filter(img[..., c], 3.0) for c in range(3)], axis=-1)
+    texture = img - ndimage.gaussian_filter(img, (3.0, 3.0, 0.0))
     rng = np.random.default_rng(int(seed))
     best, best_cover = (0, 0), -1.0
     for _ in range(32):  # a shift that lands the blob on skin
