@@ -11,6 +11,8 @@
 # (masks read for selection only), which then replaces the CLTNet ISIC val samples for the validation.
 # ISIC_NORMALS=inpaint|both makes trainB of the training images with their dark blob painted over (alone, or with the
 # corner patches; labelless.weak.domains.lesion_removed_image, not in the spec; runs/cltnet/isic_domains..._inpaint).
+# ISIC_INPAINT='<json>' passes options to the painting over (e.g. '{"max_border":0.5,"max_area":0.8,"fill":"planar",
+# "paint_corners":true}' keeps lesions cut by the frame); ISIC_INPAINT_TAG=<t> names those domains (..._<normals>_<t>).
 # CLTNET_EVERY=<n>: checkpoint and validate every n iterations (250).
 # CLTNET_OUT=<folder> writes elsewhere (default runs/cltnet/brats). An interrupted run continues with the same
 # command plus `--resume true` (from the newest complete checkpoint; the log is appended to).
@@ -37,9 +39,11 @@ case "$NAME" in
         [ "$VAL_FRACTION" = 0 ] || DOMAINS="${DOMAINS}_v$VAL_FRACTION"
         NORMALS="${ISIC_NORMALS:-corners}"
         [ "$NORMALS" = corners ] || DOMAINS="${DOMAINS}_$NORMALS"
+        INPAINT="${ISIC_INPAINT:-{\}}"
+        if [ "$INPAINT" != "{}" ]; then DOMAINS="${DOMAINS}_${ISIC_INPAINT_TAG:?set ISIC_INPAINT_TAG with ISIC_INPAINT}"; fi
         [ -f "$DOMAINS/manifest.json" ] || labelless weak_domains_images "$DATA/isic2016/images" "$DOMAINS" \
             --masks_dir "$DATA/isic2016/masks" --patch_scale "$SCALE" --min_mean "$MIN_MEAN" \
-            --val_fraction "$VAL_FRACTION" --normals "$NORMALS"
+            --val_fraction "$VAL_FRACTION" --normals "$NORMALS" --inpaint_options "$INPAINT"
         VAL="$DATA/weak_samples/ISIC/isic_1/val"
         [ "$VAL_FRACTION" = 0 ] || VAL="$DOMAINS/val"
         WEIGHTS=isic ;;

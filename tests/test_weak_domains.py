@@ -17,6 +17,7 @@ from conftest import shared_data_dir
 from labelless.errors import ConfigError, DataError
 from labelless.weak.domains import (
     WeakDomainFolders,
+    _corner_triangles,
     lesion_free_patches,
     lesion_removed_image,
     split_cases,
@@ -198,6 +199,29 @@ def test_lesion_removed_image_skips_what_cannot_be_painted_over(kwargs, why):
     assert lesion_removed_image(rgb, size=96) is None, why
 
 
+def test_lesion_removed_image_relaxed_border_planar_fill_and_corners():
+    """A lesion cut by the frame (skipped by default) is painted over with ``max_border`` relaxed; the clipped planar
+    fill stays inside the far skin's colour range where the quadratic one may not; ``paint_corners`` also paints
+    the part of the blob inside a corner triangle."""
+    rgb, disc = _skin_with_disc(centre=(48, 6), radius=26)  # cut by the left frame, reaching two corner triangles
+    assert lesion_removed_image(rgb, size=96) is None
+    out = lesion_removed_image(rgb, size=96, max_border=0.5, fill="planar", paint_corners=True, seed=0)
+    assert out is not None
+    got = out.astype(float) / 255.0
+    skin = rgb[~disc]
+    lo, hi = np.percentile(skin, 1, axis=0) - 0.05, np.percentile(skin, 99, axis=0) + 0.05
+    assert ((got[disc] >= lo) & (got[disc] <= hi)).all(axis=-1).mean() > 0.99  # skin-coloured, corner included
+    no_corner = lesion_removed_image(rgb, size=96, max_border=0.5, fill="planar", seed=0)
+    corner = disc & _corner_triangles(96, 96)  # lesion inside the triangles that zero_corners blanks
+    assert corner.sum() > 20
+    assert np.abs(no_corner[corner].astype(float) / 255.0 - rgb[corner]).max() < 1.5 / 255  # left as it was
+    assert np.abs(got[corner] - rgb[corner]).mean() > 0.2  # painted over
+    assert np.array_equal(out, lesion_removed_image(rgb, size=96, max_border=0.5, fill="planar",
+                                                    paint_corners="true", seed=0))  # fmt: skip
+    with pytest.raises(ConfigError, match="fill"):
+        lesion_removed_image(rgb, fill="cubic")
+
+
 def test_lesion_removed_image_errors():
     with pytest.raises(DataError, match="RGB"):
         lesion_removed_image(np.zeros((20, 20)))
@@ -247,6 +271,22 @@ def test_write_image_domains_normals_inpaint_and_both(tmp_path):
     with pytest.raises(DataError, match="painted over") as err:
         write_image_domains(tmp_path / "filled", tmp_path / "none", test_fraction=0.5, size=64, normals="inpaint")
     assert "filled" in str(err.value) and not (tmp_path / "none").exists()
+
+
+def test_write_image_domains_inpaint_options(tmp_path):
+    for i in range(3):
+        rgb, _ = _skin_with_disc(centre=(20, 10), radius=22, seed=i)  # cut by the frame: skipped by default
+        _png(tmp_path / "images" / f"ISIC_{i}.png", np.round(rgb * 255).astype(np.uint8))
+    with pytest.raises(DataError, match="painted over"):
+        write_image_domains(tmp_path / "images", tmp_path / "default", test_fraction=0.4, size=64, normals="inpaint")
+    opts = {"max_border": 0.5, "fill": "planar", "paint_corners": "true"}
+    man = write_image_domains(tmp_path / "images", tmp_path / "relaxed", test_fraction=0.4, size=64,
+                              normals="inpaint", inpaint_options=opts)  # fmt: skip
+    assert man["counts"]["trainB"] == 2
+    assert man["options"]["inpaint_options"] == {"max_border": 0.5, "fill": "planar", "paint_corners": True}
+    with pytest.raises(ConfigError, match="unknown keys.*radius"):
+        write_image_domains(tmp_path / "images", tmp_path / "bad", normals="inpaint", inpaint_options={"radius": 3})
+    assert not (tmp_path / "bad").exists()
 
 
 def _png(path: Path, arr: np.ndarray) -> Path:

@@ -569,6 +569,7 @@ class LabellessCLI:
         patch_scale: str = "resize",
         val_fraction: float = 0.0,
         normals: str = "corners",
+        inpaint_options: dict | str | None = None,
     ) -> str:
         """Build lesion (A) / normal (B) folders from a folder of lesion images (e.g. dermoscopy), without pixel labels:
         B = lesion-free corner patches of the training images.
@@ -589,8 +590,20 @@ class LabellessCLI:
             normals: what trainB holds: "corners" (the corner patches, spec default), "inpaint" (the training images
                 with their dark blob painted over by the skin around it: normal skin at the A images' field of view,
                 not in the spec; images whose lesion touches the frame or fills it are skipped) or "both".
+            inpaint_options: options of the painting over, as a dict, e.g.
+                '{"max_border": 0.5, "max_area": 0.8, "fill": "planar", "paint_corners": true}' (keeps lesions cut by
+                the frame; see labelless.weak.domains.lesion_removed_image).
         """
         from labelless.weak.domains import write_image_domains
+
+        if isinstance(inpaint_options, str):
+            try:
+                inpaint_options = json.loads(inpaint_options)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"--inpaint_options: not a JSON object: {inpaint_options!r} ({e})") from None
+        if inpaint_options is not None and not isinstance(inpaint_options, dict):
+            raise ConfigError(f"--inpaint_options: expected a dict such as '{{\"max_border\": 0.5}}', "
+                              f"got {inpaint_options!r}")  # fmt: skip
 
         m = write_image_domains(images_dir, out_dir, masks_dir=masks_dir,
                                 test_fraction=as_float(test_fraction, "--test_fraction", parse=True),
@@ -599,7 +612,7 @@ class LabellessCLI:
                                 max_std=as_float(max_std, "--max_std", parse=True),
                                 size=as_int(size, "--size", parse=True), patch_scale=str(patch_scale),
                                 val_fraction=as_float(val_fraction, "--val_fraction", parse=True),
-                                normals=str(normals))  # fmt: skip
+                                normals=str(normals), inpaint_options=inpaint_options)  # fmt: skip
         counts = ", ".join(f"{k} {v}" for k, v in sorted(m["counts"].items()))
         return f"{counts}; written to {out_dir}"
 

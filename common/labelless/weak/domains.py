@@ -361,6 +361,10 @@ def write_volume_domains(
 PATCH_SCALES = ("resize", "image")
 #: What ``trainB`` of :func:`write_image_domains` holds.
 NORMAL_SOURCES = ("corners", "inpaint", "both")
+#: The skin surfaces :func:`lesion_removed_image` can paint with.
+INPAINT_FILLS = ("quadratic", "planar")
+#: The :func:`lesion_removed_image` options ``write_image_domains(inpaint_options=...)`` passes on.
+INPAINT_OPTIONS = ("max_area", "min_area", "min_contrast", "max_border", "margin", "fill", "paint_corners")
 
 
 def _check_patch_scale(patch_scale: str) -> None:
@@ -455,6 +459,8 @@ def lesion_removed_image(
     max_border: float = 0.05,
     margin: float = 0.05,
     seed: int = 0,
+    fill: str = "quadratic",
+    paint_corners: bool = False,
 ) -> np.ndarray | None:
     """A lesion image with its darkest blob painted over by the surrounding skin: a "normal" image at the field of
     view of the A images, made **without pixel labels** (not in cltnet.md §1.2, whose B images are corner crops).
@@ -463,9 +469,10 @@ def lesion_removed_image(
     intensity, computed outside the corner triangles of §6 and the black frame (near-black pixels connected to the
     image border). It is extended over the lesion's lighter rim (the connected pixels darker than the median of the
     skin away from it by more than 3 robust standard deviations), its holes are filled, and it is grown by
-    ``margin · size`` pixels. It is replaced by a quadratic surface per channel fitted to the skin away from it (the
-    illumination gradient), plus the fine texture (the residual of a Gaussian blur) of skin copied from elsewhere in
-    the image, blended over a soft edge. The image is skipped (None) when the blob
+    ``margin · size`` pixels. It is replaced by a quadratic (``fill="quadratic"``) or planar (``"planar"``) surface per
+    channel fitted to the skin away from it (the illumination gradient), plus the fine texture (the residual of a
+    Gaussian blur) of skin copied from elsewhere in the image, blended over a soft edge. The image is skipped (None)
+    when the blob
 
     - touches more than ``max_border`` of the image border (a lesion cut by the frame, or a frame-filling one:
       no skin to paint it with),
@@ -484,6 +491,12 @@ def lesion_removed_image(
         max_area, min_area, min_contrast, max_border: the skip rules above.
         margin: growth of the blob as a fraction of ``size``.
         seed: seed of where the texture is copied from (the same seed gives the same image).
+        fill: ``"quadratic"`` (the default, for blobs with skin all round) or ``"planar"``: a plane, clipped per
+            channel to the 2nd–98th percentiles of the far skin. A quadratic extrapolates to white or black where a
+            relaxed ``max_border`` lets the blob reach the frame; the clipped plane does not.
+        paint_corners: also paint the blob inside the corner triangles (not the black frame). Off by default: the
+            triangles are blanked at inference (``zero_corners``); with a relaxed ``max_border`` a lesion reaching a
+            corner would otherwise stay in the "normal" image.
 
     Returns:
         ``(size, size, 3)`` uint8, or None when the image is skipped.
@@ -496,6 +509,9 @@ def lesion_removed_image(
         raise DataError(None, f"expected an (H, W, 3) RGB image, got shape {a.shape}")
     if not 0.0 <= float(min_area) < float(max_area) <= 1.0:
         raise ConfigError(f"need 0 <= min_area < max_area <= 1, got {min_area!r}, {max_area!r}")
+    if fill not in INPAINT_FILLS:
+        raise ConfigError(f"fill must be one of {INPAINT_FILLS}, got {fill!r}")
+    paint_corners = as_bool(paint_corners, "paint_corners")
     img = _resize(a, int(size), "bilinear").astype(np.float64)
     grey = img.mean(-1)
     h, w = grey.shape
@@ -526,6 +542,7 @@ def lesion_removed_image(
     blob = ndimage.binary_dilation(blob, structure=cross, iterations=grow)
     if float((blob & border).sum()) > float(max_border) * float(border.sum()):
         return None
+    painted = blob & ~frame if paint_corners else blob & valid
     blob &= valid
     share = float(blob.sum()) / float(valid.sum())
     far = valid & ~ndimage.binary_dilation(blob, structure=cross, iterations=grow)
@@ -534,11 +551,15 @@ def lesion_removed_image(
     skin = float(grey[far].mean())
     if (skin - float(grey[blob].mean())) / max(skin, 1e-6) < float(min_contrast):
         return None
-    # skin colour under the blob: a quadratic surface per channel fitted to the far skin (illumination gradient)
+    # skin colour under the blob: a quadratic (or clipped planar) surface per channel fitted to the far skin
     yy, xx = np.mgrid[0:h, 0:w] / float(max(h, w))
     basis = np.stack([np.ones_like(yy), yy, xx, yy * yy, xx * xx, yy * xx], axis=-1)
+    basis = basis[..., :3] if fill == "planar" else basis
     coef, *_ = np.linalg.lstsq(basis[far], img[far], rcond=None)
     smooth = basis @ coef
+    if fill == "planar":
+        smooth = np.clip(smooth, np.percentile(img[far], 2, axis=0), np.percentile(img[far], 98, axis=0))
+    blob = painted
     texture = img - ndimage.gaussian_filter(img, (3.0, 3.0, 0.0))
     rng = np.random.default_rng(int(seed))
     best, best_cover = (0, 0), -1.0
@@ -549,7 +570,7 @@ def lesion_removed_image(
             best, best_cover = (dy, dx), cover
     copied = np.roll(texture, best, axis=(0, 1)) * np.roll(far, best, axis=(0, 1))[..., None]
     soft = np.clip(ndimage.gaussian_filter(blob.astype(np.float64), grow / 2.0) * 2.0, 0.0, 1.0)[..., None]
-    soft = np.where(blob[..., None], 1.0, soft) * valid[..., None]
+    soft = np.where(blob[..., None], 1.0, soft) * (~frame if paint_corners else valid)[..., None]
     out = img * (1.0 - soft) + (smooth + copied) * soft
     return _to_uint8_rgb(out)
 
@@ -574,6 +595,7 @@ def write_image_domains(
     patch_scale: str = "resize",
     val_fraction: float = 0.0,
     normals: str = "corners",
+    inpaint_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Lesion images (e.g. ISIC) → ``trainA`` (the first ``1 − test_fraction`` of the sorted ids, images only),
     ``trainB`` (lesion-free corner patches of the **train** images, :func:`lesion_free_patches`) and ``testA``
@@ -585,7 +607,9 @@ def write_image_domains(
 
     ``normals`` chooses what ``trainB`` holds: ``"corners"`` (the corner patches, spec §1.2), ``"inpaint"`` (the
     training images with their dark blob painted over, :func:`lesion_removed_image`: normal skin at the A images'
-    field of view; not in the spec) or ``"both"``.
+    field of view; not in the spec) or ``"both"``. ``inpaint_options`` (keys in :data:`INPAINT_OPTIONS`) are passed
+    to :func:`lesion_removed_image`, e.g. ``{"max_border": 0.5, "max_area": 0.8, "fill": "planar",
+    "paint_corners": True}`` keeps more images (lesions cut by the frame), painted less faithfully.
 
     The masks of training images are never read. Images are written as ``size × size`` RGB PNGs; ``patch_scale``
     as in :func:`lesion_free_patches`.
@@ -599,6 +623,12 @@ def write_image_domains(
         raise ConfigError(f"normals must be one of {NORMAL_SOURCES}, got {normals!r}")
     if not 0.0 <= float(val_fraction) < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    inpaint_options = dict(inpaint_options or {})
+    unknown = sorted(set(inpaint_options) - set(INPAINT_OPTIONS))
+    if unknown:
+        raise ConfigError(f"inpaint_options: unknown keys {unknown}; known: {list(INPAINT_OPTIONS)}")
+    if "paint_corners" in inpaint_options:
+        inpaint_options["paint_corners"] = as_bool(inpaint_options["paint_corners"], "paint_corners")
     if float(val_fraction) > 0 and masks_dir is None:
         raise ConfigError("val_fraction > 0 needs masks_dir: the validation images are scored against masks")
     images = list_images(images_dir)
@@ -624,7 +654,7 @@ def write_image_domains(
             records.append({"folder": "trainA", "image": _write_png(_to_uint8_rgb(_resize(rgb, size, "bilinear")), out,
                                                                     f"trainA/{pid}.png")})  # fmt: skip
             counts["trainA"] += 1
-            removed = lesion_removed_image(rgb, size=size, seed=i) if normals != "corners" else None
+            removed = lesion_removed_image(rgb, size=size, seed=i, **inpaint_options) if normals != "corners" else None
             if removed is not None:
                 records.append({"folder": "trainB", "image": _write_png(removed, out, f"trainB/{pid}_inpaint.png"),
                                 "source": str(images[pid])})  # fmt: skip
@@ -663,7 +693,8 @@ def write_image_domains(
                     "val_ids": val,
                     "options": {"test_fraction": test_fraction, "val_fraction": val_fraction,
                                 "side_fraction": side_fraction, "min_mean": min_mean, "max_std": max_std,
-                                "size": size, "patch_scale": patch_scale, "normals": normals},
+                                "size": size, "patch_scale": patch_scale, "normals": normals,
+                                "inpaint_options": inpaint_options},
                     "images": records}  # fmt: skip
         write_json_atomic(out / "manifest.json", manifest)
     return manifest
