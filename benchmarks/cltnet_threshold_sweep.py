@@ -39,23 +39,27 @@ from labelless.transforms.postprocess import SoftMaskPostprocess, crf_mask
 from labelless.transforms.translation import TranslationInput
 from labelless.utils import write_json_atomic
 from labelless.weak.domains import WEAK_IMAGE_SUFFIXES
-from labelless.weak.workflow import flip_average
+from labelless.weak.workflow import flip_average, patch_input_size, windowed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cltnet_cli import add_model_args, iteration, load_model, sorted_checkpoints  # noqa: E402
 
 
 @torch.no_grad()
-def readings(generator: torch.nn.Module, image: torch.Tensor, image_size: int, flip_tta: bool) -> dict[str, np.ndarray]:
+def readings(
+    generator: torch.nn.Module, image: torch.Tensor, image_size: int, flip_tta: bool, patch_zoom: float = 1.0
+) -> dict[str, np.ndarray]:
     """``{"M", "diff"}`` soft maps of ``image`` (``[3, H, W]`` in [0, 1]) at its own size (flip-averaged with
-    ``flip_tta``, as :func:`labelless.weak.workflow.gate_mask`)."""
+    ``flip_tta``, and read with sliding windows when ``patch_zoom`` > 1, as
+    :func:`labelless.weak.workflow.gate_mask`)."""
 
     def both(v: torch.Tensor) -> torch.Tensor:
         out = generator(v)
         return torch.cat([out.mask.float(), (v - out.y).abs().mean(1, keepdim=True) / 2.0], dim=1)
 
-    x = TranslationInput(image_size)(image)[None]
-    maps = flip_average(both, x) if flip_tta else both(x)
+    x = TranslationInput(patch_input_size(image_size, patch_zoom))(image)[None]
+    fn = windowed(both, image_size if patch_zoom != 1.0 else None, tuple(x.shape[-2:]))
+    maps = flip_average(fn, x) if flip_tta else fn(x)
     maps = F.interpolate(maps, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)[0].clamp(0.0, 1.0)
     return {"M": maps[0].numpy(), "diff": maps[1].numpy()}
 
@@ -90,7 +94,7 @@ def main() -> None:
         for name, data in folders.items():
             scores: dict[str, list[float]] = {}
             for image, truth in data:
-                soft_maps = readings(gen, image, args.image_size, args.flip_tta)
+                soft_maps = readings(gen, image, args.image_size, args.flip_tta, args.patch_zoom)
                 zeroed = {}
                 for reading in names:
                     soft, otsu = zeroed[reading] = post(soft_maps[reading], image * 2.0 - 1.0)

@@ -46,7 +46,8 @@ def main() -> None:
         net = load_model(args, ckpt)
         for (mode, alpha), tta in itertools.product(posts, (False, True)):
             post = SoftMaskPostprocess(mode, zero_corners=args.zero_corners, crf_alpha=alpha)
-            res, _ = evaluate_images(net, pairs, args.image_size, post, n_overlays=0, complement=True, flip_tta=tta)
+            res, _ = evaluate_images(net, pairs, args.image_size, post, n_overlays=0, complement=True, flip_tta=tta,
+                                     patch_zoom=args.patch_zoom)  # fmt: skip
             for invert, di, ja in ((False, res["mean_dice"], res["mean_ja"]),
                                    (True, res["complement_mean_dice"], res["complement_mean_ja"])):  # fmt: skip
                 rows.append({"ckpt": str(ckpt), "iteration": iteration(ckpt), "postprocess": mode,

@@ -13,6 +13,8 @@
 # corner patches; labelless.weak.domains.lesion_removed_image, not in the spec; runs/cltnet/isic_domains..._inpaint).
 # ISIC_INPAINT='<json>' passes options to the painting over (e.g. '{"max_border":0.5,"max_area":0.8,"fill":"planar",
 # "paint_corners":true}' keeps lesions cut by the frame); ISIC_INPAINT_TAG=<t> names those domains (..._<normals>_<t>).
+# ISIC_LESION_CROPS=<n> makes trainA an n x n grid of crops of each training image at the corner patches'
+# magnification (not in the spec; ..._crops<n>); train and evaluate such a model with --patch_zoom 3.333 (1 / 0.3).
 # CLTNET_EVERY=<n>: checkpoint and validate every n iterations (250).
 # CLTNET_OUT=<folder> writes elsewhere (default runs/cltnet/brats). An interrupted run continues with the same
 # command plus `--resume true` (from the newest complete checkpoint; the log is appended to).
@@ -41,9 +43,11 @@ case "$NAME" in
         [ "$NORMALS" = corners ] || DOMAINS="${DOMAINS}_$NORMALS"
         INPAINT="${ISIC_INPAINT:-{\}}"
         if [ "$INPAINT" != "{}" ]; then DOMAINS="${DOMAINS}_${ISIC_INPAINT_TAG:?set ISIC_INPAINT_TAG with ISIC_INPAINT}"; fi
+        CROPS="${ISIC_LESION_CROPS:-0}"
+        [ "$CROPS" = 0 ] || DOMAINS="${DOMAINS}_crops$CROPS"
         [ -f "$DOMAINS/manifest.json" ] || labelless weak_domains_images "$DATA/isic2016/images" "$DOMAINS" \
             --masks_dir "$DATA/isic2016/masks" --patch_scale "$SCALE" --min_mean "$MIN_MEAN" \
-            --val_fraction "$VAL_FRACTION" --normals "$NORMALS" --inpaint_options "$INPAINT"
+            --val_fraction "$VAL_FRACTION" --normals "$NORMALS" --inpaint_options "$INPAINT" --lesion_crops "$CROPS"
         VAL="$DATA/weak_samples/ISIC/isic_1/val"
         [ "$VAL_FRACTION" = 0 ] || VAL="$DOMAINS/val"
         WEIGHTS=isic ;;

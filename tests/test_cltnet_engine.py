@@ -323,3 +323,51 @@ def test_otsu_postprocess_splits_an_offset_mask_inside_the_brain():
     assert np.array_equal(flat, brain)
     with pytest.raises(ConfigError, match="postprocess must be one of"):
         SoftMaskPostprocess("kmeans")
+
+
+class _PixelGate(torch.nn.Module):
+    """A generator whose mask is a per-pixel function of its input: reading it with sliding windows must give the
+    same map as reading the whole input at once."""
+
+    def forward(self, x):
+        return type("Out", (), {"mask": torch.sigmoid(3.0 * x.mean(1, keepdim=True)), "y": x})()
+
+
+def test_patch_zoom_reads_the_gate_with_sliding_windows(phantoms, tmp_path):
+    """patch_zoom (not in the spec, for models trained on crops): the image is resized to image_size · zoom and M is
+    read with image_size windows; a per-pixel gate gives the whole-image map, a real one a map of the image's size
+    in the evaluation, the validation and the inference runner."""
+    from labelless.weak.inference import WeakSegmentationInferenceRunner
+    from labelless.weak.workflow import patch_input_size, soft_mask
+
+    assert patch_input_size(32) == 32 and patch_input_size(32, 3.333) == 107 and patch_input_size(30, 2) == 60
+    for bad in (0.5, 20, "abc"):
+        with pytest.raises(ConfigError, match="patch_zoom"):
+            patch_input_size(32, bad)
+    x = torch.rand(1, 3, 80, 80) * 2 - 1
+    with torch.no_grad():
+        whole, slid = gate_mask(_PixelGate(), x), gate_mask(_PixelGate(), x, window=32)
+        assert torch.allclose(whole, slid, atol=1e-5)
+        assert torch.allclose(gate_mask(_PixelGate(), x, True), gate_mask(_PixelGate(), x, True, window=32), atol=1e-5)
+        torch.manual_seed(0)
+        net = build_cltnet(ngf=8, ndf=8).eval()
+        real = gate_mask(net.gen_ab, x, window=32)
+        assert real.shape == (1, 1, 80, 80) and not torch.allclose(real, gate_mask(net.gen_ab, x), atol=1e-4)
+        image = torch.rand(3, 40, 48)
+        m = soft_mask(net, image, 32, torch.device("cpu"), flip_tta=True, patch_zoom=2.5)
+        assert m.shape == (40, 48) and 0.0 <= float(m.min()) and float(m.max()) <= 1.0
+    folders = resolve_domains(str(phantoms))
+    res, _ = evaluate_images(net, folders.test, 32, SoftMaskPostprocess("otsu"), n_overlays=0, patch_zoom=2.0)
+    assert res["patch_zoom"] == 2.0 and res["n_images"] == len(folders.test)
+    files = [p["image"] for p in folders.test]
+    summary = WeakSegmentationInferenceRunner(net, files, tmp_path / "inf", image_size=32, patch_zoom=2.0,
+                                              postprocess="otsu").run()  # fmt: skip
+    assert summary["patch_zoom"] == 2.0
+    from PIL import Image
+
+    for rec, f in zip(summary["images"], files):
+        assert Image.open(rec["mask"]).size == Image.open(f).size
+    with pytest.raises(ConfigError, match="patch_zoom"):
+        WeakValidationHandler(folders.val, net, tmp_path / "c", tmp_path / "o", image_size=32, patch_zoom=0.2)
+    with pytest.raises(ConfigError, match="patch_zoom"):
+        WeakSegmentationEvaluationRunner(net, folders, tmp_path / "e", image_size=32, patch_zoom=0.2)

@@ -466,3 +466,33 @@ def test_corner_slices_cover_the_four_corners():
     for r, c in sl.values():
         a[r, c] += 1
     assert a[:3, :3].all() and a[:3, -3:].all() and a[-3:, :3].all() and a[-3:, -3:].all() and a.sum() == 36
+
+
+def test_grid_crops_and_lesion_crops_domains(tmp_path):
+    """lesion_crops (not in the spec): trainA holds an n x n grid of crops of each training image at the corner
+    patches' magnification; the corner crops are among them; test images stay whole."""
+    from labelless.weak.domains import _resize, grid_crops
+
+    rng = np.random.default_rng(0)
+    rgb = rng.random((60, 80, 3)).astype(np.float32)
+    crops = grid_crops(rgb, 3, side_fraction=0.3, size=24)
+    assert [n for n, _ in crops] == [f"r{i}c{j}" for i in range(3) for j in range(3)]
+    assert all(c.shape == (24, 24, 3) and c.dtype == np.uint8 for _, c in crops)
+    corner = dict(lesion_free_patches(rgb, size=24, min_mean=0.0, max_std=1.0))
+    assert np.array_equal(dict(crops)["r0c0"], corner["tl"]) and np.array_equal(dict(crops)["r2c2"], corner["br"])
+    (name, centre), = grid_crops(rgb, 1, side_fraction=0.5, size=24)  # fmt: skip
+    expected = np.round(np.clip(_resize(rgb[15:45, 25:55], 24, "bilinear"), 0, 1) * 255)
+    assert name == "r0c0" and np.abs(centre.astype(float) - expected).max() <= 1
+    for kwargs in (dict(n=0), dict(n=2, side_fraction=0.0)):
+        with pytest.raises(ConfigError):
+            grid_crops(rgb, **kwargs)
+    for i in range(4):
+        lesion, _ = _skin_with_disc(seed=i)
+        _png(tmp_path / "images" / f"ISIC_{i}.png", np.round(lesion * 255).astype(np.uint8))
+    man = write_image_domains(tmp_path / "images", tmp_path / "crops", test_fraction=0.25, size=32, lesion_crops=2)
+    assert man["counts"]["trainA"] == 3 * 4 and man["options"]["lesion_crops"] == 2
+    assert sorted(p.name for p in (tmp_path / "crops" / "trainA").iterdir())[:4] == [
+        "ISIC_0_r0c0.png", "ISIC_0_r0c1.png", "ISIC_0_r1c0.png", "ISIC_0_r1c1.png"]  # fmt: skip
+    assert len(list((tmp_path / "crops" / "testA" / "images").iterdir())) == 1
+    with pytest.raises(ConfigError, match="lesion_crops"):
+        write_image_domains(tmp_path / "images", tmp_path / "neg", lesion_crops=-1)

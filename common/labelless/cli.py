@@ -570,6 +570,7 @@ class LabellessCLI:
         val_fraction: float = 0.0,
         normals: str = "corners",
         inpaint_options: dict | str | None = None,
+        lesion_crops: int = 0,
     ) -> str:
         """Build lesion (A) / normal (B) folders from a folder of lesion images (e.g. dermoscopy), without pixel labels:
         B = lesion-free corner patches of the training images.
@@ -593,6 +594,9 @@ class LabellessCLI:
             inpaint_options: options of the painting over, as a dict, e.g.
                 '{"max_border": 0.5, "max_area": 0.8, "fill": "planar", "paint_corners": true}' (keeps lesions cut by
                 the frame; see labelless.weak.domains.lesion_removed_image).
+            lesion_crops: n > 0 writes an n x n grid of crops of side --side_fraction of each training image as trainA
+                (at the corner patches' magnification; not in the spec) instead of the whole image; models trained on
+                them segment whole images with --patch_zoom 1/side_fraction.
         """
         from labelless.weak.domains import write_image_domains
 
@@ -612,7 +616,8 @@ class LabellessCLI:
                                 max_std=as_float(max_std, "--max_std", parse=True),
                                 size=as_int(size, "--size", parse=True), patch_scale=str(patch_scale),
                                 val_fraction=as_float(val_fraction, "--val_fraction", parse=True),
-                                normals=str(normals), inpaint_options=inpaint_options)  # fmt: skip
+                                normals=str(normals), inpaint_options=inpaint_options,
+                                lesion_crops=as_int(lesion_crops, "--lesion_crops", 0, parse=True))  # fmt: skip
         counts = ", ".join(f"{k} {v}" for k, v in sorted(m["counts"].items()))
         return f"{counts}; written to {out_dir}"
 

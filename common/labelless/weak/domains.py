@@ -60,6 +60,7 @@ __all__ = [
     "write_volume_domains",
     "corner_slices",
     "lesion_free_patches",
+    "grid_crops",
     "lesion_removed_image",
     "write_image_domains",
     "write_tagged_domains",
@@ -396,6 +397,30 @@ def corner_slices(shape: Sequence[int], side_fraction: float = 0.3) -> dict[str,
     return {"tl": (top, left), "tr": (top, right), "bl": (bottom, left), "br": (bottom, right)}
 
 
+def grid_crops(rgb: np.ndarray, n: int, side_fraction: float = 0.3, size: int = 256) -> list[tuple[str, np.ndarray]]:
+    """``n × n`` evenly spaced square crops of side ``side_fraction · min(H, W)`` of an image, each resized to
+    ``size`` like the corner patches of :func:`lesion_free_patches` (``patch_scale="resize"``): lesion views at the
+    B patches' magnification (not in cltnet.md §1.2, whose A images are the whole images). The first and last rows
+    and columns of crops touch the frame, so the corner crops are among them.
+
+    Returns:
+        ``(name, (size, size, 3) uint8)`` with names ``r<i>c<j>``.
+    """
+    a = np.asarray(rgb, dtype=np.float32)
+    if a.ndim != 3 or a.shape[-1] != 3:
+        raise DataError(None, f"expected an (H, W, 3) RGB image, got shape {a.shape}")
+    if int(n) < 1:
+        raise ConfigError(f"the crop grid needs n >= 1, got {n!r}")
+    if not 0.0 < float(side_fraction) <= 1.0:
+        raise ConfigError(f"side_fraction must be in (0, 1], got {side_fraction!r}")
+    h, w = a.shape[:2]
+    s = max(int(round(float(side_fraction) * min(h, w))), 1)
+    tops = np.linspace(0, h - s, int(n)).round().astype(int) if n > 1 else [(h - s) // 2]
+    lefts = np.linspace(0, w - s, int(n)).round().astype(int) if n > 1 else [(w - s) // 2]
+    return [(f"r{i}c{j}", _to_uint8_rgb(_resize(a[t : t + s, left : left + s], int(size), "bilinear")))
+            for i, t in enumerate(tops) for j, left in enumerate(lefts)]  # fmt: skip
+
+
 def lesion_free_patches(
     rgb: np.ndarray,
     side_fraction: float = 0.3,
@@ -596,6 +621,7 @@ def write_image_domains(
     val_fraction: float = 0.0,
     normals: str = "corners",
     inpaint_options: dict[str, Any] | None = None,
+    lesion_crops: int = 0,
 ) -> dict[str, Any]:
     """Lesion images (e.g. ISIC) → ``trainA`` (the first ``1 − test_fraction`` of the sorted ids, images only),
     ``trainB`` (lesion-free corner patches of the **train** images, :func:`lesion_free_patches`) and ``testA``
@@ -611,6 +637,11 @@ def write_image_domains(
     to :func:`lesion_removed_image`, e.g. ``{"max_border": 0.5, "max_area": 0.8, "fill": "planar",
     "paint_corners": True}`` keeps more images (lesions cut by the frame), painted less faithfully.
 
+    ``lesion_crops = n > 0`` (not in the spec) makes ``trainA`` hold an ``n × n`` grid of crops of each training image
+    (:func:`grid_crops`, side ``side_fraction``) at the magnification of the corner patches instead of the whole image:
+    A and B then show skin at the same scale, and a model trained on them is applied to whole images by sliding a
+    window of the crop's size over them (``patch_zoom = 1 / side_fraction`` at inference).
+
     The masks of training images are never read. Images are written as ``size × size`` RGB PNGs; ``patch_scale``
     as in :func:`lesion_free_patches`.
 
@@ -623,6 +654,9 @@ def write_image_domains(
         raise ConfigError(f"normals must be one of {NORMAL_SOURCES}, got {normals!r}")
     if not 0.0 <= float(val_fraction) < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    lesion_crops = int(lesion_crops)
+    if lesion_crops < 0:
+        raise ConfigError(f"lesion_crops must be >= 0 (0: whole images), got {lesion_crops!r}")
     inpaint_options = dict(inpaint_options or {})
     unknown = sorted(set(inpaint_options) - set(INPAINT_OPTIONS))
     if unknown:
@@ -651,9 +685,12 @@ def write_image_domains(
             counts["val"] = 0
         for i, pid in enumerate(train):
             rgb = read_rgb(images[pid])
-            records.append({"folder": "trainA", "image": _write_png(_to_uint8_rgb(_resize(rgb, size, "bilinear")), out,
-                                                                    f"trainA/{pid}.png")})  # fmt: skip
-            counts["trainA"] += 1
+            views = grid_crops(rgb, lesion_crops, side_fraction, size) if lesion_crops else [("", None)]
+            for crop_name, crop in views:
+                a_img = _to_uint8_rgb(_resize(rgb, size, "bilinear")) if crop is None else crop
+                rel = f"trainA/{pid}_{crop_name}.png" if crop_name else f"trainA/{pid}.png"
+                records.append({"folder": "trainA", "image": _write_png(a_img, out, rel)})
+                counts["trainA"] += 1
             removed = lesion_removed_image(rgb, size=size, seed=i, **inpaint_options) if normals != "corners" else None
             if removed is not None:
                 records.append({"folder": "trainB", "image": _write_png(removed, out, f"trainB/{pid}_inpaint.png"),
@@ -694,7 +731,7 @@ def write_image_domains(
                     "options": {"test_fraction": test_fraction, "val_fraction": val_fraction,
                                 "side_fraction": side_fraction, "min_mean": min_mean, "max_std": max_std,
                                 "size": size, "patch_scale": patch_scale, "normals": normals,
-                                "inpaint_options": inpaint_options},
+                                "inpaint_options": inpaint_options, "lesion_crops": lesion_crops},
                     "images": records}  # fmt: skip
         write_json_atomic(out / "manifest.json", manifest)
     return manifest

@@ -45,7 +45,7 @@ from labelless.transforms.translation import TranslationInputd
 from labelless.transforms.utility import LogItemd, run_transform, runner_items
 from labelless.utils import as_bool, atomic_path, is_unset, path_suffix, write_json_atomic
 from labelless.weak.domains import WEAK_IMAGE_SUFFIXES
-from labelless.weak.workflow import _segmenter, gate_mask, load_weak_weights
+from labelless.weak.workflow import _segmenter, gate_mask, load_weak_weights, patch_input_size
 
 __all__ = ["OUTPUT_SUFFIXES", "list_weak_inputs", "WeakSegmentationInferenceRunner"]
 
@@ -94,6 +94,9 @@ class WeakSegmentationInferenceRunner:
             summary.
         flip_tta: average the mask over the four flips of each input
             (:func:`~labelless.weak.workflow.gate_mask`), reported in the summary.
+        patch_zoom: for a model trained on crops (``lesion_crops``; not in the spec): each image is resized to
+            ``image_size · patch_zoom`` and read with sliding ``image_size`` windows
+            (:func:`~labelless.weak.workflow.patch_input_size`); 1 (default): the whole image is one input.
         device: torch device.
         preprocessing: callable on ``{"image": file}`` (a MONAI ``Compose`` of dict transforms) giving the network
             input ``[3, S, S]`` in ``"image"`` and the ``"image_meta_dict"`` of
@@ -125,6 +128,7 @@ class WeakSegmentationInferenceRunner:
         crf_alpha: float = 1.0,
         invert_mask: bool | str = False,
         flip_tta: bool | str = False,
+        patch_zoom: float = 1.0,
         device: str | torch.device = "cpu",
         preprocessing: Callable[[dict], dict] | None = None,
         postprocessing: Callable[[dict], dict] | None = None,
@@ -144,8 +148,10 @@ class WeakSegmentationInferenceRunner:
         self.crf_alpha = float(crf_alpha)
         self.invert_mask = as_bool(invert_mask, "invert_mask")
         self.flip_tta = as_bool(flip_tta, "flip_tta")
+        self.patch_zoom = float(patch_zoom)
+        self.input_size = patch_input_size(self.image_size, self.patch_zoom)
         self.device = torch.device(device)
-        self.preprocessing = preprocessing or self.default_preprocessing(self.image_size)
+        self.preprocessing = preprocessing or self.default_preprocessing(self.input_size)
         self.postprocessing = postprocessing or self.default_postprocessing(
             postprocess, self.zero_black_background, self.zero_corners, self.crf_alpha, self.invert_mask
         )
@@ -183,7 +189,8 @@ class WeakSegmentationInferenceRunner:
     def predict(self, image: torch.Tensor) -> torch.Tensor:
         """The lesion probability map ``[1, S, S]`` (on ``device``) of one network input ``[3, S, S]`` in [−1, 1]:
         the A→B generator's mask (averaged over the four flips with ``flip_tta``)."""
-        return gate_mask(_segmenter(self.network), image[None].to(self.device), self.flip_tta)[0]
+        window = self.image_size if self.patch_zoom != 1.0 else None
+        return gate_mask(_segmenter(self.network), image[None].to(self.device), self.flip_tta, window)[0]
 
     def _items(self) -> Iterator[dict[Hashable, Any]]:
         """The preprocessed items: from ``dataloader``, or ``preprocessing`` applied to each image."""
@@ -231,6 +238,6 @@ class WeakSegmentationInferenceRunner:
         summary = {"checkpoint": None if self.ckpt_path is None else str(self.ckpt_path), "image_size": self.image_size,
                    "postprocess": self.postprocess, "zero_black_background": self.zero_black_background,
                    "zero_corners": self.zero_corners, "invert_mask": self.invert_mask, "flip_tta": self.flip_tta,
-                   "images": records}  # fmt: skip
+                   "patch_zoom": self.patch_zoom, "images": records}  # fmt: skip
         write_json_atomic(self.output_dir / "inference_summary.json", summary)
         return summary

@@ -44,6 +44,8 @@ __all__ = [
     "training_dataset",
     "FLIP_DIMS",
     "flip_average",
+    "patch_input_size",
+    "windowed",
     "gate_mask",
     "soft_mask",
     "inference_images",
@@ -150,8 +152,13 @@ def flip_average(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) ->
     return torch.stack([torch.flip(m, d) if d else m for m, d in zip(maps, FLIP_DIMS)]).mean(0)
 
 
-def gate_mask(generator: torch.nn.Module, x: torch.Tensor, flip_tta: bool = False) -> torch.Tensor:
+def gate_mask(
+    generator: torch.nn.Module, x: torch.Tensor, flip_tta: bool = False, window: int | None = None
+) -> torch.Tensor:
     """The mask gate ``M`` ``[B, 1, S, S]`` of the A→B generator on network inputs ``x`` ``[B, 3, S, S]``.
+
+    With ``window`` smaller than ``S`` (a model trained on crops, :func:`patch_input_size`), ``M`` is read by sliding
+    a ``window × window`` input over ``x`` (MONAI ``SlidingWindowInferer``, overlap 0.5, Gaussian blending).
 
     With ``flip_tta`` (not in the spec), the mean of ``M`` over the four flips of ``x`` (:data:`FLIP_DIMS`), each
     flipped back: a gate whose position is biased in one direction (on ISIC it sits 4–9 % of the image below and right
@@ -162,18 +169,54 @@ def gate_mask(generator: torch.nn.Module, x: torch.Tensor, flip_tta: bool = Fals
     def mask(v: torch.Tensor) -> torch.Tensor:
         return generator(v).mask.float()
 
-    return flip_average(mask, x) if flip_tta else mask(x)
+    fn = windowed(mask, window, tuple(x.shape[-2:]))
+    return flip_average(fn, x) if flip_tta else fn(x)
+
+
+def windowed(
+    fn: Callable[[torch.Tensor], torch.Tensor], window: int | None, size: Sequence[int]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``fn`` (``[N, C, S, S]`` → ``[N, C', S, S]`` maps) applied by sliding ``window × window`` inputs over inputs of
+    ``size`` (MONAI ``SlidingWindowInferer``, overlap 0.5, Gaussian blending); ``fn`` itself when ``window`` is None
+    or covers ``size``."""
+    if window is None or int(window) >= max(int(s) for s in size):
+        return fn
+    from monai.inferers import SlidingWindowInferer
+
+    inferer = SlidingWindowInferer(roi_size=(int(window), int(window)), sw_batch_size=16, overlap=0.5,
+                                   mode="gaussian", progress=False)  # fmt: skip
+
+    def slide(v: torch.Tensor) -> torch.Tensor:
+        return inferer(v, fn)
+
+    return slide
+
+
+def patch_input_size(image_size: int, patch_zoom: float = 1.0) -> int:
+    """The side a whole image is resized to before :func:`gate_mask` slides ``image_size`` windows over it: a model
+    trained on crops of side ``1 / patch_zoom`` of an image (``write_image_domains(lesion_crops=...)``) sees the
+    skin at its training magnification. ``patch_zoom`` 1 (the spec): the whole image is one input."""
+    zoom = as_float(patch_zoom, "patch_zoom")
+    if not 1.0 <= zoom <= 16.0:
+        raise ConfigError(f"patch_zoom must be in [1, 16] (1 / the crop side as a fraction of the image), got {zoom!r}")
+    return int(round(int(image_size) * zoom))
 
 
 @torch.no_grad()
 def soft_mask(
-    network: torch.nn.Module, image: torch.Tensor, image_size: int, device: torch.device, flip_tta: bool = False
+    network: torch.nn.Module,
+    image: torch.Tensor,
+    image_size: int,
+    device: torch.device,
+    flip_tta: bool = False,
+    patch_zoom: float = 1.0,
 ) -> torch.Tensor:
     """The lesion probability map M of ``image`` (``[3, H, W]`` in [0, 1]) at its own size ``[H, W]``: the A→B
     generator's mask at ``image_size`` (averaged over flips with ``flip_tta``, :func:`gate_mask`), resized back
-    bilinearly."""
-    x = TranslationInput(image_size)(image)[None].to(device)
-    m = gate_mask(_segmenter(network), x, flip_tta)
+    bilinearly. With ``patch_zoom`` > 1 the image is resized to :func:`patch_input_size` and read with sliding
+    ``image_size`` windows."""
+    x = TranslationInput(patch_input_size(image_size, patch_zoom))(image)[None].to(device)
+    m = gate_mask(_segmenter(network), x, flip_tta, window=int(image_size) if patch_zoom != 1.0 else None)
     m = F.interpolate(m, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
     return m[0, 0].clamp(0.0, 1.0).cpu()
 
@@ -187,13 +230,15 @@ def evaluate_images(
     n_overlays: int = 4,
     complement: bool = False,
     flip_tta: bool = False,
+    patch_zoom: float = 1.0,
 ) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
     """Per-image scores (cltnet.md §7) of the lesion images ``pairs`` (``{"name", "image", "label"}``) at each
     image's own size; images with an empty ground truth are excluded with a warning.
 
     With ``complement``, the result also has ``complement_mean_dice`` / ``complement_mean_ja``: the scores of the
     same post-processing with the opposite ``invert`` (a diagnostic of a gate that marks the tissue around the lesion).
-    ``flip_tta`` averages M over the four flips of each image (:func:`gate_mask`).
+    ``flip_tta`` averages M over the four flips of each image (:func:`gate_mask`); ``patch_zoom`` as in
+    :func:`soft_mask`.
 
     Returns:
         (result with ``mean_dice``, ``mean_ja``, ``mean_ac``, ``mean_se``, ``mean_sp``, ``per_image``,
@@ -217,7 +262,7 @@ def evaluate_images(
         if not truth.any():
             excluded.append(p["name"])
             continue
-        soft = soft_mask(network, image, image_size, dev, flip_tta)
+        soft = soft_mask(network, image, image_size, dev, flip_tta, patch_zoom)
         _, pred = post(soft.numpy(), image * 2.0 - 1.0)
         per_image.append({"name": p["name"], **segmentation_scores(pred, truth)})
         if complement:
@@ -238,7 +283,7 @@ def evaluate_images(
     result.update({"n_images": len(per_image), "excluded_empty_truth": excluded, "postprocess": post.mode,
                    "zero_black_background": post.zero_black_background, "zero_corners": post.zero_corners,
                    "invert_mask": post.invert, "flip_tta": bool(flip_tta), "image_size": int(image_size),
-                   "per_image": per_image})  # fmt: skip
+                   "patch_zoom": float(patch_zoom), "per_image": per_image})  # fmt: skip
     return result, overlays
 
 
@@ -266,6 +311,8 @@ class WeakValidationHandler(BestSoFarState):
         postprocess: post-processing of the masks (default: threshold 0.5 with background zeroing).
         device: device of the network.
         flip_tta: average M over the four flips of each validation image (:func:`gate_mask`).
+        patch_zoom: read M with sliding windows on images zoomed by this factor (a model trained on crops,
+            :func:`soft_mask`).
     """
 
     def __init__(
@@ -280,9 +327,12 @@ class WeakValidationHandler(BestSoFarState):
         postprocess: SoftMaskPostprocess | None = None,
         device: str | torch.device = "cpu",
         flip_tta: bool | str = False,
+        patch_zoom: float = 1.0,
     ) -> None:
         self.pairs, self.network = list(pairs), network
         self.flip_tta = as_bool(flip_tta, "flip_tta")
+        self.patch_zoom = float(patch_zoom)
+        patch_input_size(image_size, self.patch_zoom)  # checks the range
         self.ckpt_dir, self.output_dir = Path(ckpt_dir), Path(output_dir)
         self.interval, self.image_size, self.n_overlays = int(interval), int(image_size), int(n_overlays)
         self.postprocess = postprocess
@@ -300,7 +350,8 @@ class WeakValidationHandler(BestSoFarState):
         it = int(engine.state.iteration)
         was_training = self.network.training
         result, overlays = evaluate_images(self.network, self.pairs, self.image_size, self.postprocess, self.device,
-                                           self.n_overlays, complement=True, flip_tta=self.flip_tta)  # fmt: skip
+                                           self.n_overlays, complement=True, flip_tta=self.flip_tta,
+                                           patch_zoom=self.patch_zoom)  # fmt: skip
         if was_training:
             self.network.train()
         ja, di = result["mean_ja"], result["mean_dice"]
@@ -345,6 +396,8 @@ class WeakSegmentationEvaluationRunner:
         invert_mask: read ``1 − M`` as the lesion (``SoftMaskPostprocess(invert=...)``).
         flip_tta: average M over the four flips of each image (:func:`gate_mask`).
         image_size: network input side.
+        patch_zoom: read M with sliding ``image_size`` windows on images zoomed by this factor (a model trained on
+            crops, :func:`soft_mask`); 1: the whole image is one input (the spec).
         n_overlays: overlay PNGs written.
         device: torch device.
 
@@ -369,6 +422,7 @@ class WeakSegmentationEvaluationRunner:
         image_size: int = 256,
         n_overlays: int = 8,
         device: str | torch.device = "cpu",
+        patch_zoom: float = 1.0,
     ) -> None:
         if eval_split not in EVAL_SPLITS:
             raise ConfigError(f"eval_split must be one of {EVAL_SPLITS}, got {eval_split!r}")
@@ -383,6 +437,8 @@ class WeakSegmentationEvaluationRunner:
                                         as_float(crf_alpha, "crf_alpha", 0.0), invert_mask)  # fmt: skip
         self.flip_tta = as_bool(flip_tta, "flip_tta")
         self.image_size, self.n_overlays = as_int(image_size, "image_size", 8), as_int(n_overlays, "n_overlays", 0)
+        self.patch_zoom = as_float(patch_zoom, "patch_zoom")
+        patch_input_size(self.image_size, self.patch_zoom)  # checks the range
         self.device = torch.device(device)
         self.pairs = {"test": folders.test, "val": folders.val, "all": folders.test + folders.val}[eval_split]
         if not self.pairs:
@@ -397,7 +453,8 @@ class WeakSegmentationEvaluationRunner:
             logger.warning("no ckpt_path: evaluating the network's current (possibly random) weights")
         self.network.to(self.device)
         result, overlays = evaluate_images(self.network, self.pairs, self.image_size, self.post, self.device,
-                                           self.n_overlays, flip_tta=self.flip_tta)  # fmt: skip
+                                           self.n_overlays, flip_tta=self.flip_tta,
+                                           patch_zoom=self.patch_zoom)  # fmt: skip
         result = {"split": self.eval_split, "checkpoint": None if self.ckpt_path is None else str(self.ckpt_path),
                   "dataset": str(self.folders.root), **result}  # fmt: skip
         paths = write_image_reports(result, self.output_dir, overlays, title=f"Weakly supervised segmentation, "
