@@ -9,6 +9,7 @@
 # the dark corners of frame-filling lesions, runs/cltnet/isic_domains_m<m>).
 # ISIC_VAL_FRACTION=<f> holds the last f of the ids before the test split out of training as a labelled val/ split
 # (masks read for selection only), which then replaces the CLTNet ISIC val samples for the validation.
+# ISIC_NORMALS=grid (with ISIC_LESION_CROPS) takes B from the crops of that grid that pass the lesion-free rules.
 # ISIC_NORMALS=inpaint|both makes trainB of the training images with their dark blob painted over (alone, or with the
 # corner patches; labelless.weak.domains.lesion_removed_image, not in the spec; runs/cltnet/isic_domains..._inpaint).
 # ISIC_INPAINT='<json>' passes options to the painting over (e.g. '{"max_border":0.5,"max_area":0.8,"fill":"planar",

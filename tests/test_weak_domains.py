@@ -496,3 +496,12 @@ def test_grid_crops_and_lesion_crops_domains(tmp_path):
     assert len(list((tmp_path / "crops" / "testA" / "images").iterdir())) == 1
     with pytest.raises(ConfigError, match="lesion_crops"):
         write_image_domains(tmp_path / "images", tmp_path / "neg", lesion_crops=-1)
+    grid = write_image_domains(tmp_path / "images", tmp_path / "grid", test_fraction=0.25, size=32, lesion_crops=3,
+                               normals="grid", min_mean=0.5)  # fmt: skip
+    b_names = sorted(p.name for p in (tmp_path / "grid" / "trainB").iterdir())
+    assert grid["counts"]["trainB"] == len(b_names) > 0
+    for name in b_names:  # every B crop is an A crop that passed the rules: the disc in the middle never does
+        a = np.asarray(Image.open(tmp_path / "grid" / "trainA" / name), dtype=np.float32) / 255.0
+        assert a.mean() >= 0.5 and a.reshape(-1, 3).std(0).mean() <= 0.05 and not name.endswith("r1c1.png")
+    with pytest.raises(ConfigError, match="lesion_crops >= 2"):
+        write_image_domains(tmp_path / "images", tmp_path / "nogrid", normals="grid")

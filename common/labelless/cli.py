@@ -590,7 +590,8 @@ class LabellessCLI:
                 labelled val/ split for model selection (not trained on; needs --masks_dir).
             normals: what trainB holds: "corners" (the corner patches, spec default), "inpaint" (the training images
                 with their dark blob painted over by the skin around it: normal skin at the A images' field of view,
-                not in the spec; images whose lesion touches the frame or fills it are skipped) or "both".
+                not in the spec; images whose lesion touches the frame or fills it are skipped), "both", or "grid" (the
+                crops of the --lesion_crops grid that pass --min_mean / --max_std; not in the spec).
             inpaint_options: options of the painting over, as a dict, e.g.
                 '{"max_border": 0.5, "max_area": 0.8, "fill": "planar", "paint_corners": true}' (keeps lesions cut by
                 the frame; see labelless.weak.domains.lesion_removed_image).

@@ -361,7 +361,7 @@ def write_volume_domains(
 # ---------------------------------------------------------------------------------------------- 2D images
 PATCH_SCALES = ("resize", "image")
 #: What ``trainB`` of :func:`write_image_domains` holds.
-NORMAL_SOURCES = ("corners", "inpaint", "both")
+NORMAL_SOURCES = ("corners", "inpaint", "both", "grid")
 #: The skin surfaces :func:`lesion_removed_image` can paint with.
 INPAINT_FILLS = ("quadratic", "planar")
 #: The :func:`lesion_removed_image` options ``write_image_domains(inpaint_options=...)`` passes on.
@@ -466,6 +466,12 @@ def lesion_free_patches(
             patch = _resize(crop, int(size), "bilinear")
         out.append((name, _to_uint8_rgb(patch)))
     return out
+
+
+def _lesion_free(patch: np.ndarray, min_mean: float, max_std: float) -> bool:
+    """The lesion-free rules of :func:`lesion_free_patches` on a uint8 RGB patch."""
+    a = np.asarray(patch, dtype=np.float32) / 255.0
+    return float(a.mean()) >= float(min_mean) and float(a.reshape(-1, 3).std(axis=0).mean()) <= float(max_std)
 
 
 def _corner_triangles(h: int, w: int) -> np.ndarray:
@@ -633,7 +639,9 @@ def write_image_domains(
 
     ``normals`` chooses what ``trainB`` holds: ``"corners"`` (the corner patches, spec §1.2), ``"inpaint"`` (the
     training images with their dark blob painted over, :func:`lesion_removed_image`: normal skin at the A images'
-    field of view; not in the spec) or ``"both"``. ``inpaint_options`` (keys in :data:`INPAINT_OPTIONS`) are passed
+    field of view; not in the spec), ``"both"`` or ``"grid"`` (the crops of the ``lesion_crops`` grid that pass the
+    corner patches' lesion-free rules, ``min_mean`` / ``max_std``: more B patches at the same magnification; not in the
+    spec; needs ``lesion_crops``). ``inpaint_options`` (keys in :data:`INPAINT_OPTIONS`) are passed
     to :func:`lesion_removed_image`, e.g. ``{"max_border": 0.5, "max_area": 0.8, "fill": "planar",
     "paint_corners": True}`` keeps more images (lesions cut by the frame), painted less faithfully.
 
@@ -657,6 +665,8 @@ def write_image_domains(
     lesion_crops = int(lesion_crops)
     if lesion_crops < 0:
         raise ConfigError(f"lesion_crops must be >= 0 (0: whole images), got {lesion_crops!r}")
+    if normals == "grid" and lesion_crops < 2:
+        raise ConfigError("normals='grid' takes its B patches from the lesion_crops grid: give lesion_crops >= 2")
     inpaint_options = dict(inpaint_options or {})
     unknown = sorted(set(inpaint_options) - set(INPAINT_OPTIONS))
     if unknown:
@@ -691,13 +701,17 @@ def write_image_domains(
                 rel = f"trainA/{pid}_{crop_name}.png" if crop_name else f"trainA/{pid}.png"
                 records.append({"folder": "trainA", "image": _write_png(a_img, out, rel)})
                 counts["trainA"] += 1
-            removed = lesion_removed_image(rgb, size=size, seed=i, **inpaint_options) if normals != "corners" else None
+            removed = None
+            if normals in ("inpaint", "both"):
+                removed = lesion_removed_image(rgb, size=size, seed=i, **inpaint_options)
             if removed is not None:
                 records.append({"folder": "trainB", "image": _write_png(removed, out, f"trainB/{pid}_inpaint.png"),
                                 "source": str(images[pid])})  # fmt: skip
                 counts["trainB"] += 1
             patches = []
-            if normals != "inpaint":
+            if normals == "grid":
+                patches = [(name, crop) for name, crop in views if _lesion_free(crop, min_mean, max_std)]
+            elif normals != "inpaint":
                 patches = lesion_free_patches(rgb, side_fraction, min_mean, max_std, size, patch_scale)
             for corner, patch in patches:
                 records.append({"folder": "trainB", "image": _write_png(patch, out, f"trainB/{pid}_{corner}.png"),
@@ -724,6 +738,7 @@ def write_image_domains(
                 "inpaint": "no training image could have its lesion painted over (lesion_removed_image: every one "
                 "touches the frame, fills it or has no dark blob); use normals='both' or 'corners'",
                 "both": "no corner patch passed the lesion-free rules and no lesion could be painted over",
+                "grid": "no crop of the lesion_crops grid passed the lesion-free rules (min_mean, max_std); relax them",
             }
             raise DataError(images_dir, what[normals])
         manifest = {"source": str(Path(images_dir).resolve()), "counts": counts, "train_ids": train, "test_ids": test,
