@@ -49,6 +49,7 @@ from labelless.errors import ConfigError, DataError
 from labelless.io.readers import read_volume
 from labelless.io.suffixes import IMAGE_2D_SUFFIXES, NIFTI_SUFFIXES, strip_suffix
 from labelless.io.writers import write_image2d
+from labelless.options import as_int
 from labelless.utils import as_bool, sort_ids, write_json_atomic
 
 __all__ = [
@@ -458,7 +459,7 @@ def lesion_free_patches(
     out = []
     for name, (rows, cols) in corner_slices(a.shape, side_fraction).items():
         crop = a[rows, cols]
-        if float(crop.mean()) < float(min_mean) or float(crop.reshape(-1, 3).std(axis=0).mean()) > float(max_std):
+        if not _lesion_free(crop, min_mean, max_std):
             continue
         if patch_scale == "image":
             patch = _patch_at_image_scale(crop, (h, w), int(size))
@@ -469,8 +470,9 @@ def lesion_free_patches(
 
 
 def _lesion_free(patch: np.ndarray, min_mean: float, max_std: float) -> bool:
-    """The lesion-free rules of :func:`lesion_free_patches` on a uint8 RGB patch."""
-    a = np.asarray(patch, dtype=np.float32) / 255.0
+    """The lesion-free rules of :func:`lesion_free_patches` on an RGB patch (floats in [0, 1], or uint8): mean
+    intensity ≥ ``min_mean`` and mean colour standard deviation ≤ ``max_std``."""
+    a = np.asarray(patch, dtype=np.float32) / (255.0 if np.asarray(patch).dtype == np.uint8 else 1.0)
     return float(a.mean()) >= float(min_mean) and float(a.reshape(-1, 3).std(axis=0).mean()) <= float(max_std)
 
 
@@ -662,9 +664,10 @@ def write_image_domains(
         raise ConfigError(f"normals must be one of {NORMAL_SOURCES}, got {normals!r}")
     if not 0.0 <= float(val_fraction) < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    lesion_crops = int(lesion_crops)
-    if lesion_crops < 0:
-        raise ConfigError(f"lesion_crops must be >= 0 (0: whole images), got {lesion_crops!r}")
+    lesion_crops = as_int(lesion_crops, "lesion_crops (0: whole images)", 0)
+    if lesion_crops and patch_scale != "resize":
+        raise ConfigError("lesion_crops makes A crops at the magnification of patch_scale='resize'; "
+                          f"got patch_scale={patch_scale!r}")  # fmt: skip
     if normals == "grid" and lesion_crops < 2:
         raise ConfigError("normals='grid' takes its B patches from the lesion_crops grid: give lesion_crops >= 2")
     inpaint_options = dict(inpaint_options or {})
