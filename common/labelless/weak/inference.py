@@ -148,8 +148,8 @@ class WeakSegmentationInferenceRunner:
         self.crf_alpha = float(crf_alpha)
         self.invert_mask = as_bool(invert_mask, "invert_mask")
         self.flip_tta = as_bool(flip_tta, "flip_tta")
+        self.input_size = patch_input_size(self.image_size, patch_zoom)  # checks the value
         self.patch_zoom = float(patch_zoom)
-        self.input_size = patch_input_size(self.image_size, self.patch_zoom)
         self.device = torch.device(device)
         self.preprocessing = preprocessing or self.default_preprocessing(self.input_size)
         self.postprocessing = postprocessing or self.default_postprocessing(

@@ -331,8 +331,8 @@ class WeakValidationHandler(BestSoFarState):
     ) -> None:
         self.pairs, self.network = list(pairs), network
         self.flip_tta = as_bool(flip_tta, "flip_tta")
+        patch_input_size(image_size, patch_zoom)  # checks the value
         self.patch_zoom = float(patch_zoom)
-        patch_input_size(image_size, self.patch_zoom)  # checks the range
         self.ckpt_dir, self.output_dir = Path(ckpt_dir), Path(output_dir)
         self.interval, self.image_size, self.n_overlays = int(interval), int(image_size), int(n_overlays)
         self.postprocess = postprocess
