@@ -58,7 +58,7 @@ def readings(
         return torch.cat([out.mask.float(), (v - out.y).abs().mean(1, keepdim=True) / 2.0], dim=1)
 
     x = TranslationInput(patch_input_size(image_size, patch_zoom))(image)[None]
-    fn = windowed(both, image_size if patch_zoom != 1.0 else None, tuple(x.shape[-2:]))
+    fn = windowed(both, image_size, tuple(x.shape[-2:]))  # one window when patch_zoom is 1
     maps = flip_average(fn, x) if flip_tta else fn(x)
     maps = F.interpolate(maps, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)[0].clamp(0.0, 1.0)
     return {"M": maps[0].numpy(), "diff": maps[1].numpy()}

@@ -470,10 +470,9 @@ def lesion_free_patches(
 
 
 def _lesion_free(patch: np.ndarray, min_mean: float, max_std: float) -> bool:
-    """The lesion-free rules of :func:`lesion_free_patches` on an RGB patch (floats in [0, 1], or uint8): mean
-    intensity ≥ ``min_mean`` and mean colour standard deviation ≤ ``max_std``."""
-    a = np.asarray(patch, dtype=np.float32) / (255.0 if np.asarray(patch).dtype == np.uint8 else 1.0)
-    return float(a.mean()) >= float(min_mean) and float(a.reshape(-1, 3).std(axis=0).mean()) <= float(max_std)
+    """The lesion-free rules of :func:`lesion_free_patches` on an RGB patch of floats in [0, 1]: mean intensity
+    ≥ ``min_mean`` and mean colour standard deviation ≤ ``max_std``."""
+    return float(patch.mean()) >= float(min_mean) and float(patch.reshape(-1, 3).std(axis=0).mean()) <= float(max_std)
 
 
 def _corner_triangles(h: int, w: int) -> np.ndarray:
@@ -713,7 +712,8 @@ def write_image_domains(
                 counts["trainB"] += 1
             patches = []
             if normals == "grid":
-                patches = [(name, crop) for name, crop in views if _lesion_free(crop, min_mean, max_std)]
+                patches = [(name, crop) for name, crop in views
+                           if _lesion_free(crop.astype(np.float32) / 255.0, min_mean, max_std)]  # fmt: skip
             elif normals != "inpaint":
                 patches = lesion_free_patches(rgb, side_fraction, min_mean, max_std, size, patch_scale)
             for corner, patch in patches:

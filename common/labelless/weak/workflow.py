@@ -216,7 +216,7 @@ def soft_mask(
     bilinearly. With ``patch_zoom`` > 1 the image is resized to :func:`patch_input_size` and read with sliding
     ``image_size`` windows."""
     x = TranslationInput(patch_input_size(image_size, patch_zoom))(image)[None].to(device)
-    m = gate_mask(_segmenter(network), x, flip_tta, window=int(image_size) if patch_zoom != 1.0 else None)
+    m = gate_mask(_segmenter(network), x, flip_tta, window=int(image_size))  # one window when patch_zoom is 1
     m = F.interpolate(m, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
     return m[0, 0].clamp(0.0, 1.0).cpu()
 
@@ -437,8 +437,8 @@ class WeakSegmentationEvaluationRunner:
                                         as_float(crf_alpha, "crf_alpha", 0.0), invert_mask)  # fmt: skip
         self.flip_tta = as_bool(flip_tta, "flip_tta")
         self.image_size, self.n_overlays = as_int(image_size, "image_size", 8), as_int(n_overlays, "n_overlays", 0)
-        self.patch_zoom = as_float(patch_zoom, "patch_zoom")
-        patch_input_size(self.image_size, self.patch_zoom)  # checks the range
+        patch_input_size(self.image_size, patch_zoom)  # checks the value
+        self.patch_zoom = float(patch_zoom)
         self.device = torch.device(device)
         self.pairs = {"test": folders.test, "val": folders.val, "all": folders.test + folders.val}[eval_split]
         if not self.pairs:
