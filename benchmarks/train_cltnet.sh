@@ -15,7 +15,9 @@
 # ISIC_INPAINT='<json>' passes options to the painting over (e.g. '{"max_border":0.5,"max_area":0.8,"fill":"planar",
 # "paint_corners":true}' keeps lesions cut by the frame); ISIC_INPAINT_TAG=<t> names those domains (..._<normals>_<t>).
 # ISIC_LESION_CROPS=<n> makes trainA an n x n grid of crops of each training image at the corner patches'
-# magnification (not in the spec; ..._crops<n>); train and evaluate such a model with --patch_zoom 3.333 (1 / 0.3).
+# magnification (not in the spec; ..._crops<n>_lesion); train and evaluate such a model with --patch_zoom 3.333 (1 / 0.3).
+# Only the crops that fail the lesion-free rules are A crops; ISIC_A_CROPS=all keeps every crop (..._crops<n>, the
+# domains of the tenth session, whose B patches were A crops as well).
 # CLTNET_EVERY=<n>: checkpoint and validate every n iterations (250).
 # CLTNET_OUT=<folder> writes elsewhere (default runs/cltnet/brats). An interrupted run continues with the same
 # command plus `--resume true` (from the newest complete checkpoint; the log is appended to).
@@ -45,10 +47,12 @@ case "$NAME" in
         INPAINT="${ISIC_INPAINT:-{\}}"
         if [ "$INPAINT" != "{}" ]; then DOMAINS="${DOMAINS}_${ISIC_INPAINT_TAG:?set ISIC_INPAINT_TAG with ISIC_INPAINT}"; fi
         CROPS="${ISIC_LESION_CROPS:-0}"
-        [ "$CROPS" = 0 ] || DOMAINS="${DOMAINS}_crops$CROPS"
+        A_CROPS="${ISIC_A_CROPS:-lesion}"
+        [ "$CROPS" = 0 ] || DOMAINS="${DOMAINS}_crops$CROPS$([ "$A_CROPS" = all ] || echo "_$A_CROPS")"
         [ -f "$DOMAINS/manifest.json" ] || labelless weak_domains_images "$DATA/isic2016/images" "$DOMAINS" \
             --masks_dir "$DATA/isic2016/masks" --patch_scale "$SCALE" --min_mean "$MIN_MEAN" \
-            --val_fraction "$VAL_FRACTION" --normals "$NORMALS" --inpaint_options "$INPAINT" --lesion_crops "$CROPS"
+            --val_fraction "$VAL_FRACTION" --normals "$NORMALS" --inpaint_options "$INPAINT" --lesion_crops "$CROPS" \
+            --a_crops "$A_CROPS"
         VAL="$DATA/weak_samples/ISIC/isic_1/val"
         [ "$VAL_FRACTION" = 0 ] || VAL="$DOMAINS/val"
         WEIGHTS=isic ;;

@@ -489,7 +489,8 @@ def test_grid_crops_and_lesion_crops_domains(tmp_path):
     for i in range(4):
         lesion, _ = _skin_with_disc(seed=i)
         _png(tmp_path / "images" / f"ISIC_{i}.png", np.round(lesion * 255).astype(np.uint8))
-    man = write_image_domains(tmp_path / "images", tmp_path / "crops", test_fraction=0.25, size=32, lesion_crops=2)
+    man = write_image_domains(tmp_path / "images", tmp_path / "crops", test_fraction=0.25, size=32, lesion_crops=2,
+                              a_crops="all")  # fmt: skip
     assert man["counts"]["trainA"] == 3 * 4 and man["options"]["lesion_crops"] == 2
     assert sorted(p.name for p in (tmp_path / "crops" / "trainA").iterdir())[:4] == [
         "ISIC_0_r0c0.png", "ISIC_0_r0c1.png", "ISIC_0_r1c0.png", "ISIC_0_r1c1.png"]  # fmt: skip
@@ -499,9 +500,23 @@ def test_grid_crops_and_lesion_crops_domains(tmp_path):
     grid = write_image_domains(tmp_path / "images", tmp_path / "grid", test_fraction=0.25, size=32, lesion_crops=3,
                                normals="grid", min_mean=0.5)  # fmt: skip
     b_names = sorted(p.name for p in (tmp_path / "grid" / "trainB").iterdir())
-    assert grid["counts"]["trainB"] == len(b_names) > 0
-    for name in b_names:  # every B crop is an A crop that passed the rules: the disc in the middle never does
-        a = np.asarray(Image.open(tmp_path / "grid" / "trainA" / name), dtype=np.float32) / 255.0
+    a_names = sorted(p.name for p in (tmp_path / "grid" / "trainA").iterdir())
+    assert grid["counts"]["trainB"] == len(b_names) > 0 and grid["options"]["a_crops"] == "lesion"
+    # a_crops="lesion" (default): the grid is split between A (crops that may show the lesion) and B (the rest)
+    assert not set(a_names) & set(b_names) and len(a_names) + len(b_names) == 3 * 9
+    assert {f"ISIC_{i}_r1c1.png" for i in range(3)} <= set(a_names)  # the disc in the middle is always an A crop
+    everything = write_image_domains(tmp_path / "images", tmp_path / "grid_all", test_fraction=0.25, size=32,
+                                     lesion_crops=3, normals="grid", min_mean=0.5, a_crops="all")  # fmt: skip
+    assert everything["counts"]["trainA"] == 3 * 9 and everything["counts"]["trainB"] == len(b_names)
+    for name in b_names:  # every B crop is a grid crop that passed the rules: the disc in the middle never does
+        a = np.asarray(Image.open(tmp_path / "grid_all" / "trainA" / name), dtype=np.float32) / 255.0
         assert a.mean() >= 0.5 and a.reshape(-1, 3).std(0).mean() <= 0.05 and not name.endswith("r1c1.png")
+    with pytest.raises(ConfigError, match="a_crops must be one of"):
+        write_image_domains(tmp_path / "images", tmp_path / "bad_a", lesion_crops=2, a_crops="some")
+    for i in range(4):  # plain skin everywhere: no crop is left as a lesion view
+        _png(tmp_path / "plain" / f"ISIC_{i}.png", np.full((40, 40, 3), 200, np.uint8))
+    with pytest.raises(DataError, match="none is left as a lesion view"):
+        write_image_domains(tmp_path / "plain", tmp_path / "plain_out", test_fraction=0.25, size=16, lesion_crops=2)
+    assert not (tmp_path / "plain_out").exists()
     with pytest.raises(ConfigError, match="lesion_crops >= 2"):
         write_image_domains(tmp_path / "images", tmp_path / "nogrid", normals="grid")

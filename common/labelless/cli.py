@@ -571,6 +571,7 @@ class LabellessCLI:
         normals: str = "corners",
         inpaint_options: dict | str | None = None,
         lesion_crops: int = 0,
+        a_crops: str = "lesion",
     ) -> str:
         """Build lesion (A) / normal (B) folders from a folder of lesion images (e.g. dermoscopy), without pixel labels:
         B = lesion-free corner patches of the training images.
@@ -598,6 +599,8 @@ class LabellessCLI:
             lesion_crops: n > 0 writes an n x n grid of crops of side --side_fraction of each training image as trainA
                 (at the corner patches' magnification; not in the spec) instead of the whole image; models trained on
                 them segment whole images with --patch_zoom 1/side_fraction.
+            a_crops: with --lesion_crops, which crops go to trainA: "lesion" (those that fail --min_mean / --max_std,
+                i.e. may show the lesion; a crop that passes them is plain skin) or "all".
         """
         from labelless.weak.domains import write_image_domains
 
@@ -618,7 +621,8 @@ class LabellessCLI:
                                 size=as_int(size, "--size", parse=True), patch_scale=str(patch_scale),
                                 val_fraction=as_float(val_fraction, "--val_fraction", parse=True),
                                 normals=str(normals), inpaint_options=inpaint_options,
-                                lesion_crops=as_int(lesion_crops, "--lesion_crops", 0, parse=True))  # fmt: skip
+                                lesion_crops=as_int(lesion_crops, "--lesion_crops", 0, parse=True),
+                                a_crops=str(a_crops))  # fmt: skip
         counts = ", ".join(f"{k} {v}" for k, v in sorted(m["counts"].items()))
         return f"{counts}; written to {out_dir}"
 

@@ -367,6 +367,8 @@ NORMAL_SOURCES = ("corners", "inpaint", "both", "grid")
 INPAINT_FILLS = ("quadratic", "planar")
 #: The :func:`lesion_removed_image` options ``write_image_domains(inpaint_options=...)`` passes on.
 INPAINT_OPTIONS = ("max_area", "min_area", "min_contrast", "max_border", "margin", "fill", "paint_corners")
+#: Which crops of the ``lesion_crops`` grid :func:`write_image_domains` puts in ``trainA``.
+A_CROPS = ("lesion", "all")
 
 
 def _check_patch_scale(patch_scale: str) -> None:
@@ -629,6 +631,7 @@ def write_image_domains(
     normals: str = "corners",
     inpaint_options: dict[str, Any] | None = None,
     lesion_crops: int = 0,
+    a_crops: str = "lesion",
 ) -> dict[str, Any]:
     """Lesion images (e.g. ISIC) → ``trainA`` (the first ``1 − test_fraction`` of the sorted ids, images only),
     ``trainB`` (lesion-free corner patches of the **train** images, :func:`lesion_free_patches`) and ``testA``
@@ -649,7 +652,12 @@ def write_image_domains(
     ``lesion_crops = n > 0`` (not in the spec) makes ``trainA`` hold an ``n × n`` grid of crops of each training image
     (:func:`grid_crops`, side ``side_fraction``) at the magnification of the corner patches instead of the whole image:
     A and B then show skin at the same scale, and a model trained on them is applied to whole images by sliding a
-    window of the crop's size over them (``patch_zoom = 1 / side_fraction`` at inference).
+    window of the crop's size over them (``patch_zoom = 1 / side_fraction`` at inference). ``a_crops`` says which
+    crops: ``"lesion"`` (default) only those that fail the lesion-free rules (``min_mean`` / ``max_std``), i.e. the
+    crops that may show the lesion: a crop of plain skin carries the image's "lesion" tag but no lesion, and a crop
+    that is also a B patch must not be in A as well; ``"all"`` every crop (what ``lesion_crops`` wrote before
+    the cltnet bundle 0.2.5: the B patches were then A crops too). An image none of whose crops may show a
+    lesion gives no A crop.
 
     The masks of training images are never read. Images are written as ``size × size`` RGB PNGs; ``patch_scale``
     as in :func:`lesion_free_patches`.
@@ -667,6 +675,8 @@ def write_image_domains(
     if lesion_crops and patch_scale != "resize":
         raise ConfigError("lesion_crops makes A crops at the magnification of patch_scale='resize'; "
                           f"got patch_scale={patch_scale!r}")  # fmt: skip
+    if a_crops not in A_CROPS:
+        raise ConfigError(f"a_crops must be one of {A_CROPS}, got {a_crops!r}")
     if normals == "grid" and lesion_crops < 2:
         raise ConfigError("normals='grid' takes its B patches from the lesion_crops grid: give lesion_crops >= 2")
     inpaint_options = dict(inpaint_options or {})
@@ -698,7 +708,11 @@ def write_image_domains(
         for i, pid in enumerate(train):
             rgb = read_rgb(images[pid])
             views = grid_crops(rgb, lesion_crops, side_fraction, size) if lesion_crops else [("", None)]
+            free = {name for name, crop in views
+                    if crop is not None and _lesion_free(np.float32(crop) / 255.0, min_mean, max_std)}  # fmt: skip
             for crop_name, crop in views:
+                if a_crops == "lesion" and crop_name in free:
+                    continue
                 a_img = _to_uint8_rgb(_resize(rgb, size, "bilinear")) if crop is None else crop
                 rel = f"trainA/{pid}_{crop_name}.png" if crop_name else f"trainA/{pid}.png"
                 records.append({"folder": "trainA", "image": _write_png(a_img, out, rel)})
@@ -712,8 +726,7 @@ def write_image_domains(
                 counts["trainB"] += 1
             patches = []
             if normals == "grid":
-                patches = [(name, crop) for name, crop in views
-                           if _lesion_free(crop.astype(np.float32) / 255.0, min_mean, max_std)]  # fmt: skip
+                patches = [(name, crop) for name, crop in views if name in free]
             elif normals != "inpaint":
                 patches = lesion_free_patches(rgb, side_fraction, min_mean, max_std, size, patch_scale)
             for corner, patch in patches:
@@ -735,6 +748,12 @@ def write_image_domains(
                     rec["label"] = _write_png(m.astype(np.uint8) * 255, out, f"{folder}/labels/{pid}_segmentation.png")
                 records.append(rec)
                 counts[folder] += 1
+        if not counts["trainA"]:
+            raise DataError(
+                images_dir,
+                "every crop of the lesion_crops grid passed the lesion-free rules "
+                "(min_mean, max_std), so none is left as a lesion view; tighten them or use a_crops='all'",
+            )
         if not counts["trainB"]:
             what = {
                 "corners": "no corner patch passed the lesion-free rules (min_mean / max_std); relax them",
@@ -749,7 +768,8 @@ def write_image_domains(
                     "options": {"test_fraction": test_fraction, "val_fraction": val_fraction,
                                 "side_fraction": side_fraction, "min_mean": min_mean, "max_std": max_std,
                                 "size": size, "patch_scale": patch_scale, "normals": normals,
-                                "inpaint_options": inpaint_options, "lesion_crops": lesion_crops},
+                                "inpaint_options": inpaint_options, "lesion_crops": lesion_crops,
+                                "a_crops": a_crops},
                     "images": records}  # fmt: skip
         write_json_atomic(out / "manifest.json", manifest)
     return manifest
