@@ -540,6 +540,8 @@ CLI_CASES: list[tuple[str, str, tuple, dict, tuple[str, ...]]] = [
      {"normals": "inpaint", "inpaint_options": "max_border=0.5"}, ("--inpaint_options", "JSON")),
     ("weak_domains_images-inpaint_options-key", "weak_domains_images", ("{in}/les/images", "{out}/wd"),
      {"normals": "inpaint", "inpaint_options": {"radius": 3}}, ("inpaint_options", "radius")),
+    ("weak_domains_images-a_crops", "weak_domains_images", ("{in}/les/images", "{out}/wd"),
+     {"lesion_crops": 2, "a_crops": "skin"}, ("a_crops", "'skin'")),
     ("weak_domains_csv-columns", "weak_domains_csv", ("{in}/x/tags.csv", "{out}/wd"), {}, ("tags.csv", "header")),
     ("fsms_synthetic-size-text", "fsms_synthetic", ("{out}/fs",), {"size": "abc"}, ("--size", MUST_INT)),
     ("verify_metadata-bad-json", "verify_metadata", ("{in}/x/meta.json",), {}, ("meta.json", "cannot read")),
