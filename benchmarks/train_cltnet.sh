@@ -15,7 +15,8 @@
 # ISIC_INPAINT='<json>' passes options to the painting over (e.g. '{"max_border":0.5,"max_area":0.8,"fill":"planar",
 # "paint_corners":true}' keeps lesions cut by the frame); ISIC_INPAINT_TAG=<t> names those domains (..._<normals>_<t>).
 # ISIC_LESION_CROPS=<n> makes trainA an n x n grid of crops of each training image at the corner patches'
-# magnification (not in the spec; ..._crops<n>_lesion); train and evaluate such a model with --patch_zoom 3.333 (1 / 0.3).
+# magnification (not in the spec; ..._crops<n>_lesion); train and evaluate such a model with --patch_zoom 3.333
+# (1 / 0.3).
 # Only the crops that fail the lesion-free rules are A crops; ISIC_A_CROPS=all keeps every crop (..._crops<n>, the
 # domains of the tenth session, whose B patches were A crops as well).
 # CLTNET_EVERY=<n>: checkpoint and validate every n iterations (250).
