@@ -44,10 +44,11 @@ def main() -> None:
     posts = [(m.split(":")[0], float(m.split(":")[1]) if ":" in m else 1.0) for m in args.postprocess.split(",")]
     for ckpt in sorted_checkpoints(args.ckpts):
         net = load_model(args, ckpt)
+        caches: dict[bool, dict] = {False: {}, True: {}}  # the soft masks, computed once per checkpoint and flip_tta
         for (mode, alpha), tta in itertools.product(posts, (False, True)):
             post = SoftMaskPostprocess(mode, zero_corners=args.zero_corners, crf_alpha=alpha)
             res, _ = evaluate_images(net, pairs, args.image_size, post, n_overlays=0, complement=True, flip_tta=tta,
-                                     patch_zoom=args.patch_zoom)  # fmt: skip
+                                     patch_zoom=args.patch_zoom, soft_cache=caches[tta])  # fmt: skip
             for invert, di, ja in ((False, res["mean_dice"], res["mean_ja"]),
                                    (True, res["complement_mean_dice"], res["complement_mean_ja"])):  # fmt: skip
                 rows.append({"ckpt": str(ckpt), "iteration": iteration(ckpt), "postprocess": mode,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -359,6 +360,17 @@ def test_patch_zoom_reads_the_gate_with_sliding_windows(phantoms, tmp_path):
     folders = resolve_domains(str(phantoms))
     res, _ = evaluate_images(net, folders.test, 32, SoftMaskPostprocess("otsu"), n_overlays=0, patch_zoom=2.0)
     assert res["patch_zoom"] == 2.0 and res["n_images"] == len(folders.test)
+    # the soft-mask cache: filled once, then reused (no network call) with the same scores
+    cache: dict = {}
+    first, _ = evaluate_images(net, folders.test, 32, SoftMaskPostprocess("otsu"), n_overlays=0, patch_zoom=2.0,
+                               soft_cache=cache)  # fmt: skip
+    assert sorted(cache) == sorted(str(p["image"]) for p in folders.test) and first["mean_ja"] == res["mean_ja"]
+    with mock.patch("labelless.weak.workflow.soft_mask", side_effect=AssertionError("recomputed")):
+        again, _ = evaluate_images(net, folders.test, 32, SoftMaskPostprocess("otsu"), n_overlays=0, patch_zoom=2.0,
+                                   soft_cache=cache)  # fmt: skip
+        other, _ = evaluate_images(net, folders.test, 32, SoftMaskPostprocess("threshold"), n_overlays=0,
+                                   patch_zoom=2.0, soft_cache=cache)  # fmt: skip
+    assert again["per_image"] == res["per_image"] and other["postprocess"] == "threshold"
     files = [p["image"] for p in folders.test]
     summary = WeakSegmentationInferenceRunner(net, files, tmp_path / "inf", image_size=32, patch_zoom=2.0,
                                               postprocess="otsu").run()  # fmt: skip

@@ -231,6 +231,7 @@ def evaluate_images(
     complement: bool = False,
     flip_tta: bool = False,
     patch_zoom: float = 1.0,
+    soft_cache: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
     """Per-image scores (cltnet.md §7) of the lesion images ``pairs`` (``{"name", "image", "label"}``) at each
     image's own size; images with an empty ground truth are excluded with a warning.
@@ -238,7 +239,9 @@ def evaluate_images(
     With ``complement``, the result also has ``complement_mean_dice`` / ``complement_mean_ja``: the scores of the
     same post-processing with the opposite ``invert`` (a diagnostic of a gate that marks the tissue around the lesion).
     ``flip_tta`` averages M over the four flips of each image (:func:`gate_mask`); ``patch_zoom`` as in
-    :func:`soft_mask`.
+    :func:`soft_mask`. ``soft_cache`` (a dict, by image path) keeps the soft masks M for reuse by a later call that
+    scores the same network, ``flip_tta``, ``image_size`` and ``patch_zoom`` with another post-processing; the caller
+    owns it and must use one per such combination.
 
     Returns:
         (result with ``mean_dice``, ``mean_ja``, ``mean_ac``, ``mean_se``, ``mean_sp``, ``per_image``,
@@ -262,7 +265,11 @@ def evaluate_images(
         if not truth.any():
             excluded.append(p["name"])
             continue
-        soft = soft_mask(network, image, image_size, dev, flip_tta, patch_zoom)
+        soft = None if soft_cache is None else soft_cache.get(str(p["image"]))
+        if soft is None:
+            soft = soft_mask(network, image, image_size, dev, flip_tta, patch_zoom)
+            if soft_cache is not None:
+                soft_cache[str(p["image"])] = soft
         _, pred = post(soft.numpy(), image * 2.0 - 1.0)
         per_image.append({"name": p["name"], **segmentation_scores(pred, truth)})
         if complement:
