@@ -14,6 +14,11 @@
   (``gradcam``) or at its per-image Otsu threshold over the non-black pixels (``gradcam_otsu``, the post-processing
   of CLTNet's default ``otsu`` mode).
 
+- ``crf``: an **intensity + dense-CRF baseline**: the grey image's darkness (``--dark``) or brightness, min-max
+  normalised over the non-black pixels, as the soft mask of the spec's CRF (cltnet.md §6, the same ``crf_mask`` as
+  CLTNet's ``crf`` post-processing), with α chosen among ``--alphas`` by mean JA on the ``--select`` split (an
+  ``--extra`` name: a validation folder, never the test images). Needs the optional ``pydensecrf``.
+
 Each writes ``<out>/<method>/<split>/metrics.json`` (per-image DI / JA / AC / SE / SP, the bundle's report format)
 for the ``test`` split of the dataset and for any ``--extra name=folder`` labelled folders (``images/`` +
 ``labels/``, e.g. the CLTNet BraTS sample test folder).
@@ -174,6 +179,49 @@ def cmd_cam(args: argparse.Namespace) -> None:
                   f"(n={res['n_images']})")  # fmt: skip
 
 
+def soft_intensity(image: torch.Tensor, dark: bool = False, corners: bool = False) -> np.ndarray:
+    """The grey level min-max normalised over the non-black pixels (inverted with ``dark``), 0 outside them."""
+    grey, body = _grey(image), _body(image, corners)
+    if body.sum() < 2 or grey[body].max() == grey[body].min():
+        return np.zeros(grey.shape, np.float32)
+    lo, hi = float(grey[body].min()), float(grey[body].max())
+    soft = (grey - lo) / (hi - lo)
+    return np.where(body, 1.0 - soft if dark else soft, 0.0).astype(np.float32)
+
+
+def cmd_crf(args: argparse.Namespace) -> None:
+    from labelless.transforms.postprocess import crf_mask
+
+    splits = _splits(args.dataset_dir, args.extra)
+    if args.select not in splits or args.select == "test":
+        raise SystemExit(f"--select must name an --extra validation folder, got {args.select!r}")
+
+    def predictor(alpha: float):
+        def predict(image: torch.Tensor) -> np.ndarray:
+            rgb = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+            return crf_mask(soft_intensity(image, args.dark, args.zero_corners), rgb, alpha) & _body(
+                image, args.zero_corners
+            )
+
+        return predict
+
+    alphas = [float(a) for a in args.alphas.split(",")]
+    scores = {a: _score(splits[args.select], predictor(a)) for a in alphas}
+    for a in alphas:
+        print(f"intensity_crf  α={a:g}  {args.select:12s} DI {100 * scores[a]['mean_dice']:.2f} "
+              f"JA {100 * scores[a]['mean_ja']:.2f}")  # fmt: skip
+    best = max(alphas, key=lambda a: scores[a]["mean_ja"])
+    print(f"α chosen on {args.select}: {best:g}")
+    for split, pairs in splits.items():
+        res = scores[best] if split == args.select else _score(pairs, predictor(best))
+        res.update({"method": "intensity_crf", "split": split, "dataset": args.dataset_dir, "crf_alpha": best,
+                    "alpha_selected_on": args.select, "dark": args.dark,
+                    "zero_corners": args.zero_corners})  # fmt: skip
+        write_image_reports(res, Path(args.out) / "intensity_crf" / split, title=f"intensity + CRF baseline, {split}")
+        print(f"intensity_crf  {split:12s} DI {100 * res['mean_dice']:.2f} JA {100 * res['mean_ja']:.2f} "
+              f"(n={res['n_images']}, α={best:g})")  # fmt: skip
+
+
 def cmd_summarize(args: argparse.Namespace) -> None:
     print("| method | split | n | DI | JA | SE | SP |\n|---|---|---|---|---|---|---|")
     for item in args.runs:
@@ -190,7 +238,7 @@ def cmd_summarize(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("trivial", "cam"):
+    for name in ("trivial", "cam", "crf"):
         p = sub.add_parser(name)
         p.add_argument("--dataset_dir", required=True)
         p.add_argument("--out", required=True)
@@ -200,10 +248,13 @@ def main() -> None:
         p.add_argument("--steps", type=int, default=600)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--zero_corners", action="store_true", help="drop the corner triangles too (dermoscopy)")
+        if name == "crf":
+            p.add_argument("--alphas", default="1,2,4,8", help="CRF α values to choose from")
+            p.add_argument("--select", required=True, help="the --extra split that chooses α (validation)")
     s = sub.add_parser("summarize")
     s.add_argument("runs", nargs="+")
     args = ap.parse_args()
-    {"trivial": cmd_trivial, "cam": cmd_cam, "summarize": cmd_summarize}[args.cmd](args)
+    {"trivial": cmd_trivial, "cam": cmd_cam, "crf": cmd_crf, "summarize": cmd_summarize}[args.cmd](args)
 
 
 if __name__ == "__main__":
