@@ -109,6 +109,26 @@ def test_inference_png_and_nifti_at_input_size(trained, data, tmp_path):
     p0, p1 = (np.asarray(Image.open(d / "odd_prob.png")).astype(int) for d in (out, inv))
     lit = img[:60, :52].reshape(60, 52, -1).max(-1) > 0
     assert lit.any() and np.abs(p0 + p1 - 255)[lit].max() <= 1 and not p1[~lit].any()
+    # intensity_prior (not in the spec): the reported probability is sqrt(M · darkness), so never above M's
+    # square root and 0 on the brightest pixel; the summary says so; an unknown value is refused before any work
+    dark = tmp_path / "pred_dark"
+    wf = bundle_workflow(BUNDLE, ["inference.json"], "infer", ckpt_path=str(gen), images=str(queries),
+                         output_dir=str(dark), intensity_prior="dark", **TINY)  # fmt: skip
+    wf.initialize()
+    wf.run()
+    assert json.loads((dark / "inference_summary.json").read_text())["intensity_prior"] == "dark"
+    p2 = np.asarray(Image.open(dark / "odd_prob.png")).astype(float)
+    assert p2.shape == (60, 52) and not np.array_equal(p2, p0)
+    assert (p2 <= np.sqrt(p0 / 255.0) * 255.0 + 1.5).all()
+    grey = img[:60, :52].reshape(60, 52, -1)[..., :3].astype(float) @ np.array([0.299, 0.587, 0.114])
+    assert p2[grey == grey.max()].max() <= 1
+    bad = bundle_workflow(BUNDLE, ["inference.json"], "infer", ckpt_path=str(gen), images=str(queries),
+                          output_dir=str(tmp_path / "never"), intensity_prior="darker", **TINY)  # fmt: skip
+    with pytest.raises(Exception) as err:
+        bad.initialize()
+        bad.run()
+    assert isinstance(root_cause(err.value), ConfigError) and "intensity_prior" in str(root_cause(err.value))
+    assert not (tmp_path / "never").exists()
     # the output folder must not lie inside the input folder
     with pytest.raises(Exception) as err:
         bad = bundle_workflow(BUNDLE, ["inference.json"], "infer", ckpt_path=str(gen), images=str(queries),

@@ -18,7 +18,13 @@ from labelless.errors import ConfigError, DataError
 from labelless.evaluation.metrics import segmentation_scores
 from labelless.losses import CycleTranslationLoss, lsgan_loss
 from labelless.networks.cltnet import LIN, AdaLIN, build_cltnet
-from labelless.transforms.postprocess import SoftMaskPostprocess, watershed_mask, zero_black_background, zero_corners
+from labelless.transforms.postprocess import (
+    SoftMaskPostprocess,
+    intensity_prior,
+    watershed_mask,
+    zero_black_background,
+    zero_corners,
+)
 from labelless.transforms.translation import (
     RandTranslationAugment,
     RandTranslationAugmentd,
@@ -324,6 +330,36 @@ def test_otsu_postprocess_splits_an_offset_mask_inside_the_brain():
     assert np.array_equal(flat, brain)
     with pytest.raises(ConfigError, match="postprocess must be one of"):
         SoftMaskPostprocess("kmeans")
+
+
+def test_intensity_prior_keeps_the_dark_pixels_the_gate_marks():
+    """intensity_prior (not in the spec): sqrt(M · darkness). A gate that covers the lesion and a ring of skin around
+    it over-segments alone; with the prior the ring (bright) and a dark spot outside the gate both drop out."""
+    yy, xx = np.mgrid[:64, :64]
+    lesion = (yy - 32) ** 2 + (xx - 20) ** 2 < 10**2
+    spot = (yy - 32) ** 2 + (xx - 54) ** 2 < 5**2  # dark, but the gate does not mark it
+    image = np.where(lesion | spot, -0.6, 0.6)[None].repeat(3, 0)  # [-1, 1]
+    soft = np.where((yy - 32) ** 2 + (xx - 20) ** 2 < 18**2, 0.9, 0.05)
+    alone = SoftMaskPostprocess("threshold")(soft, image)[1]
+    fused_soft, fused = SoftMaskPostprocess("threshold", intensity_prior="dark")(soft, image)
+    assert segmentation_scores(alone, lesion)["di"] < 0.6
+    assert np.array_equal(fused, lesion) and not fused[spot].any()
+    assert np.allclose(fused_soft[lesion], np.sqrt(0.9)) and np.allclose(fused_soft[~lesion & ~spot], 0.0)
+    # "bright" reads the other way: the gate's bright skin ring, never the dark lesion
+    bright = SoftMaskPostprocess("threshold", intensity_prior="bright")(soft, image)[1]
+    assert not bright[lesion].any() and bright[~lesion & (soft > 0.5)].all()
+    # the prior itself: min-max over the region, 0 outside it, all 0 on a flat region; bad inputs are named
+    region = xx < 60
+    p = intensity_prior(image, dark=True, region=region)
+    assert p.min() == 0.0 and p.max() == 1.0 and not p[~region].any()
+    assert np.array_equal(p[region] == 1.0, (lesion | spot)[region])
+    assert not intensity_prior(np.zeros((3, 8, 8))).any()
+    with pytest.raises(DataError, match="region"):
+        intensity_prior(image, region=np.ones((8, 8), bool))
+    with pytest.raises(DataError, match="image"):
+        intensity_prior(np.zeros((2, 8, 8)))
+    with pytest.raises(ConfigError, match="intensity_prior must be one of"):
+        SoftMaskPostprocess("crf", intensity_prior="darker")
 
 
 class _PixelGate(torch.nn.Module):

@@ -261,6 +261,7 @@ OPTION_RULES: dict[str, OptionRule] = {
     **_rules("folder", "ckpt_dir"),
     **_rules("choice", "surrogate_mode", choices=("alternate", "sum")),
     **_rules("choice", "lr_schedule", choices=("constant", "cosine")),
+    **_rules("choice", "intensity_prior", choices=("none", "dark", "bright")),
     **_rules("output_folder", "output_dir"),
 }
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # the names below, imported on first access (labelless.lazy)
     )
     from .noise import add_gaussian_noise, draw_sigma, surrogate_target
     from .postprocess import (
+        INTENSITY_PRIORS,
         POSTPROCESS_MODES,
         Binarize,
         BinarizeD,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:  # the names below, imported on first access (labelless.lazy)
         SoftMaskPostprocessDict,
         binarize_soft_mask,
         crf_mask,
+        intensity_prior,
         otsu_mask,
         watershed_mask,
         zero_black_background,
@@ -155,6 +157,8 @@ _EXPORTS = {
     "zero_corners": "postprocess",
     "watershed_mask": "postprocess",
     "crf_mask": "postprocess",
+    "INTENSITY_PRIORS": "postprocess",
+    "intensity_prior": "postprocess",
     "binarize_soft_mask": "postprocess",
     "otsu_mask": "postprocess",
     "SoftMaskPostprocess": "postprocess",
@@ -273,6 +277,8 @@ __all__ = [
     "zero_corners",
     "watershed_mask",
     "crf_mask",
+    "INTENSITY_PRIORS",
+    "intensity_prior",
     "binarize_soft_mask",
     "otsu_mask",
     "SoftMaskPostprocess",

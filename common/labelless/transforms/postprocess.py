@@ -7,7 +7,10 @@
 - :func:`binarize_soft_mask`: ``threshold`` (M ≥ 0.5), ``watershed`` (Otsu + marker watershed on 1 − M; every
   marker region ≥ 2 is foreground, the reference bug of keeping markers ≥ 5 as grey values is not copied) or ``crf``
   (dense CRF, optional ``pydensecrf``; a clear error when it is missing).
-- :class:`SoftMaskPostprocess`: the three steps with config switches, as a MONAI ``Transform``;
+- :func:`intensity_prior`: the grey image's darkness (or brightness), min-max normalised over the kept pixels; with
+  ``SoftMaskPostprocess(intensity_prior=...)`` the soft mask becomes ``sqrt(M · prior)`` before binarisation (not in
+  the spec, off by default: on ISIC-2016 the gate finds the lesion's neighbourhood, the grey level its boundary).
+- :class:`SoftMaskPostprocess`: the steps with config switches, as a MONAI ``Transform``;
   :class:`SoftMaskPostprocessd` its dictionary twin (the CLTNet inference runner's ``postprocessing`` step).
 - :class:`Binarize` / :class:`Binarized`: a probability map → a binary mask at a threshold (``p > t``, or ``p ≥ t``),
   the last step of the other inference runners' ``postprocessing``.
@@ -37,6 +40,8 @@ __all__ = [
     "zero_corners",
     "watershed_mask",
     "crf_mask",
+    "INTENSITY_PRIORS",
+    "intensity_prior",
     "binarize_soft_mask",
     "otsu_mask",
     "SoftMaskPostprocess",
@@ -50,6 +55,7 @@ __all__ = [
 ]
 
 POSTPROCESS_MODES = ("threshold", "watershed", "crf", "otsu")
+INTENSITY_PRIORS = ("none", "dark", "bright")
 
 
 def _soft(mask: Any) -> np.ndarray:
@@ -149,6 +155,33 @@ def crf_mask(mask: Any, image_rgb: Any, alpha: float = 1.0, iterations: int = 10
     return q[1] >= 0.5
 
 
+def intensity_prior(image: Any, dark: bool = True, region: Any = None) -> np.ndarray:
+    """The grey level of ``image`` (``[3, H, W]`` or ``[H, W]``, any affine intensity range, e.g. [−1, 1]) min-max
+    normalised over ``region`` (bool ``[H, W]``, default all pixels) to [0, 1], inverted with ``dark`` (lesions darker
+    than the skin, dermoscopy), 0 outside ``region``; all 0 when the region is flat or has fewer than 2 pixels.
+
+    Not in cltnet.md: the per-pixel intensity evidence that :class:`SoftMaskPostprocess` can combine with the gate
+    (``intensity_prior``), and the soft map of the intensity + CRF baseline (``benchmarks/cltnet_baselines.py crf``).
+    """
+    img = np.asarray(image.detach().cpu().numpy() if hasattr(image, "detach") else image, dtype=np.float64)
+    if img.ndim == 3 and img.shape[0] == 3:
+        grey = np.tensordot(np.array([0.299, 0.587, 0.114]), img, axes=1)
+    elif img.ndim == 3 and img.shape[0] == 1:
+        grey = img[0]
+    elif img.ndim == 2:
+        grey = img
+    else:
+        raise DataError("image", f"expected a [3, H, W], [1, H, W] or [H, W] image, got shape {img.shape}")
+    reg = np.ones(grey.shape, bool) if region is None else np.asarray(region, bool)
+    if reg.shape != grey.shape:
+        raise DataError("region", f"region shape {reg.shape} differs from the image size {grey.shape}")
+    if reg.sum() < 2 or grey[reg].max() == grey[reg].min():
+        return np.zeros(grey.shape)
+    lo, hi = float(grey[reg].min()), float(grey[reg].max())
+    level = (grey - lo) / (hi - lo)
+    return np.where(reg, 1.0 - level if dark else level, 0.0)
+
+
 def otsu_mask(mask: Any, region: Any = None, min_range: float = 1e-3) -> np.ndarray:
     """The soft mask above its own Otsu threshold, computed over ``region`` (e.g. the non-black pixels; default all).
 
@@ -197,6 +230,10 @@ class SoftMaskPostprocess(Transform):
         invert: use ``1 − M`` as the lesion mask (not in the spec, off by default): for a gate that marks the tissue
             the translation rewrites around the lesion rather than the lesion itself (seen on ISIC, docs/results.md).
             The inversion comes before the zeroing, so zeroed pixels stay background.
+        intensity_prior: ``none`` (the spec), ``dark`` or ``bright`` (not in the spec, off by default): after the
+            zeroing, the soft mask becomes ``sqrt(M · P)`` with ``P`` = :func:`intensity_prior` of the image over the
+            pixels the zeroing keeps, so a pixel is lesion when the gate *and* its grey level say so (on ISIC-2016
+            the gate marks the lesion's neighbourhood up to a sliding window's width, the darkness its boundary).
 
     Returns (``__call__(mask, image)``, image ``[3, H, W]`` in [−1, 1]):
         ``(soft mask after zeroing, bool mask)``.
@@ -209,10 +246,14 @@ class SoftMaskPostprocess(Transform):
         zero_corners: bool | str = False,
         crf_alpha: float = 1.0,
         invert: bool | str = False,
+        intensity_prior: str = "none",
     ) -> None:
         if mode not in POSTPROCESS_MODES:
             raise ConfigError(f"postprocess must be one of {POSTPROCESS_MODES}, got {mode!r}")
+        if intensity_prior not in INTENSITY_PRIORS:
+            raise ConfigError(f"intensity_prior must be one of {INTENSITY_PRIORS}, got {intensity_prior!r}")
         self.mode = mode
+        self.intensity_prior = intensity_prior
         self.zero_black_background = as_bool(zero_black_background, "zero_black_background")
         self.zero_corners = as_bool(zero_corners, "zero_corners")
         self.crf_alpha = float(crf_alpha)
@@ -226,16 +267,19 @@ class SoftMaskPostprocess(Transform):
             soft = zero_black_background(soft, image)
         if self.zero_corners:
             soft = zero_corners(soft)
-        rgb, region = None, None
-        if self.mode == "crf":
-            img = np.asarray(image.detach().cpu().numpy() if hasattr(image, "detach") else image)
-            rgb = np.round((np.moveaxis(img, 0, -1) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
-        if self.mode == "otsu":  # the pixels the zeroing keeps
+        region = None
+        if self.mode == "otsu" or self.intensity_prior != "none":  # the pixels the zeroing keeps
             region = np.ones(soft.shape, bool)
             if self.zero_black_background:
                 region &= zero_black_background(np.ones(soft.shape), image) > 0
             if self.zero_corners:
                 region &= zero_corners(np.ones(soft.shape)) > 0
+        if self.intensity_prior != "none":
+            soft = np.sqrt(soft * intensity_prior(image, self.intensity_prior == "dark", region))
+        rgb = None
+        if self.mode == "crf":
+            img = np.asarray(image.detach().cpu().numpy() if hasattr(image, "detach") else image)
+            rgb = np.round((np.moveaxis(img, 0, -1) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
         return soft, binarize_soft_mask(soft, self.mode, rgb, self.crf_alpha, region)
 
 
@@ -249,7 +293,8 @@ class SoftMaskPostprocessd(MapTransform):
         keys: the soft-mask key (one).
         image_key: the loaded image the mask belongs to.
         output_key: where the binary (bool) mask goes.
-        mode, zero_black_background, zero_corners, crf_alpha, invert: see :class:`SoftMaskPostprocess`.
+        mode, zero_black_background, zero_corners, crf_alpha, invert, intensity_prior: see
+            :class:`SoftMaskPostprocess`.
         allow_missing_keys: skip missing keys instead of raising.
 
     Examples::
@@ -267,13 +312,14 @@ class SoftMaskPostprocessd(MapTransform):
         zero_corners: bool | str = False,
         crf_alpha: float = 1.0,
         invert: bool | str = False,
+        intensity_prior: str = "none",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise ConfigError(f"SoftMaskPostprocessd takes one soft-mask key, got {list(self.keys)}")
         self.image_key, self.output_key = image_key, output_key
-        self.post = SoftMaskPostprocess(mode, zero_black_background, zero_corners, crf_alpha, invert)
+        self.post = SoftMaskPostprocess(mode, zero_black_background, zero_corners, crf_alpha, invert, intensity_prior)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

@@ -39,7 +39,7 @@ from labelless.io.readers import read_volume
 from labelless.io.suffixes import NIFTI_SUFFIXES, strip_suffix
 from labelless.io.writers import write_image2d, write_volume
 from labelless.paths import check_output_outside_inputs, locked_output
-from labelless.transforms.postprocess import POSTPROCESS_MODES, SoftMaskPostprocessd
+from labelless.transforms.postprocess import INTENSITY_PRIORS, POSTPROCESS_MODES, SoftMaskPostprocessd
 from labelless.transforms.spatial import ResizeInPlaned
 from labelless.transforms.translation import TranslationInputd
 from labelless.transforms.utility import LogItemd, run_transform, runner_items
@@ -89,8 +89,8 @@ class WeakSegmentationInferenceRunner:
         output_dir: destination (created; not inside an input folder).
         ckpt_path: weights to load (``None``: the network as given).
         image_size: network input side.
-        postprocess, zero_black_background, zero_corners, crf_alpha, invert_mask: options of the default
-            ``postprocessing`` (:class:`~labelless.transforms.postprocess.SoftMaskPostprocess`), reported in the
+        postprocess, zero_black_background, zero_corners, crf_alpha, invert_mask, intensity_prior: options of the
+            default ``postprocessing`` (:class:`~labelless.transforms.postprocess.SoftMaskPostprocess`), reported in the
             summary.
         flip_tta: average the mask over the four flips of each input
             (:func:`~labelless.weak.workflow.gate_mask`), reported in the summary.
@@ -129,6 +129,7 @@ class WeakSegmentationInferenceRunner:
         invert_mask: bool | str = False,
         flip_tta: bool | str = False,
         patch_zoom: float = 1.0,
+        intensity_prior: str = "none",
         device: str | torch.device = "cpu",
         preprocessing: Callable[[dict], dict] | None = None,
         postprocessing: Callable[[dict], dict] | None = None,
@@ -147,13 +148,21 @@ class WeakSegmentationInferenceRunner:
         self.zero_corners = as_bool(zero_corners, "zero_corners")
         self.crf_alpha = float(crf_alpha)
         self.invert_mask = as_bool(invert_mask, "invert_mask")
+        if intensity_prior not in INTENSITY_PRIORS:
+            raise ConfigError(f"intensity_prior must be one of {INTENSITY_PRIORS}, got {intensity_prior!r}")
+        self.intensity_prior = intensity_prior
         self.flip_tta = as_bool(flip_tta, "flip_tta")
         self.input_size = patch_input_size(self.image_size, patch_zoom)  # checks the value
         self.patch_zoom = float(patch_zoom)
         self.device = torch.device(device)
         self.preprocessing = preprocessing or self.default_preprocessing(self.input_size)
         self.postprocessing = postprocessing or self.default_postprocessing(
-            postprocess, self.zero_black_background, self.zero_corners, self.crf_alpha, self.invert_mask
+            postprocess,
+            self.zero_black_background,
+            self.zero_corners,
+            self.crf_alpha,
+            self.invert_mask,
+            self.intensity_prior,
         )
         self.dataloader = dataloader
         default = [LogItemd("{input} -> {mask} ({foreground_px} lesion pixels)", logger.name)]
@@ -175,6 +184,7 @@ class WeakSegmentationInferenceRunner:
         zero_corners: bool | str = False,
         crf_alpha: float = 1.0,
         invert_mask: bool | str = False,
+        intensity_prior: str = "none",
     ) -> Compose:
         """The built-in ``postprocessing``: the generator's mask bilinear to the image's size and clipped to [0, 1]
         (``"prob"``), then background/corner zeroing and binarisation (``"pred"``)."""
@@ -182,7 +192,7 @@ class WeakSegmentationInferenceRunner:
             ResizeInPlaned("prob", size_of="image", clip=(0.0, 1.0)),
             SoftMaskPostprocessd("prob", image_key="image", output_key="pred", mode=postprocess,
                                  zero_black_background=zero_black_background, zero_corners=zero_corners,
-                                 crf_alpha=crf_alpha, invert=invert_mask),
+                                 crf_alpha=crf_alpha, invert=invert_mask, intensity_prior=intensity_prior),
         ])  # fmt: skip
 
     @torch.no_grad()
@@ -237,7 +247,8 @@ class WeakSegmentationInferenceRunner:
                 handler({**rec, "index": index, "total": len(self.files)})
         summary = {"checkpoint": None if self.ckpt_path is None else str(self.ckpt_path), "image_size": self.image_size,
                    "postprocess": self.postprocess, "zero_black_background": self.zero_black_background,
-                   "zero_corners": self.zero_corners, "invert_mask": self.invert_mask, "flip_tta": self.flip_tta,
+                   "zero_corners": self.zero_corners, "crf_alpha": self.crf_alpha,
+                   "intensity_prior": self.intensity_prior, "invert_mask": self.invert_mask, "flip_tta": self.flip_tta,
                    "patch_zoom": self.patch_zoom, "images": records}  # fmt: skip
         write_json_atomic(self.output_dir / "inference_summary.json", summary)
         return summary

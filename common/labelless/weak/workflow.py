@@ -289,8 +289,9 @@ def evaluate_images(
             result[f"complement_mean_{k}"] = float(np.mean([r[m] for r in complemented])) if complemented else math.nan
     result.update({"n_images": len(per_image), "excluded_empty_truth": excluded, "postprocess": post.mode,
                    "zero_black_background": post.zero_black_background, "zero_corners": post.zero_corners,
-                   "invert_mask": post.invert, "flip_tta": bool(flip_tta), "image_size": int(image_size),
-                   "patch_zoom": float(patch_zoom), "per_image": per_image})  # fmt: skip
+                   "crf_alpha": post.crf_alpha, "intensity_prior": post.intensity_prior, "invert_mask": post.invert,
+                   "flip_tta": bool(flip_tta), "image_size": int(image_size), "patch_zoom": float(patch_zoom),
+                   "per_image": per_image})  # fmt: skip
     return result, overlays
 
 
@@ -406,6 +407,8 @@ class WeakSegmentationEvaluationRunner:
         patch_zoom: read M with sliding ``image_size`` windows on images zoomed by this factor (a model trained on
             crops, :func:`soft_mask`); 1: the whole image is one input (the spec).
         n_overlays: overlay PNGs written.
+        intensity_prior: ``none`` (the spec), ``dark`` or ``bright``: combine M with the image's grey level before
+            binarising (``SoftMaskPostprocess(intensity_prior=...)``, not in the spec).
         device: torch device.
 
     Raises:
@@ -430,6 +433,7 @@ class WeakSegmentationEvaluationRunner:
         n_overlays: int = 8,
         device: str | torch.device = "cpu",
         patch_zoom: float = 1.0,
+        intensity_prior: str = "none",
     ) -> None:
         if eval_split not in EVAL_SPLITS:
             raise ConfigError(f"eval_split must be one of {EVAL_SPLITS}, got {eval_split!r}")
@@ -441,7 +445,8 @@ class WeakSegmentationEvaluationRunner:
         self.ckpt_path = None if is_unset(ckpt_path) else Path(ckpt_path)
         self.eval_split = eval_split
         self.post = SoftMaskPostprocess(postprocess, zero_black_background, zero_corners,
-                                        as_float(crf_alpha, "crf_alpha", 0.0), invert_mask)  # fmt: skip
+                                        as_float(crf_alpha, "crf_alpha", 0.0), invert_mask,
+                                        intensity_prior)  # fmt: skip
         self.flip_tta = as_bool(flip_tta, "flip_tta")
         self.image_size, self.n_overlays = as_int(image_size, "image_size", 8), as_int(n_overlays, "n_overlays", 0)
         patch_input_size(self.image_size, patch_zoom)  # checks the value
