@@ -18,6 +18,9 @@
   normalised over the non-black pixels, as the soft mask of the spec's CRF (cltnet.md §6, the same ``crf_mask`` as
   CLTNet's ``crf`` post-processing), with α chosen among ``--alphas`` by mean JA on the ``--select`` split (an
   ``--extra`` name: a validation folder, never the test images). Needs the optional ``pydensecrf``.
+  ``--gate centre|blur``: the controls of CLTNet's ``intensity_prior`` fusion (``sqrt(M · darkness)``), with a gate
+  that needs no learning in place of M: a Gaussian bump at the image centre, or the darkness blurred; its σ
+  (``--gate_scales``, fractions of the shorter side) is chosen with α on the ``--select`` split.
 
 Each writes ``<out>/<method>/<split>/metrics.json`` (per-image DI / JA / AC / SE / SP, the bundle's report format)
 for the ``test`` split of the dataset and for any ``--extra name=folder`` labelled folders (``images/`` +
@@ -40,7 +43,7 @@ from torch import nn
 from labelless.data.images import find_image_mask_pairs, load_mask, load_rgb
 from labelless.evaluation.metrics import segmentation_scores
 from labelless.evaluation.reports import write_image_reports
-from labelless.transforms.postprocess import zero_corners
+from labelless.transforms.postprocess import intensity_prior, zero_corners
 from labelless.weak.data import UnpairedDomainDataset
 from labelless.weak.domains import WEAK_IMAGE_SUFFIXES, WeakDomainFolders
 
@@ -181,12 +184,23 @@ def cmd_cam(args: argparse.Namespace) -> None:
 
 def soft_intensity(image: torch.Tensor, dark: bool = False, corners: bool = False) -> np.ndarray:
     """The grey level min-max normalised over the non-black pixels (inverted with ``dark``), 0 outside them."""
-    grey, body = _grey(image), _body(image, corners)
-    if body.sum() < 2 or grey[body].max() == grey[body].min():
-        return np.zeros(grey.shape, np.float32)
-    lo, hi = float(grey[body].min()), float(grey[body].max())
-    soft = (grey - lo) / (hi - lo)
-    return np.where(body, 1.0 - soft if dark else soft, 0.0).astype(np.float32)
+    return intensity_prior(image, dark, _body(image, corners)).astype(np.float32)
+
+
+def gate_map(soft: np.ndarray, gate: str, scale: float) -> np.ndarray:
+    """A gate without learning, the control for CLTNet's ``intensity_prior`` (the gate's M × the darkness):
+    ``centre``: a Gaussian bump at the image centre, σ = ``scale`` · the shorter side (dermoscopy centres the lesion);
+    ``blur``: the darkness ``soft`` blurred with that σ and min-max normalised (where it is dark on a large scale)."""
+    h, w = soft.shape
+    sigma = float(scale) * min(h, w)
+    if gate == "centre":
+        yy, xx = np.mgrid[:h, :w]
+        return np.exp(-((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2) / (2 * sigma**2))
+    from scipy import ndimage
+
+    blurred = ndimage.gaussian_filter(soft.astype(np.float64), sigma)
+    lo, hi = float(blurred.min()), float(blurred.max())
+    return (blurred - lo) / (hi - lo) if hi > lo else np.zeros_like(blurred)
 
 
 def cmd_crf(args: argparse.Namespace) -> None:
@@ -195,31 +209,35 @@ def cmd_crf(args: argparse.Namespace) -> None:
     splits = _splits(args.dataset_dir, args.extra)
     if args.select not in splits or args.select == "test":
         raise SystemExit(f"--select must name an --extra validation folder, got {args.select!r}")
+    method = "intensity_crf" if args.gate == "none" else f"intensity_{args.gate}_crf"
 
-    def predictor(alpha: float):
+    def predictor(alpha: float, scale: float):
         def predict(image: torch.Tensor) -> np.ndarray:
             rgb = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-            return crf_mask(soft_intensity(image, args.dark, args.zero_corners), rgb, alpha) & _body(
-                image, args.zero_corners
-            )
+            soft = soft_intensity(image, args.dark, args.zero_corners)
+            if args.gate != "none":  # sqrt(gate · darkness), as SoftMaskPostprocess(intensity_prior=...) fuses M
+                soft = np.sqrt(soft * gate_map(soft, args.gate, scale))
+            return crf_mask(soft, rgb, alpha) & _body(image, args.zero_corners)
 
         return predict
 
-    alphas = [float(a) for a in args.alphas.split(",")]
-    scores = {a: _score(splits[args.select], predictor(a)) for a in alphas}
-    for a in alphas:
-        print(f"intensity_crf  α={a:g}  {args.select:12s} DI {100 * scores[a]['mean_dice']:.2f} "
-              f"JA {100 * scores[a]['mean_ja']:.2f}")  # fmt: skip
-    best = max(alphas, key=lambda a: scores[a]["mean_ja"])
-    print(f"α chosen on {args.select}: {best:g}")
+    grid = [(float(a), float(g)) for a in args.alphas.split(",")
+            for g in (args.gate_scales.split(",") if args.gate != "none" else ["0"])]  # fmt: skip
+    scores = {k: _score(splits[args.select], predictor(*k)) for k in grid}
+    for a, g in grid:
+        print(f"{method}  α={a:g}{f' σ={g:g}' if args.gate != 'none' else ''}  {args.select:12s} "
+              f"DI {100 * scores[a, g]['mean_dice']:.2f} JA {100 * scores[a, g]['mean_ja']:.2f}")  # fmt: skip
+    best = max(grid, key=lambda k: scores[k]["mean_ja"])
+    print(f"α{', σ' if args.gate != 'none' else ''} chosen on {args.select}: {best[0]:g}"
+          f"{f', {best[1]:g}' if args.gate != 'none' else ''}")  # fmt: skip
     for split, pairs in splits.items():
-        res = scores[best] if split == args.select else _score(pairs, predictor(best))
-        res.update({"method": "intensity_crf", "split": split, "dataset": args.dataset_dir, "crf_alpha": best,
-                    "alpha_selected_on": args.select, "dark": args.dark,
+        res = scores[best] if split == args.select else _score(pairs, predictor(*best))
+        res.update({"method": method, "split": split, "dataset": args.dataset_dir, "crf_alpha": best[0],
+                    "gate": args.gate, "gate_scale": best[1], "alpha_selected_on": args.select, "dark": args.dark,
                     "zero_corners": args.zero_corners})  # fmt: skip
-        write_image_reports(res, Path(args.out) / "intensity_crf" / split, title=f"intensity + CRF baseline, {split}")
-        print(f"intensity_crf  {split:12s} DI {100 * res['mean_dice']:.2f} JA {100 * res['mean_ja']:.2f} "
-              f"(n={res['n_images']}, α={best:g})")  # fmt: skip
+        write_image_reports(res, Path(args.out) / method / split, title=f"{method} baseline, {split}")
+        print(f"{method}  {split:12s} DI {100 * res['mean_dice']:.2f} JA {100 * res['mean_ja']:.2f} "
+              f"(n={res['n_images']}, α={best[0]:g}{f', σ={best[1]:g}' if args.gate != 'none' else ''})")  # fmt: skip
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:
@@ -251,6 +269,17 @@ def main() -> None:
         if name == "crf":
             p.add_argument("--alphas", default="1,2,4,8", help="CRF α values to choose from")
             p.add_argument("--select", required=True, help="the --extra split that chooses α (validation)")
+            p.add_argument(
+                "--gate",
+                choices=("none", "centre", "blur"),
+                default="none",
+                help="a gate without learning fused with the darkness as sqrt(gate · darkness)",
+            )
+            p.add_argument(
+                "--gate_scales",
+                default="0.15,0.25,0.4",
+                help="σ of the gate as a fraction of the shorter side, chosen with α on --select",
+            )
     s = sub.add_parser("summarize")
     s.add_argument("runs", nargs="+")
     args = ap.parse_args()

@@ -35,6 +35,11 @@ def main() -> None:
     ap.add_argument("ckpts", nargs="+")
     ap.add_argument("--val_dir", required=True, help="a folder with images/ and labels/")
     ap.add_argument("--postprocess", default="otsu")
+    ap.add_argument(
+        "--intensity_priors",
+        default="none",
+        help="comma-separated SoftMaskPostprocess intensity_prior values to scan (none, dark, bright)",
+    )
     add_model_args(ap)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -45,18 +50,19 @@ def main() -> None:
     for ckpt in sorted_checkpoints(args.ckpts):
         net = load_model(args, ckpt)
         caches: dict[bool, dict] = {False: {}, True: {}}  # the soft masks, computed once per checkpoint and flip_tta
-        for (mode, alpha), tta in itertools.product(posts, (False, True)):
-            post = SoftMaskPostprocess(mode, zero_corners=args.zero_corners, crf_alpha=alpha)
+        for (mode, alpha), prior, tta in itertools.product(posts, args.intensity_priors.split(","), (False, True)):
+            post = SoftMaskPostprocess(mode, zero_corners=args.zero_corners, crf_alpha=alpha, intensity_prior=prior)
             res, _ = evaluate_images(net, pairs, args.image_size, post, n_overlays=0, complement=True, flip_tta=tta,
                                      patch_zoom=args.patch_zoom, soft_cache=caches[tta])  # fmt: skip
             for invert, di, ja in ((False, res["mean_dice"], res["mean_ja"]),
                                    (True, res["complement_mean_dice"], res["complement_mean_ja"])):  # fmt: skip
                 rows.append({"ckpt": str(ckpt), "iteration": iteration(ckpt), "postprocess": mode,
-                             "crf_alpha": alpha, "invert_mask": invert, "flip_tta": tta, "val_mean_dice": di,
-                             "val_mean_ja": ja})  # fmt: skip
+                             "crf_alpha": alpha, "intensity_prior": prior, "invert_mask": invert, "flip_tta": tta,
+                             "val_mean_dice": di, "val_mean_ja": ja})  # fmt: skip
                 print(
-                    f"{ckpt}  {mode}{f'(α={alpha:g})' if mode == 'crf' else ''}  flip_tta={str(tta).lower():5s}  "
-                    f"invert_mask={str(invert).lower():5s}  val DI {100 * di:6.2f}  JA {100 * ja:6.2f}"
+                    f"{ckpt}  {mode}{f'(α={alpha:g})' if mode == 'crf' else ''}  prior={prior}  "
+                    f"flip_tta={str(tta).lower():5s}  invert_mask={str(invert).lower():5s}  "
+                    f"val DI {100 * di:6.2f}  JA {100 * ja:6.2f}"
                 )
     best = max(rows, key=lambda r: r["val_mean_ja"])
     out = {"selected": best, "zero_corners": args.zero_corners,

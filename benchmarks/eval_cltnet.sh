@@ -7,6 +7,8 @@
 #   CLTNET_TAG=inv_tta benchmarks/eval_cltnet.sh isic_x ckpt --invert_mask true --flip_tta true --zero_corners true
 #       options after the checkpoint go to every evaluation; CLTNET_TAG names the folders eval_<set>_<post>_<tag>
 # CLTNET_POSTS="otsu watershed" limits the post-processing modes (default: otsu threshold watershed).
+# ISIC_DOMAINS=<folder> takes the ISIC-2016 test split from that domains folder (default runs/cltnet/isic_domains; every
+# folder labelless weak_domains_images builds from the shared images holds the same 51 test images).
 # Table with the baselines: python benchmarks/cltnet_baselines.py summarize "cltnet=runs/cltnet/brats" \
 #     "baselines=runs/cltnet/baselines_brats"
 set -euo pipefail
@@ -27,7 +29,7 @@ EXTRA=("$@")
 for post in ${CLTNET_POSTS:-otsu threshold watershed}; do
     case "$NAME" in
         isic*)
-            ev "$RUN/isic_domains" testA isic2016_test "$post"
+            ev "${ISIC_DOMAINS:-$RUN/isic_domains}" testA isic2016_test "$post"
             ev "$DATA/weak_samples/ISIC/isic_1" testA sample_test "$post" ;;
         *)
             ev "$RUN/brats_domains" testA heldout_case "$post"
