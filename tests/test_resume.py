@@ -137,7 +137,7 @@ def test_bad_arguments(tmp_path, kwargs, match):
 def _drive(bundle: str, overrides: dict, kill: dict | None = None) -> subprocess.CompletedProcess:
     """Run the driver with one torch thread: exact float equality of two CPU runs holds at a fixed thread count of
     one. With two threads, a CLTNet run with validation differed from an identical run in about one of three tries
-    (max 4e-4 after 6 iterations; docs/architecture.md, "Reproducibility")."""
+    (up to 2e-3 after 6 iterations; docs/architecture.md, "Reproducibility")."""
     spec = {"bundle": bundle, "overrides": overrides, "kill": kill}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(DRIVER), json.dumps(spec)], capture_output=True, text=True,
