@@ -106,6 +106,7 @@ def test_inference_png_and_nifti_at_input_size(trained, data, tmp_path):
     wf.run()
     summary = json.loads((inv / "inference_summary.json").read_text())
     assert summary["invert_mask"] is True and summary["flip_tta"] is True  # flip_tta: on by default
+    assert summary["checkpoint"] == str(gen)  # loaded in initialize, and still named in the summary
     p0, p1 = (np.asarray(Image.open(d / "odd_prob.png")).astype(int) for d in (out, inv))
     lit = img[:60, :52].reshape(60, 52, -1).max(-1) > 0
     assert lit.any() and np.abs(p0 + p1 - 255)[lit].max() <= 1 and not p1[~lit].any()

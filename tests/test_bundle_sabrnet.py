@@ -127,6 +127,7 @@ def test_inference_png_nifti_dicom_at_input_size(trained, data, tmp_path):
     assert sitk.GetArrayFromImage(dmask).squeeze().shape == (40, 60) and dmask.GetSpacing()[:2] == (0.25, 0.5)
     summary = json.loads((out / "inference_summary.json").read_text())
     assert len(summary["images"]) == 3 and all("head_circumference_mm" in r for r in summary["images"])
+    assert summary["checkpoint"] == str(trained / "models" / "model.pt")  # loaded in initialize, named here
     with pytest.raises(Exception) as err:
         bad = bundle_workflow(BUNDLE, ["inference.json"], "infer", ckpt_path=str(trained / "models" / "model.pt"),
                               images=str(queries), output_dir=str(queries / "out"), **TINY)  # fmt: skip

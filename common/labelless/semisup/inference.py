@@ -126,6 +126,8 @@ class SemiSupInferenceRunner:
         images: a folder of images or a list of files.
         output_dir: destination (created; not inside an input folder).
         ckpt_path: weights to load (unset: the network as given).
+        loaded_from: the file the caller already loaded the network's weights from (``inference.json`` loads them in
+            ``initialize``), reported as ``checkpoint`` in the summary; ``ckpt_path``, when set, is reported instead.
         image_size: network grid.
         refine: boundary refinement.
         offset_scale: refinement offset in pixels.
@@ -150,6 +152,7 @@ class SemiSupInferenceRunner:
         images: str | os.PathLike | Sequence[str | os.PathLike],
         output_dir: str | os.PathLike,
         ckpt_path: str | os.PathLike | None = None,
+        loaded_from: str | os.PathLike | None = None,
         image_size: int = 128,
         refine: bool = True,
         offset_scale: float = 1.0,
@@ -164,6 +167,7 @@ class SemiSupInferenceRunner:
         self.files = list_ultrasound_inputs(images)
         self.output_dir = check_output_outside_inputs(output_dir, self.files)
         self.ckpt_path = None if is_unset(ckpt_path) else Path(ckpt_path)
+        self.loaded_from = None if is_unset(loaded_from) else Path(loaded_from)
         self.image_size, self.refine, self.offset_scale = (
             as_int(image_size, "image_size", 8),
             as_bool(refine, "refine"),
@@ -256,7 +260,8 @@ class SemiSupInferenceRunner:
             records.append(rec)
             for handler in self.handlers:
                 handler({**rec, "index": index, "total": len(self.files)})
-        summary = {"checkpoint": None if self.ckpt_path is None else str(self.ckpt_path),
+        weights = self.ckpt_path or self.loaded_from
+        summary = {"checkpoint": None if weights is None else str(weights),
                    "image_size": self.image_size, "refine": self.refine, "images": records}  # fmt: skip
         write_json_atomic(self.output_dir / "inference_summary.json", summary)
         return summary

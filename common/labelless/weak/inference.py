@@ -88,6 +88,9 @@ class WeakSegmentationInferenceRunner:
         images: a folder of images or a list of files.
         output_dir: destination (created; not inside an input folder).
         ckpt_path: weights to load (``None``: the network as given).
+        loaded_from: the file the caller already loaded the network's weights from (``inference.json`` loads them in
+            ``initialize``), reported as ``checkpoint`` in the summary; ``ckpt_path``, when set, is reported instead.
+            ``None`` with no ``ckpt_path``: the summary says ``"checkpoint": null`` (the network as built).
         image_size: network input side.
         postprocess, zero_black_background, zero_corners, crf_alpha, invert_mask, intensity_prior: options of the
             default ``postprocessing`` (:class:`~labelless.transforms.postprocess.SoftMaskPostprocess`), reported in the
@@ -121,6 +124,7 @@ class WeakSegmentationInferenceRunner:
         images: str | os.PathLike | Sequence[str | os.PathLike],
         output_dir: str | os.PathLike,
         ckpt_path: str | os.PathLike | None = None,
+        loaded_from: str | os.PathLike | None = None,
         image_size: int = 256,
         postprocess: str = "threshold",
         zero_black_background: bool | str = True,
@@ -140,6 +144,7 @@ class WeakSegmentationInferenceRunner:
         self.files = list_weak_inputs(images)
         self.output_dir = check_output_outside_inputs(output_dir, self.files)
         self.ckpt_path = None if is_unset(ckpt_path) else Path(ckpt_path)
+        self.loaded_from = None if is_unset(loaded_from) else Path(loaded_from)
         self.image_size = int(image_size)
         if postprocess not in POSTPROCESS_MODES:
             raise ConfigError(f"postprocess must be one of {POSTPROCESS_MODES}, got {postprocess!r}")
@@ -245,7 +250,8 @@ class WeakSegmentationInferenceRunner:
             records.append(rec)
             for handler in self.handlers:
                 handler({**rec, "index": index, "total": len(self.files)})
-        summary = {"checkpoint": None if self.ckpt_path is None else str(self.ckpt_path), "image_size": self.image_size,
+        weights = self.ckpt_path or self.loaded_from
+        summary = {"checkpoint": None if weights is None else str(weights), "image_size": self.image_size,
                    "postprocess": self.postprocess, "zero_black_background": self.zero_black_background,
                    "zero_corners": self.zero_corners, "crf_alpha": self.crf_alpha,
                    "intensity_prior": self.intensity_prior, "invert_mask": self.invert_mask, "flip_tta": self.flip_tta,
