@@ -1,11 +1,13 @@
 # Copyright (c) labelless contributors. Licensed under the Apache License, Version 2.0.
-"""How much lesion the lesion-free B patches of a ``labelless weak_domains_images`` folder hold, measured with the
-source images' masks (a diagnostic: the domain builder never reads a training mask, this script does).
+"""How much lesion the A and B crops of a ``labelless weak_domains_images`` folder hold, measured with the source
+images' masks (a diagnostic: the domain builder never reads a training mask, this script does).
 
     python benchmarks/cltnet_patch_purity.py runs/cltnet/isic_domains --masks_dir ../shared/data/isic2016/masks
 
-For every ``trainB`` patch of the manifest: the lesion fraction of its corner crop in the source image's mask. Prints
-the number of patches, the mean lesion fraction and how many patches are more than 5 %, 20 % and 50 % lesion.
+For every ``trainB`` patch of the manifest (corner patches ``tl``/``tr``/``bl``/``br``, or the crops ``r<i>c<j>`` of a
+``lesion_crops`` grid), and with ``--folder trainA`` for every A crop of such a grid: the lesion fraction of its
+crop in the source image's mask. Prints the number of crops, the mean lesion fraction and how many crops are more
+than 5 %, 20 %, 50 % and 95 % lesion. Whole-image A views (no ``lesion_crops``) have no crop and are refused.
 """
 
 from __future__ import annotations
@@ -17,35 +19,48 @@ from pathlib import Path
 import numpy as np
 
 from labelless.data.images import find_image_mask_pairs, load_mask
-from labelless.weak.domains import corner_slices
+from labelless.weak.domains import corner_slices, grid_crop_slices
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("domains", help="a folder written by labelless weak_domains_images")
     ap.add_argument("--masks_dir", required=True, help="masks of the source images")
+    ap.add_argument("--folder", default="trainB", choices=("trainA", "trainB"))
     args = ap.parse_args()
     manifest = json.loads((Path(args.domains) / "manifest.json").read_text())
-    side = float(manifest["options"]["side_fraction"])
-    sources = {Path(r["source"]).resolve() for r in manifest["images"] if r["folder"] == "trainB"}
+    opts = manifest["options"]
+    side, n_grid = float(opts["side_fraction"]), int(opts.get("lesion_crops") or 0)
     pairs = find_image_mask_pairs(Path(manifest["source"]), args.masks_dir).pairs
-    masks = {Path(p["image"]).resolve(): Path(p["label"]) for p in pairs if Path(p["image"]).resolve() in sources}
-    cache: dict[Path, np.ndarray] = {}
+    by_id = {Path(p["image"]).stem: (Path(p["image"]), Path(p["label"])) for p in pairs}
+    cache: dict[str, np.ndarray] = {}
     fractions = []
     for rec in manifest["images"]:
-        if rec["folder"] != "trainB":
+        if rec["folder"] != args.folder:
             continue
-        src = Path(rec["source"]).resolve()
-        if src not in masks:
-            raise SystemExit(f"{src}: no mask in {args.masks_dir}")
-        if src not in cache:
-            cache[src] = load_mask(masks[src], size=None)[0].numpy() > 0.5
-        rows, cols = corner_slices(cache[src].shape, side)[Path(rec["image"]).stem.rsplit("_", 1)[-1]]
-        fractions.append(float(cache[src][rows, cols].mean()))
+        pid, crop = Path(rec["image"]).stem.rsplit("_", 1)
+        if crop.startswith("r") and "c" in crop:
+            if not n_grid:
+                raise SystemExit(f"{rec['image']}: a grid crop name, but the manifest has no lesion_crops")
+            slices = lambda shape: grid_crop_slices(shape, n_grid, side)  # noqa: E731
+        elif crop in ("tl", "tr", "bl", "br"):
+            slices = lambda shape: corner_slices(shape, side)  # noqa: E731
+        else:
+            raise SystemExit(f"{rec['image']}: not a crop (a whole image or a painted-over one); nothing to measure")
+        if pid not in by_id:
+            raise SystemExit(f"{pid}: no mask in {args.masks_dir}")
+        if pid not in cache:
+            cache[pid] = load_mask(by_id[pid][1], size=None)[0].numpy() > 0.5
+        rows, cols = slices(cache[pid].shape)[crop]
+        fractions.append(float(cache[pid][rows, cols].mean()))
     f = np.asarray(fractions)
-    print(f"{args.domains}: {len(f)} B patches of {len(cache)} images (min_mean {manifest['options']['min_mean']}, "
-          f"max_std {manifest['options']['max_std']}); mean lesion fraction {f.mean():.3f}; "
-          f"> 5 %: {(f > 0.05).sum()}, > 20 %: {(f > 0.2).sum()}, > 50 %: {(f > 0.5).sum()}")  # fmt: skip
+    if not f.size:
+        raise SystemExit(f"{args.domains}: no {args.folder} crop in the manifest")
+    print(
+        f"{args.domains} {args.folder}: {len(f)} crops of {len(cache)} images (side {side}, min_mean "
+        f"{opts['min_mean']}, max_std {opts['max_std']}); mean lesion fraction {f.mean():.3f}; > 5 %: "
+        f"{(f > 0.05).sum()}, > 20 %: {(f > 0.2).sum()}, > 50 %: {(f > 0.5).sum()}, > 95 %: {(f > 0.95).sum()}"
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@
 # (1 / 0.3).
 # Only the crops that fail the lesion-free rules are A crops; ISIC_A_CROPS=all keeps every crop (..._crops<n>, the
 # domains of the tenth session, whose B patches were A crops as well).
+# ISIC_SIDE=<f> sets the side of the corner patches and of the crops as a fraction of the image (default 0.3, spec
+# §1.2; ..._s<f>); with ISIC_LESION_CROPS train and evaluate with --patch_zoom 1/f (e.g. ISIC_SIDE=0.2
+# ISIC_LESION_CROPS=5 ... --patch_zoom 5).
 # CLTNET_EVERY=<n>: checkpoint and validate every n iterations (250).
 # CLTNET_OUT=<folder> writes elsewhere (default runs/cltnet/brats). An interrupted run continues with the same
 # command plus `--resume true` (from the newest complete checkpoint; the log is appended to).
@@ -50,10 +53,12 @@ case "$NAME" in
         CROPS="${ISIC_LESION_CROPS:-0}"
         A_CROPS="${ISIC_A_CROPS:-lesion}"
         [ "$CROPS" = 0 ] || DOMAINS="${DOMAINS}_crops$CROPS$([ "$A_CROPS" = all ] || echo "_$A_CROPS")"
+        SIDE="${ISIC_SIDE:-0.3}"
+        [ "$SIDE" = 0.3 ] || DOMAINS="${DOMAINS}_s$SIDE"
         [ -f "$DOMAINS/manifest.json" ] || labelless weak_domains_images "$DATA/isic2016/images" "$DOMAINS" \
             --masks_dir "$DATA/isic2016/masks" --patch_scale "$SCALE" --min_mean "$MIN_MEAN" \
             --val_fraction "$VAL_FRACTION" --normals "$NORMALS" --inpaint_options "$INPAINT" --lesion_crops "$CROPS" \
-            --a_crops "$A_CROPS"
+            --a_crops "$A_CROPS" --side_fraction "$SIDE"
         VAL="$DATA/weak_samples/ISIC/isic_1/val"
         [ "$VAL_FRACTION" = 0 ] || VAL="$DOMAINS/val"
         WEIGHTS=isic ;;

@@ -483,6 +483,11 @@ def test_grid_crops_and_lesion_crops_domains(tmp_path):
     (name, centre), = grid_crops(rgb, 1, side_fraction=0.5, size=24)  # fmt: skip
     expected = np.round(np.clip(_resize(rgb[15:45, 25:55], 24, "bilinear"), 0, 1) * 255)
     assert name == "r0c0" and np.abs(centre.astype(float) - expected).max() <= 1
+    from labelless.weak import grid_crop_slices  # the crops' pixels in the source image (the purity diagnostic)
+
+    sl = grid_crop_slices(rgb.shape, 3, 0.3)
+    assert list(sl) == [n for n, _ in crops] and sl["r1c2"] == (slice(21, 39), slice(62, 80))
+    assert np.array_equal(dict(crops)["r1c2"], grid_crops(rgb[21:39, 62:80], 1, side_fraction=1.0, size=24)[0][1])
     for kwargs in (dict(n=0), dict(n=2, side_fraction=0.0)):
         with pytest.raises(ConfigError):
             grid_crops(rgb, **kwargs)

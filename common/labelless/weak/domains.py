@@ -62,6 +62,7 @@ __all__ = [
     "corner_slices",
     "lesion_free_patches",
     "grid_crops",
+    "grid_crop_slices",
     "lesion_removed_image",
     "write_image_domains",
     "write_tagged_domains",
@@ -412,16 +413,23 @@ def grid_crops(rgb: np.ndarray, n: int, side_fraction: float = 0.3, size: int = 
     a = np.asarray(rgb, dtype=np.float32)
     if a.ndim != 3 or a.shape[-1] != 3:
         raise DataError(None, f"expected an (H, W, 3) RGB image, got shape {a.shape}")
+    return [(name, _to_uint8_rgb(_resize(a[rows, cols], int(size), "bilinear")))
+            for name, (rows, cols) in grid_crop_slices(a.shape, n, side_fraction).items()]  # fmt: skip
+
+
+def grid_crop_slices(shape: Sequence[int], n: int, side_fraction: float = 0.3) -> dict[str, tuple[slice, slice]]:
+    """Row/column slices of the ``n × n`` crops of :func:`grid_crops` in an image of ``shape`` ``(H, W, ...)``, by
+    crop name ``r<i>c<j>`` (the diagnostics read a crop's pixels in the source image's mask with them)."""
     if int(n) < 1:
         raise ConfigError(f"the crop grid needs n >= 1, got {n!r}")
     if not 0.0 < float(side_fraction) <= 1.0:
         raise ConfigError(f"side_fraction must be in (0, 1], got {side_fraction!r}")
-    h, w = a.shape[:2]
+    h, w = int(shape[0]), int(shape[1])
     s = max(int(round(float(side_fraction) * min(h, w))), 1)
     tops = np.linspace(0, h - s, int(n)).round().astype(int) if n > 1 else [(h - s) // 2]
     lefts = np.linspace(0, w - s, int(n)).round().astype(int) if n > 1 else [(w - s) // 2]
-    return [(f"r{i}c{j}", _to_uint8_rgb(_resize(a[t : t + s, left : left + s], int(size), "bilinear")))
-            for i, t in enumerate(tops) for j, left in enumerate(lefts)]  # fmt: skip
+    return {f"r{i}c{j}": (slice(int(t), int(t) + s), slice(int(left), int(left) + s))
+            for i, t in enumerate(tops) for j, left in enumerate(lefts)}  # fmt: skip
 
 
 def lesion_free_patches(
