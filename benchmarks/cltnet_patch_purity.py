@@ -32,26 +32,24 @@ def main() -> None:
     opts = manifest["options"]
     side, n_grid = float(opts["side_fraction"]), int(opts.get("lesion_crops") or 0)
     pairs = find_image_mask_pairs(Path(manifest["source"]), args.masks_dir).pairs
-    by_id = {Path(p["image"]).stem: (Path(p["image"]), Path(p["label"])) for p in pairs}
+    by_id = {Path(p["image"]).stem: Path(p["label"]) for p in pairs}
     cache: dict[str, np.ndarray] = {}
     fractions = []
     for rec in manifest["images"]:
         if rec["folder"] != args.folder:
             continue
         pid, crop = Path(rec["image"]).stem.rsplit("_", 1)
-        if crop.startswith("r") and "c" in crop:
-            if not n_grid:
-                raise SystemExit(f"{rec['image']}: a grid crop name, but the manifest has no lesion_crops")
-            slices = lambda shape: grid_crop_slices(shape, n_grid, side)  # noqa: E731
-        elif crop in ("tl", "tr", "bl", "br"):
-            slices = lambda shape: corner_slices(shape, side)  # noqa: E731
-        else:
+        grid = crop.startswith("r") and "c" in crop
+        if grid and not n_grid:
+            raise SystemExit(f"{rec['image']}: a grid crop name, but the manifest has no lesion_crops")
+        if not grid and crop not in ("tl", "tr", "bl", "br"):
             raise SystemExit(f"{rec['image']}: not a crop (a whole image or a painted-over one); nothing to measure")
         if pid not in by_id:
             raise SystemExit(f"{pid}: no mask in {args.masks_dir}")
         if pid not in cache:
-            cache[pid] = load_mask(by_id[pid][1], size=None)[0].numpy() > 0.5
-        rows, cols = slices(cache[pid].shape)[crop]
+            cache[pid] = load_mask(by_id[pid], size=None)[0].numpy() > 0.5
+        shape = cache[pid].shape
+        rows, cols = (grid_crop_slices(shape, n_grid, side) if grid else corner_slices(shape, side))[crop]
         fractions.append(float(cache[pid][rows, cols].mean()))
     f = np.asarray(fractions)
     if not f.size:
