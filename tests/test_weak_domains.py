@@ -518,6 +518,22 @@ def test_grid_crops_and_lesion_crops_domains(tmp_path):
         assert a.mean() >= 0.5 and a.reshape(-1, 3).std(0).mean() <= 0.05 and not name.endswith("r1c1.png")
     with pytest.raises(ConfigError, match="a_crops must be one of"):
         write_image_domains(tmp_path / "images", tmp_path / "bad_a", lesion_crops=2, a_crops="some")
+    # benchmarks/cltnet_patch_purity.py (a diagnostic that reads the masks): the lesion share of each A and B crop
+    for i in range(4):
+        _png(tmp_path / "masks" / f"ISIC_{i}_segmentation.png", _skin_with_disc(seed=i)[1].astype(np.uint8) * 255)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cltnet_patch_purity.py"
+    shares = {}
+    for folder, names in (("trainA", a_names), ("trainB", b_names)):
+        out = subprocess.run([sys.executable, str(script), str(tmp_path / "grid"), "--masks_dir",
+                              str(tmp_path / "masks"), "--folder", folder],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert f"{len(names)} crops of 3 images" in out, out
+        shares[folder] = float(out.split("mean lesion fraction ")[1].split(";")[0])
+    disc = _skin_with_disc(seed=0)[1]
+    rows, cols = grid_crop_slices(disc.shape, 3, 0.3)["r1c1"]
+    # only the middle crops show the disc (the same in every image), and no B crop holds any of it
+    assert a_names == [f"ISIC_{i}_r1c1.png" for i in range(3)]
+    assert shares["trainA"] == round(float(disc[rows, cols].mean()), 3) > 0.5 and shares["trainB"] == 0.0
     for i in range(4):  # plain skin everywhere: no crop is left as a lesion view
         _png(tmp_path / "plain" / f"ISIC_{i}.png", np.full((40, 40, 3), 200, np.uint8))
     with pytest.raises(DataError, match="none is left as a lesion view"):
