@@ -26,7 +26,7 @@ import torch
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
-from monai.utils import TransformBackends
+from monai.utils import TransformBackends, convert_to_numpy
 from scipy import ndimage
 
 from labelless.errors import ConfigError, DataError
@@ -59,7 +59,7 @@ INTENSITY_PRIORS = ("none", "dark", "bright")
 
 
 def _soft(mask: Any) -> np.ndarray:
-    m = np.asarray(mask.detach().cpu().numpy() if hasattr(mask, "detach") else mask, dtype=np.float64)
+    m = convert_to_numpy(mask, dtype=np.float64, wrap_sequence=True)
     m = np.squeeze(m)
     if m.ndim != 2:
         raise DataError("mask", f"expected a 2D soft mask, got shape {np.shape(mask)}")
@@ -71,7 +71,7 @@ def _soft(mask: Any) -> np.ndarray:
 def zero_black_background(mask: Any, image: Any, black: float = -1.0) -> np.ndarray:
     """The soft mask with 0 where every channel of ``image`` (``[C, H, W]`` in [−1, 1]) equals ``black``."""
     m = _soft(mask)
-    img = np.asarray(image.detach().cpu().numpy() if hasattr(image, "detach") else image, dtype=np.float64)
+    img = convert_to_numpy(image, dtype=np.float64, wrap_sequence=True)
     if img.ndim == 2:
         img = img[None]
     if img.shape[-2:] != m.shape:
@@ -163,7 +163,7 @@ def intensity_prior(image: Any, dark: bool = True, region: Any = None) -> np.nda
     Not in cltnet.md: the per-pixel intensity evidence that :class:`SoftMaskPostprocess` can combine with the gate
     (``intensity_prior``), and the soft map of the intensity + CRF baseline (``benchmarks/cltnet_baselines.py crf``).
     """
-    img = np.asarray(image.detach().cpu().numpy() if hasattr(image, "detach") else image, dtype=np.float64)
+    img = convert_to_numpy(image, dtype=np.float64, wrap_sequence=True)
     if img.ndim == 3 and img.shape[0] == 3:
         grey = np.tensordot(np.array([0.299, 0.587, 0.114]), img, axes=1)
     elif img.ndim == 3 and img.shape[0] == 1:
@@ -278,7 +278,7 @@ class SoftMaskPostprocess(Transform):
             soft = np.sqrt(soft * intensity_prior(image, self.intensity_prior == "dark", region))
         rgb = None
         if self.mode == "crf":
-            img = np.asarray(image.detach().cpu().numpy() if hasattr(image, "detach") else image)
+            img = convert_to_numpy(image, wrap_sequence=True)
             rgb = np.round((np.moveaxis(img, 0, -1) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
         return soft, binarize_soft_mask(soft, self.mode, rgb, self.crf_alpha, region)
 
