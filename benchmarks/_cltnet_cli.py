@@ -15,8 +15,8 @@ from labelless.weak.workflow import load_weak_weights
 
 
 def add_model_args(ap: argparse.ArgumentParser) -> None:
-    """``--image_size``, ``--ngf``, ``--ndf``, ``--n_layers_global``, ``--zero_corners``, ``--patch_zoom`` (train.json's
-    CPU profile)."""
+    """``--image_size``, ``--ngf``, ``--ndf``, ``--n_layers_global``, ``--zero_corners``, ``--patch_zoom``,
+    ``--color_constancy`` (train.json's CPU profile)."""
     ap.add_argument("--zero_corners", action="store_true")
     ap.add_argument("--image_size", type=int, default=128)
     ap.add_argument("--ngf", type=int, default=16)
@@ -24,6 +24,8 @@ def add_model_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n_layers_global", type=int, default=7, help="6 for a 64-px profile (train.json's option)")
     zoom = "sliding windows on images zoomed by this factor (a model trained on crops; train.json's option)"
     ap.add_argument("--patch_zoom", type=float, default=1.0, help=zoom)
+    cc = "shades-of-grey power applied to each image first (domains built with --color_constancy; 0: off)"
+    ap.add_argument("--color_constancy", type=float, default=0.0, help=cc)
 
 
 def load_model(args: argparse.Namespace, ckpt: str | Path) -> torch.nn.Module:

@@ -53,7 +53,8 @@ def main() -> None:
         for (mode, alpha), prior, tta in itertools.product(posts, args.intensity_priors.split(","), (False, True)):
             post = SoftMaskPostprocess(mode, zero_corners=args.zero_corners, crf_alpha=alpha, intensity_prior=prior)
             res, _ = evaluate_images(net, pairs, args.image_size, post, n_overlays=0, complement=True, flip_tta=tta,
-                                     patch_zoom=args.patch_zoom, soft_cache=caches[tta])  # fmt: skip
+                                     patch_zoom=args.patch_zoom, soft_cache=caches[tta],
+                                     color_constancy=args.color_constancy)  # fmt: skip
             for invert, di, ja in ((False, res["mean_dice"], res["mean_ja"]),
                                    (True, res["complement_mean_dice"], res["complement_mean_ja"])):  # fmt: skip
                 rows.append({"ckpt": str(ckpt), "iteration": iteration(ckpt), "postprocess": mode,

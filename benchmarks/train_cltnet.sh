@@ -22,6 +22,9 @@
 # ISIC_SIDE=<f> sets the side of the corner patches and of the crops as a fraction of the image (default 0.3, spec
 # §1.2; ..._s<f>); with ISIC_LESION_CROPS train and evaluate with --patch_zoom 1/f (e.g. ISIC_SIDE=0.2
 # ISIC_LESION_CROPS=5 ... --patch_zoom 5).
+# ISIC_CC=<p> maps each training image's illuminant to grey (shades of grey, power p; not in the spec) before its
+# crops are cut (..._cc<p>); the validation during training, and evaluation / inference after it, then need
+# --color_constancy <p> (passed to train.json here).
 # CLTNET_EVERY=<n>: checkpoint and validate every n iterations (250).
 # CLTNET_OUT=<folder> writes elsewhere (default runs/cltnet/brats). An interrupted run continues with the same
 # command plus `--resume true` (from the newest complete checkpoint; the log is appended to).
@@ -55,12 +58,15 @@ case "$NAME" in
         [ "$CROPS" = 0 ] || DOMAINS="${DOMAINS}_crops$CROPS$([ "$A_CROPS" = all ] || echo "_$A_CROPS")"
         SIDE="${ISIC_SIDE:-0.3}"
         [ "$SIDE" = 0.3 ] || DOMAINS="${DOMAINS}_s$SIDE"
+        CC="${ISIC_CC:-0}"
+        [ "$CC" = 0 ] || DOMAINS="${DOMAINS}_cc$CC"
         [ -f "$DOMAINS/manifest.json" ] || labelless weak_domains_images "$DATA/isic2016/images" "$DOMAINS" \
             --masks_dir "$DATA/isic2016/masks" --patch_scale "$SCALE" --min_mean "$MIN_MEAN" \
             --val_fraction "$VAL_FRACTION" --normals "$NORMALS" --inpaint_options "$INPAINT" --lesion_crops "$CROPS" \
-            --a_crops "$A_CROPS" --side_fraction "$SIDE"
+            --a_crops "$A_CROPS" --side_fraction "$SIDE" --color_constancy "$CC"
         VAL="$DATA/weak_samples/ISIC/isic_1/val"
         [ "$VAL_FRACTION" = 0 ] || VAL="$DOMAINS/val"
+        [ "$CC" = 0 ] || set -- --color_constancy "$CC" "$@"
         WEIGHTS=isic ;;
     *) echo "usage: $0 brats|isic [n_steps]" >&2; exit 2 ;;
 esac

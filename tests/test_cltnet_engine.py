@@ -419,3 +419,78 @@ def test_patch_zoom_reads_the_gate_with_sliding_windows(phantoms, tmp_path):
         WeakValidationHandler(folders.val, net, tmp_path / "c", tmp_path / "o", image_size=32, patch_zoom=0.2)
     with pytest.raises(ConfigError, match="patch_zoom"):
         WeakSegmentationEvaluationRunner(net, folders, tmp_path / "e", image_size=32, patch_zoom=0.2)
+
+
+def test_shades_of_grey_maps_the_illuminant_to_grey():
+    """Colour constancy (not in the spec): an image lit by a coloured illuminant comes back with equal channel
+    p-means, the same for tensors, [H, W, C] arrays and uint8; power 0 is the identity; bad values are named."""
+    from labelless.transforms.translation import shades_of_grey
+
+    rng = np.random.default_rng(0)
+    scene = rng.uniform(0.2, 0.8, (1, 24, 30)).astype(np.float32).repeat(3, 0)  # a grey scene
+    lit = torch.from_numpy(scene * np.array([0.95, 0.7, 0.55], np.float32)[:, None, None])  # under a warm light
+    out = shades_of_grey(lit, 6.0)
+    e = out.double().pow(6).reshape(3, -1).mean(1).pow(1 / 6)
+    assert torch.allclose(e, e.mean().expand(3), rtol=1e-4) and out.shape == lit.shape
+    assert torch.allclose(out[0], out[1], atol=1e-5) and torch.allclose(out[1], out[2], atol=1e-5)  # grey again
+    assert abs(float(e.norm()) - float(lit.double().pow(6).reshape(3, -1).mean(1).pow(1 / 6).norm())) < 1e-4
+    hwc = lit.permute(1, 2, 0).numpy()
+    as_array = shades_of_grey(hwc, 6.0, channel_last=True)
+    assert isinstance(as_array, np.ndarray) and as_array.dtype == np.float32
+    assert np.allclose(as_array, out.permute(1, 2, 0).numpy(), atol=1e-6)
+    as_bytes = shades_of_grey(np.round(hwc * 255).astype(np.uint8), 6.0, channel_last=True)
+    assert as_bytes.dtype == np.uint8 and np.abs(as_bytes / 255.0 - as_array).max() < 0.01
+    assert shades_of_grey(lit, 0) is lit
+    black = torch.zeros(3, 4, 4)
+    black[0] = 0.5  # two black channels: no illuminant to estimate, the image is left as it is
+    assert torch.equal(shades_of_grey(black, 6.0), black)
+    with pytest.raises(ConfigError, match="color_constancy"):
+        shades_of_grey(lit, -1)
+    with pytest.raises(DataError, match="non-finite"):
+        shades_of_grey(torch.full((3, 4, 4), float("nan")), 6.0)
+    assert torch.equal(TranslationInput(16, color_constancy=6.0)(lit), TranslationInput(16)(out))
+    d = TranslationInputd("image", image_size=16, color_constancy=6.0)({"image": lit})["image"]
+    assert torch.equal(d, TranslationInput(16, color_constancy=6.0)(lit))
+    with pytest.raises(ConfigError, match="color_constancy"):
+        TranslationInput(16, color_constancy=-2)
+
+
+def test_color_constancy_in_evaluation_inference_and_validation(phantoms, tmp_path):
+    """color_constancy reaches the network's input in every path that reads a gate (evaluation, validation, inference
+    runner) and is reported; the CRF and the overlays still see the original colours."""
+    from labelless.transforms.translation import shades_of_grey
+    from labelless.weak.inference import WeakSegmentationInferenceRunner
+    from labelless.weak.workflow import soft_mask
+
+    torch.manual_seed(0)
+    net = build_cltnet(ngf=8, ndf=8).eval()
+    image = torch.rand(3, 40, 48) * torch.tensor([1.0, 0.7, 0.5])[:, None, None]
+    dev = torch.device("cpu")
+    with torch.no_grad():
+        corrected = soft_mask(net, image, 32, dev, color_constancy=6.0)
+        assert torch.allclose(corrected, soft_mask(net, shades_of_grey(image, 6.0), 32, dev))
+        assert not torch.allclose(corrected, soft_mask(net, image, 32, dev), atol=1e-5)
+    folders = resolve_domains(str(phantoms))
+    plain, _ = evaluate_images(net, folders.test, 32, SoftMaskPostprocess("otsu"), n_overlays=0)
+    cc, _ = evaluate_images(net, folders.test, 32, SoftMaskPostprocess("otsu"), n_overlays=0, color_constancy=6.0)
+    assert cc["color_constancy"] == 6.0 and plain["color_constancy"] == 0.0
+    files = [p["image"] for p in folders.test]
+    summary = WeakSegmentationInferenceRunner(net, files, tmp_path / "inf", image_size=32, postprocess="otsu",
+                                              color_constancy=6.0).run()  # fmt: skip
+    assert summary["color_constancy"] == 6.0
+    from PIL import Image
+
+    for rec, p, score in zip(summary["images"], folders.test, cc["per_image"]):  # the same masks as the evaluation
+        mask = np.asarray(Image.open(rec["mask"])) > 0
+        truth = np.asarray(Image.open(p["label"]).convert("L")) > 127
+        assert abs(segmentation_scores(mask, truth)["di"] - score["di"]) < 1e-6
+    handler = WeakValidationHandler(folders.val, net, tmp_path / "c", tmp_path / "o", image_size=32,
+                                    color_constancy=6.0)  # fmt: skip
+    assert handler.color_constancy == 6.0
+    for make in (
+        lambda: WeakValidationHandler(folders.val, net, tmp_path / "c", tmp_path / "o", color_constancy=-1),
+        lambda: WeakSegmentationEvaluationRunner(net, folders, tmp_path / "e", color_constancy="x"),
+        lambda: WeakSegmentationInferenceRunner(net, files, tmp_path / "i2", color_constancy=-3),
+    ):
+        with pytest.raises(ConfigError, match="color_constancy"):
+            make()

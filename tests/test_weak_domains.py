@@ -541,3 +541,44 @@ def test_grid_crops_and_lesion_crops_domains(tmp_path):
     assert not (tmp_path / "plain_out").exists()
     with pytest.raises(ConfigError, match="lesion_crops >= 2"):
         write_image_domains(tmp_path / "images", tmp_path / "nogrid", normals="grid")
+
+
+def test_write_image_domains_color_constancy_changes_pixels_not_the_split(tmp_path):
+    """color_constancy (not in the spec): the training views are cut from the colour-corrected image, the lesion-free
+    rules still read the original colours (the same A/B split), and the val/test images are written unchanged."""
+    from labelless.transforms.translation import shades_of_grey
+    from labelless.weak.domains import grid_crops, read_rgb
+
+    tint = np.array([1.0, 0.8, 0.7], np.float32)
+    for i in range(5):
+        lesion, mask = _skin_with_disc(seed=i)
+        _png(tmp_path / "images" / f"ISIC_{i}.png", np.round(lesion * tint * 255).astype(np.uint8))
+        _png(tmp_path / "masks" / f"ISIC_{i}_segmentation.png", mask.astype(np.uint8) * 255)
+    common = dict(masks_dir=tmp_path / "masks", test_fraction=0.2, val_fraction=0.2, size=32, lesion_crops=3,
+                  normals="grid", min_mean=0.4)  # fmt: skip
+    plain = write_image_domains(tmp_path / "images", tmp_path / "plain", **common)
+    cc = write_image_domains(tmp_path / "images", tmp_path / "cc", color_constancy=6, **common)
+    assert cc["counts"] == plain["counts"] and cc["options"]["color_constancy"] == 6.0
+    assert plain["options"]["color_constancy"] == 0.0 and plain["counts"]["trainB"] > 0
+    for folder in ("trainA", "trainB", "val/images", "testA/images", "val/labels", "testA/labels"):
+        names = sorted(p.name for p in (tmp_path / "plain" / folder).iterdir())
+        assert names == sorted(p.name for p in (tmp_path / "cc" / folder).iterdir()) and names
+        for name in names:
+            a = np.asarray(Image.open(tmp_path / "plain" / folder / name))
+            b = np.asarray(Image.open(tmp_path / "cc" / folder / name))
+            assert np.array_equal(a, b) == (not folder.startswith("train")), (folder, name)
+    src = read_rgb(tmp_path / "images" / "ISIC_0.png")
+    expected = dict(grid_crops(shades_of_grey(src, 6, channel_last=True), 3, 0.3, 32))
+    for folder in ("trainA", "trainB"):
+        for f in (tmp_path / "cc" / folder).glob("ISIC_0_*.png"):
+            assert np.array_equal(np.asarray(Image.open(f)), expected[f.stem.split("_")[-1]])
+    # the corner patches (spec §1.2 normals): the same corners are kept, cut from the corrected image
+    corners = dict(masks_dir=tmp_path / "masks", test_fraction=0.2, size=32, min_mean=0.4)
+    p_corner = write_image_domains(tmp_path / "images", tmp_path / "p_corner", **corners)
+    c_corner = write_image_domains(tmp_path / "images", tmp_path / "c_corner", color_constancy=6, **corners)
+    assert p_corner["counts"] == c_corner["counts"] and p_corner["counts"]["trainB"] > 0
+    assert sorted(p.name for p in (tmp_path / "c_corner" / "trainB").iterdir()) == sorted(
+        p.name for p in (tmp_path / "p_corner" / "trainB").iterdir())  # fmt: skip
+    with pytest.raises(ConfigError, match="color_constancy"):
+        write_image_domains(tmp_path / "images", tmp_path / "bad", color_constancy=-1)
+    assert not (tmp_path / "bad").exists()

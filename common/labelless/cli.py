@@ -572,6 +572,7 @@ class LabellessCLI:
         inpaint_options: dict | str | None = None,
         lesion_crops: int = 0,
         a_crops: str = "lesion",
+        color_constancy: float = 0.0,
     ) -> str:
         """Build lesion (A) / normal (B) folders from a folder of lesion images (e.g. dermoscopy), without pixel labels:
         B = lesion-free corner patches of the training images.
@@ -601,6 +602,9 @@ class LabellessCLI:
                 them segment whole images with --patch_zoom 1/side_fraction.
             a_crops: with --lesion_crops, which crops go to trainA: "lesion" (those that fail --min_mean / --max_std,
                 i.e. may show the lesion; a crop that passes them is plain skin) or "all".
+            color_constancy: p > 0 maps each training image's illuminant to grey (shades of grey, power p; 6 is usual
+                for dermoscopy) before cutting its A and B views; not in the spec. Evaluate and run the model with the
+                same --color_constancy / color_constancy option. 0 (default): off.
         """
         from labelless.weak.domains import write_image_domains
 
@@ -622,7 +626,9 @@ class LabellessCLI:
                                 val_fraction=as_float(val_fraction, "--val_fraction", parse=True),
                                 normals=str(normals), inpaint_options=inpaint_options,
                                 lesion_crops=as_int(lesion_crops, "--lesion_crops", 0, parse=True),
-                                a_crops=str(a_crops))  # fmt: skip
+                                a_crops=str(a_crops),
+                                color_constancy=as_float(color_constancy, "--color_constancy", 0.0,
+                                                         parse=True))  # fmt: skip
         counts = ", ".join(f"{k} {v}" for k, v in sorted(m["counts"].items()))
         return f"{counts}; written to {out_dir}"
 

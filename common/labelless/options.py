@@ -249,6 +249,7 @@ OPTION_RULES: dict[str, OptionRule] = {
     **_rules("float", "threshold", 0, 1, lo_open=True, hi_open=True),
     **_rules("float", "label_value"),
     **_rules("float", "patch_zoom", 1, 16),
+    **_rules("float", "color_constancy", 0),
     **_rules(
         "bool",
         "resume load_pretrain refine save_predictions predict_outside_extent zero_black_background zero_corners "

@@ -120,6 +120,7 @@ if TYPE_CHECKING:  # the names below, imported on first access (labelless.lazy)
         TranslationInput,
         TranslationInputd,
         default_load_size,
+        shades_of_grey,
     )
     from .utility import LogItemD, LogItemd, LogItemDict, iterate_items, run_transform, runner_items
 
@@ -219,6 +220,7 @@ _EXPORTS = {
     "BodyMaskD": "superpixel",
     "BodyMaskDict": "superpixel",
     "default_load_size": "translation",
+    "shades_of_grey": "translation",
     "TranslationInput": "translation",
     "TranslationInputd": "translation",
     "RandTranslationAugment": "translation",
@@ -339,6 +341,7 @@ __all__ = [
     "BodyMaskD",
     "BodyMaskDict",
     "default_load_size",
+    "shades_of_grey",
     "TranslationInput",
     "TranslationInputd",
     "RandTranslationAugment",

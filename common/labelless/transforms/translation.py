@@ -6,15 +6,22 @@ vertical flips (p 0.5 each), random ``image_size`` crop, contrast jitter (factor
 luminance, as torchvision's ``ColorJitter(contrast=c)``), then mean 0.5 / std 0.5 normalisation to [−1, 1].
 Test (:class:`TranslationInput`): resize to ``image_size`` and normalise.
 
+Optional colour constancy (:func:`shades_of_grey`, not in the spec): each whole image's illuminant, estimated as the
+Minkowski ``p``-mean of each channel, is mapped to grey, so that skin of another tone or under another light looks
+like the training skin. The domain builder applies it to the whole training images before cropping
+(``write_image_domains(color_constancy=p)``) and :class:`TranslationInput` to each whole test image.
+
 Inputs are ``[C, H, W]`` float images in [0, 1] (e.g. from :func:`labelless.data.images.load_rgb`). Every random
 draw comes from ``self.R`` (``set_random_state``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
@@ -24,6 +31,7 @@ from labelless.errors import ConfigError, DataError
 
 __all__ = [
     "default_load_size",
+    "shades_of_grey",
     "TranslationInput",
     "TranslationInputd",
     "RandTranslationAugment",
@@ -58,28 +66,76 @@ def _normalise(img: torch.Tensor) -> torch.Tensor:
     return (img.clamp(0.0, 1.0) - 0.5) / 0.5
 
 
+def shades_of_grey(img: Any, power: float = 6.0, channel_last: bool = False) -> Any:
+    """Shades-of-grey colour constancy (Finlayson and Trezzi, 2004; a usual ISIC pre-processing): the illuminant
+    ``e_c = mean(I_c^p)^(1/p)`` of each channel ``c`` is mapped to grey by the gains ``|e| / (sqrt(C) e_c)``, which
+    keep the illuminant's length, and the result is clipped to the input's range.
+
+    Args:
+        img: an image in [0, 1] (float) or [0, 255] (uint8): a torch tensor or a numpy array, ``[C, H, W]`` or, with
+            ``channel_last``, ``[H, W, C]``. The output has the input's type, layout and dtype.
+        power: the Minkowski norm ``p`` (1: grey world, large: max-RGB); ``0`` returns the image unchanged.
+        channel_last: the channels are the last axis (e.g. :func:`labelless.data.images.read_rgb`'s arrays).
+
+    Raises:
+        ConfigError: a negative or non-finite ``power``.
+        DataError: not a 3-dimensional image, or non-finite values.
+    """
+    p = float(power)
+    if p < 0 or not math.isfinite(p):
+        raise ConfigError(f"color_constancy (the shades-of-grey power) must be >= 0 (0: off), got {power!r}")
+    if p == 0:
+        return img
+    is_numpy = isinstance(img, np.ndarray)
+    dtype = img.dtype if is_numpy else None
+    t = torch.from_numpy(np.asarray(img, dtype=np.float32)) if is_numpy else torch.as_tensor(img)
+    if t.ndim == 3 and channel_last:
+        t = t.permute(2, 0, 1)
+    scale = 255.0 if dtype == np.uint8 else 1.0
+    t = _check(t / scale)
+    e = t.clamp(0.0, 1.0).reshape(t.shape[0], -1).double().pow(p).mean(1).pow(1.0 / p)
+    if float(e.min()) > 1e-6:  # a black channel has no illuminant to estimate: the image is left as it is
+        t = (t * (e.norm() / (math.sqrt(t.shape[0]) * e)).to(t.dtype)[:, None, None]).clamp(0.0, 1.0)
+    t = t.permute(1, 2, 0) if channel_last else t
+    if not is_numpy:
+        return t
+    out = t.numpy() * scale
+    return out.round().astype(np.uint8) if dtype == np.uint8 else out.astype(dtype)
+
+
 class TranslationInput(Transform):
-    """Test-time input of the translation networks: resize to ``image_size``, normalise [0, 1] → [−1, 1].
+    """Test-time input of the translation networks: optional colour constancy, resize to ``image_size``, normalise
+    [0, 1] → [−1, 1].
 
     Args:
         image_size: output side.
+        color_constancy: the :func:`shades_of_grey` power applied to the whole image first (0, the spec: off); use
+            the value the training domains were built with.
     """
 
-    def __init__(self, image_size: int = 256) -> None:
+    def __init__(self, image_size: int = 256, color_constancy: float = 0.0) -> None:
         if int(image_size) < 8:
             raise ConfigError(f"image_size must be >= 8, got {image_size!r}")
         self.image_size = int(image_size)
+        self.color_constancy = float(color_constancy)
+        shades_of_grey(torch.ones(3, 1, 1), self.color_constancy)  # checks the value
 
     def __call__(self, img: Any) -> torch.Tensor:
-        return _normalise(_resize(_check(img), self.image_size))
+        return _normalise(_resize(shades_of_grey(_check(img), self.color_constancy), self.image_size))
 
 
 class TranslationInputd(MapTransform):
     """Dictionary version of :class:`TranslationInput`."""
 
-    def __init__(self, keys: KeysCollection, image_size: int = 256, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        image_size: int = 256,
+        color_constancy: float = 0.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.transform = TranslationInput(image_size)
+        self.transform = TranslationInput(image_size, color_constancy)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

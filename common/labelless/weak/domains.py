@@ -49,7 +49,8 @@ from labelless.errors import ConfigError, DataError
 from labelless.io.readers import read_volume
 from labelless.io.suffixes import IMAGE_2D_SUFFIXES, NIFTI_SUFFIXES, strip_suffix
 from labelless.io.writers import write_image2d
-from labelless.options import as_int
+from labelless.options import as_float, as_int
+from labelless.transforms.translation import shades_of_grey
 from labelless.utils import as_bool, sort_ids, write_json_atomic
 
 __all__ = [
@@ -640,6 +641,7 @@ def write_image_domains(
     inpaint_options: dict[str, Any] | None = None,
     lesion_crops: int = 0,
     a_crops: str = "lesion",
+    color_constancy: float = 0.0,
 ) -> dict[str, Any]:
     """Lesion images (e.g. ISIC) → ``trainA`` (the first ``1 − test_fraction`` of the sorted ids, images only),
     ``trainB`` (lesion-free corner patches of the **train** images, :func:`lesion_free_patches`) and ``testA``
@@ -667,6 +669,12 @@ def write_image_domains(
     the cltnet bundle 0.2.5: the B patches were then A crops too). An image none of whose crops may show a
     lesion gives no A crop.
 
+    ``color_constancy = p > 0`` (not in the spec) maps each whole training image's illuminant to grey
+    (:func:`~labelless.transforms.translation.shades_of_grey` with power ``p``) before its A views and B patches are
+    cut; which crops are lesion-free is still decided on the original colours, so ``p`` changes the pixels and not the
+    split. The val and test images are written unchanged: evaluate and run such a model with the same
+    ``color_constancy``, which applies the mapping to each input image.
+
     The masks of training images are never read. Images are written as ``size × size`` RGB PNGs; ``patch_scale``
     as in :func:`lesion_free_patches`.
 
@@ -687,6 +695,7 @@ def write_image_domains(
         raise ConfigError(f"a_crops must be one of {A_CROPS}, got {a_crops!r}")
     if normals == "grid" and lesion_crops < 2:
         raise ConfigError("normals='grid' takes its B patches from the lesion_crops grid: give lesion_crops >= 2")
+    color_constancy = as_float(color_constancy, "color_constancy", 0.0)
     inpaint_options = dict(inpaint_options or {})
     unknown = sorted(set(inpaint_options) - set(INPAINT_OPTIONS))
     if unknown:
@@ -714,9 +723,13 @@ def write_image_domains(
         if val:
             counts["val"] = 0
         for i, pid in enumerate(train):
-            rgb = read_rgb(images[pid])
+            original = read_rgb(images[pid])
+            rgb = shades_of_grey(original, color_constancy, channel_last=True) if color_constancy else original
             views = grid_crops(rgb, lesion_crops, side_fraction, size) if lesion_crops else [("", None)]
-            free = {name for name, crop in views
+            rules = views  # the lesion-free rules read the original colours
+            if color_constancy and lesion_crops:
+                rules = grid_crops(original, lesion_crops, side_fraction, size)
+            free = {name for name, crop in rules
                     if crop is not None and _lesion_free(np.float32(crop) / 255.0, min_mean, max_std)}  # fmt: skip
             for crop_name, crop in views:
                 if a_crops == "lesion" and crop_name in free:
@@ -736,7 +749,12 @@ def write_image_domains(
             if normals == "grid":
                 patches = [(name, crop) for name, crop in views if name in free]
             elif normals != "inpaint":
-                patches = lesion_free_patches(rgb, side_fraction, min_mean, max_std, size, patch_scale)
+                patches = lesion_free_patches(original, side_fraction, min_mean, max_std, size, patch_scale)
+                if color_constancy:  # the same corners, cut from the colour-corrected image
+                    kept = {name for name, _ in patches}
+                    patches = [(name, patch) for name, patch in
+                               lesion_free_patches(rgb, side_fraction, 0.0, np.inf, size, patch_scale)
+                               if name in kept]  # fmt: skip
             for corner, patch in patches:
                 records.append({"folder": "trainB", "image": _write_png(patch, out, f"trainB/{pid}_{corner}.png"),
                                 "source": str(images[pid])})  # fmt: skip
@@ -777,7 +795,7 @@ def write_image_domains(
                                 "side_fraction": side_fraction, "min_mean": min_mean, "max_std": max_std,
                                 "size": size, "patch_scale": patch_scale, "normals": normals,
                                 "inpaint_options": inpaint_options, "lesion_crops": lesion_crops,
-                                "a_crops": a_crops},
+                                "a_crops": a_crops, "color_constancy": color_constancy},
                     "images": records}  # fmt: skip
         write_json_atomic(out / "manifest.json", manifest)
     return manifest

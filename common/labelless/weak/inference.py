@@ -38,6 +38,7 @@ from labelless.io.loading import LoadFiled, loaded_meta
 from labelless.io.readers import read_volume
 from labelless.io.suffixes import NIFTI_SUFFIXES, strip_suffix
 from labelless.io.writers import write_image2d, write_volume
+from labelless.options import as_float
 from labelless.paths import check_output_outside_inputs, locked_output
 from labelless.transforms.postprocess import INTENSITY_PRIORS, POSTPROCESS_MODES, SoftMaskPostprocessd
 from labelless.transforms.spatial import ResizeInPlaned
@@ -100,6 +101,9 @@ class WeakSegmentationInferenceRunner:
         patch_zoom: for a model trained on crops (``lesion_crops``; not in the spec): each image is resized to
             ``image_size · patch_zoom`` and read with sliding ``image_size`` windows
             (:func:`~labelless.weak.workflow.patch_input_size`); 1 (default): the whole image is one input.
+        color_constancy: shades-of-grey power applied to each whole image before the network
+            (:func:`~labelless.transforms.translation.shades_of_grey`; 0, the spec: off), reported in the summary;
+            the value the training domains were built with.
         device: torch device.
         preprocessing: callable on ``{"image": file}`` (a MONAI ``Compose`` of dict transforms) giving the network
             input ``[3, S, S]`` in ``"image"`` and the ``"image_meta_dict"`` of
@@ -134,6 +138,7 @@ class WeakSegmentationInferenceRunner:
         flip_tta: bool | str = False,
         patch_zoom: float = 1.0,
         intensity_prior: str = "none",
+        color_constancy: float = 0.0,
         device: str | torch.device = "cpu",
         preprocessing: Callable[[dict], dict] | None = None,
         postprocessing: Callable[[dict], dict] | None = None,
@@ -159,8 +164,9 @@ class WeakSegmentationInferenceRunner:
         self.flip_tta = as_bool(flip_tta, "flip_tta")
         self.input_size = patch_input_size(self.image_size, patch_zoom)  # checks the value
         self.patch_zoom = float(patch_zoom)
+        self.color_constancy = as_float(color_constancy, "color_constancy", 0.0)
         self.device = torch.device(device)
-        self.preprocessing = preprocessing or self.default_preprocessing(self.input_size)
+        self.preprocessing = preprocessing or self.default_preprocessing(self.input_size, self.color_constancy)
         self.postprocessing = postprocessing or self.default_postprocessing(
             postprocess,
             self.zero_black_background,
@@ -177,10 +183,12 @@ class WeakSegmentationInferenceRunner:
                 raise ConfigError(f"handlers must be callables on an image's record, got {type(h).__name__}")
 
     @staticmethod
-    def default_preprocessing(image_size: int = 256) -> Compose:
+    def default_preprocessing(image_size: int = 256, color_constancy: float = 0.0) -> Compose:
         """The built-in ``preprocessing``: read as RGB in [0, 1] (:func:`~labelless.data.images.load_rgb`), then
-        :class:`~labelless.transforms.translation.TranslationInputd` (resize to ``image_size``, [0, 1] → [−1, 1])."""
-        return Compose([LoadFiled("image", reader=load_rgb, size=None), TranslationInputd("image", image_size)])
+        :class:`~labelless.transforms.translation.TranslationInputd` (optional colour constancy, resize to
+        ``image_size``, [0, 1] → [−1, 1])."""
+        return Compose([LoadFiled("image", reader=load_rgb, size=None),
+                        TranslationInputd("image", image_size, color_constancy)])  # fmt: skip
 
     @staticmethod
     def default_postprocessing(
@@ -255,6 +263,7 @@ class WeakSegmentationInferenceRunner:
                    "postprocess": self.postprocess, "zero_black_background": self.zero_black_background,
                    "zero_corners": self.zero_corners, "crf_alpha": self.crf_alpha,
                    "intensity_prior": self.intensity_prior, "invert_mask": self.invert_mask, "flip_tta": self.flip_tta,
-                   "patch_zoom": self.patch_zoom, "images": records}  # fmt: skip
+                   "patch_zoom": self.patch_zoom, "color_constancy": self.color_constancy,
+                   "images": records}  # fmt: skip
         write_json_atomic(self.output_dir / "inference_summary.json", summary)
         return summary

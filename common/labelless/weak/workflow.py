@@ -210,12 +210,15 @@ def soft_mask(
     device: torch.device,
     flip_tta: bool = False,
     patch_zoom: float = 1.0,
+    color_constancy: float = 0.0,
 ) -> torch.Tensor:
     """The lesion probability map M of ``image`` (``[3, H, W]`` in [0, 1]) at its own size ``[H, W]``: the A→B
     generator's mask at ``image_size`` (averaged over flips with ``flip_tta``, :func:`gate_mask`), resized back
     bilinearly. With ``patch_zoom`` > 1 the image is resized to :func:`patch_input_size` and read with sliding
-    ``image_size`` windows."""
-    x = TranslationInput(patch_input_size(image_size, patch_zoom))(image)[None].to(device)
+    ``image_size`` windows. ``color_constancy`` > 0 first maps the image's illuminant to grey
+    (:func:`~labelless.transforms.translation.shades_of_grey` with that power; for a model trained on domains built
+    with ``write_image_domains(color_constancy=...)``)."""
+    x = TranslationInput(patch_input_size(image_size, patch_zoom), color_constancy)(image)[None].to(device)
     m = gate_mask(_segmenter(network), x, flip_tta, window=int(image_size))  # one window when patch_zoom is 1
     m = F.interpolate(m, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
     return m[0, 0].clamp(0.0, 1.0).cpu()
@@ -232,16 +235,17 @@ def evaluate_images(
     flip_tta: bool = False,
     patch_zoom: float = 1.0,
     soft_cache: dict[str, torch.Tensor] | None = None,
+    color_constancy: float = 0.0,
 ) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
     """Per-image scores (cltnet.md §7) of the lesion images ``pairs`` (``{"name", "image", "label"}``) at each
     image's own size; images with an empty ground truth are excluded with a warning.
 
     With ``complement``, the result also has ``complement_mean_dice`` / ``complement_mean_ja``: the scores of the
     same post-processing with the opposite ``invert`` (a diagnostic of a gate that marks the tissue around the lesion).
-    ``flip_tta`` averages M over the four flips of each image (:func:`gate_mask`); ``patch_zoom`` as in
-    :func:`soft_mask`. ``soft_cache`` (a dict, by image path) keeps the soft masks M for reuse by a later call that
-    scores the same network, ``flip_tta``, ``image_size`` and ``patch_zoom`` with another post-processing; the caller
-    owns it and must use one per such combination.
+    ``flip_tta`` averages M over the four flips of each image (:func:`gate_mask`); ``patch_zoom`` and
+    ``color_constancy`` as in :func:`soft_mask`. ``soft_cache`` (a dict, by image path) keeps the soft masks M for
+    reuse by a later call that scores the same network, ``flip_tta``, ``image_size``, ``patch_zoom`` and
+    ``color_constancy`` with another post-processing; the caller owns it and must use one per such combination.
 
     Returns:
         (result with ``mean_dice``, ``mean_ja``, ``mean_ac``, ``mean_se``, ``mean_sp``, ``per_image``,
@@ -267,7 +271,7 @@ def evaluate_images(
             continue
         soft = None if soft_cache is None else soft_cache.get(str(p["image"]))
         if soft is None:
-            soft = soft_mask(network, image, image_size, dev, flip_tta, patch_zoom)
+            soft = soft_mask(network, image, image_size, dev, flip_tta, patch_zoom, color_constancy)
             if soft_cache is not None:
                 soft_cache[str(p["image"])] = soft
         _, pred = post(soft.numpy(), image * 2.0 - 1.0)
@@ -291,7 +295,7 @@ def evaluate_images(
                    "zero_black_background": post.zero_black_background, "zero_corners": post.zero_corners,
                    "crf_alpha": post.crf_alpha, "intensity_prior": post.intensity_prior, "invert_mask": post.invert,
                    "flip_tta": bool(flip_tta), "image_size": int(image_size), "patch_zoom": float(patch_zoom),
-                   "per_image": per_image})  # fmt: skip
+                   "color_constancy": float(color_constancy), "per_image": per_image})  # fmt: skip
     return result, overlays
 
 
@@ -321,6 +325,7 @@ class WeakValidationHandler(BestSoFarState):
         flip_tta: average M over the four flips of each validation image (:func:`gate_mask`).
         patch_zoom: read M with sliding windows on images zoomed by this factor (a model trained on crops,
             :func:`soft_mask`).
+        color_constancy: shades-of-grey power applied to each image before the network (:func:`soft_mask`; 0: off).
     """
 
     def __init__(
@@ -336,8 +341,10 @@ class WeakValidationHandler(BestSoFarState):
         device: str | torch.device = "cpu",
         flip_tta: bool | str = False,
         patch_zoom: float = 1.0,
+        color_constancy: float = 0.0,
     ) -> None:
         self.pairs, self.network = list(pairs), network
+        self.color_constancy = as_float(color_constancy, "color_constancy", 0.0)
         self.flip_tta = as_bool(flip_tta, "flip_tta")
         patch_input_size(image_size, patch_zoom)  # checks the value
         self.patch_zoom = float(patch_zoom)
@@ -359,7 +366,8 @@ class WeakValidationHandler(BestSoFarState):
         was_training = self.network.training
         result, overlays = evaluate_images(self.network, self.pairs, self.image_size, self.postprocess, self.device,
                                            self.n_overlays, complement=True, flip_tta=self.flip_tta,
-                                           patch_zoom=self.patch_zoom)  # fmt: skip
+                                           patch_zoom=self.patch_zoom,
+                                           color_constancy=self.color_constancy)  # fmt: skip
         if was_training:
             self.network.train()
         ja, di = result["mean_ja"], result["mean_dice"]
@@ -409,6 +417,8 @@ class WeakSegmentationEvaluationRunner:
         n_overlays: overlay PNGs written.
         intensity_prior: ``none`` (the spec), ``dark`` or ``bright``: combine M with the image's grey level before
             binarising (``SoftMaskPostprocess(intensity_prior=...)``, not in the spec).
+        color_constancy: shades-of-grey power applied to each image before the network (:func:`soft_mask`; 0, the
+            spec: off); the value the training domains were built with.
         device: torch device.
 
     Raises:
@@ -434,6 +444,7 @@ class WeakSegmentationEvaluationRunner:
         device: str | torch.device = "cpu",
         patch_zoom: float = 1.0,
         intensity_prior: str = "none",
+        color_constancy: float = 0.0,
     ) -> None:
         if eval_split not in EVAL_SPLITS:
             raise ConfigError(f"eval_split must be one of {EVAL_SPLITS}, got {eval_split!r}")
@@ -451,6 +462,7 @@ class WeakSegmentationEvaluationRunner:
         self.image_size, self.n_overlays = as_int(image_size, "image_size", 8), as_int(n_overlays, "n_overlays", 0)
         patch_input_size(self.image_size, patch_zoom)  # checks the value
         self.patch_zoom = float(patch_zoom)
+        self.color_constancy = as_float(color_constancy, "color_constancy", 0.0)
         self.device = torch.device(device)
         self.pairs = {"test": folders.test, "val": folders.val, "all": folders.test + folders.val}[eval_split]
         if not self.pairs:
@@ -465,8 +477,8 @@ class WeakSegmentationEvaluationRunner:
             logger.warning("no ckpt_path: evaluating the network's current (possibly random) weights")
         self.network.to(self.device)
         result, overlays = evaluate_images(self.network, self.pairs, self.image_size, self.post, self.device,
-                                           self.n_overlays, flip_tta=self.flip_tta,
-                                           patch_zoom=self.patch_zoom)  # fmt: skip
+                                           self.n_overlays, flip_tta=self.flip_tta, patch_zoom=self.patch_zoom,
+                                           color_constancy=self.color_constancy)  # fmt: skip
         result = {"split": self.eval_split, "checkpoint": None if self.ckpt_path is None else str(self.ckpt_path),
                   "dataset": str(self.folders.root), **result}  # fmt: skip
         paths = write_image_reports(result, self.output_dir, overlays, title=f"Weakly supervised segmentation, "
