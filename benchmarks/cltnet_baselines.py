@@ -21,6 +21,8 @@
   ``--gate centre|blur``: the controls of CLTNet's ``intensity_prior`` fusion (``sqrt(M · darkness)``), with a gate
   that needs no learning in place of M: a Gaussian bump at the image centre, or the darkness blurred; its σ
   (``--gate_scales``, fractions of the shorter side) is chosen with α on the ``--select`` split.
+  ``--color_constancy p``: the darkness is read from the image after shades-of-grey colour constancy (the
+  pre-processing of a CLTNet trained with ``color_constancy p``); the CRF still reads the original colours.
 
 Each writes ``<out>/<method>/<split>/metrics.json`` (per-image DI / JA / AC / SE / SP, the bundle's report format)
 for the ``test`` split of the dataset and for any ``--extra name=folder`` labelled folders (``images/`` +
@@ -210,11 +212,16 @@ def cmd_crf(args: argparse.Namespace) -> None:
     if args.select not in splits or args.select == "test":
         raise SystemExit(f"--select must name an --extra validation folder, got {args.select!r}")
     method = "intensity_crf" if args.gate == "none" else f"intensity_{args.gate}_crf"
+    if args.color_constancy:
+        from labelless.transforms.translation import shades_of_grey
+
+        method += f"_cc{args.color_constancy:g}"
 
     def predictor(alpha: float, scale: float):
         def predict(image: torch.Tensor) -> np.ndarray:
             rgb = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-            soft = soft_intensity(image, args.dark, args.zero_corners)
+            seen = shades_of_grey(image, args.color_constancy) if args.color_constancy else image
+            soft = soft_intensity(seen, args.dark, args.zero_corners)  # the CRF reads the original colours
             if args.gate != "none":  # sqrt(gate · darkness), as SoftMaskPostprocess(intensity_prior=...) fuses M
                 soft = np.sqrt(soft * gate_map(soft, args.gate, scale))
             return crf_mask(soft, rgb, alpha) & _body(image, args.zero_corners)
@@ -234,7 +241,7 @@ def cmd_crf(args: argparse.Namespace) -> None:
         res = scores[best] if split == args.select else _score(pairs, predictor(*best))
         res.update({"method": method, "split": split, "dataset": args.dataset_dir, "crf_alpha": best[0],
                     "gate": args.gate, "gate_scale": best[1], "alpha_selected_on": args.select, "dark": args.dark,
-                    "zero_corners": args.zero_corners})  # fmt: skip
+                    "zero_corners": args.zero_corners, "color_constancy": args.color_constancy})  # fmt: skip
         write_image_reports(res, Path(args.out) / method / split, title=f"{method} baseline, {split}")
         print(f"{method}  {split:12s} DI {100 * res['mean_dice']:.2f} JA {100 * res['mean_ja']:.2f} "
               f"(n={res['n_images']}, α={best[0]:g}{f', σ={best[1]:g}' if args.gate != 'none' else ''})")  # fmt: skip
@@ -279,6 +286,12 @@ def main() -> None:
                 "--gate_scales",
                 default="0.15,0.25,0.4",
                 help="σ of the gate as a fraction of the shorter side, chosen with α on --select",
+            )
+            p.add_argument(
+                "--color_constancy",
+                type=float,
+                default=0.0,
+                help="shades-of-grey power applied before the darkness is read (CLTNet's color_constancy; 0: off)",
             )
     s = sub.add_parser("summarize")
     s.add_argument("runs", nargs="+")
