@@ -154,6 +154,27 @@ def test_empty_domain_folder_is_a_clear_error(tmp_path, data):
     assert not (tmp_path / "m").exists() or not list((tmp_path / "m").iterdir())
 
 
+def test_domains_built_with_another_color_constancy_are_a_clear_error(tmp_path, data):
+    """train.json refuses domains whose manifest records another color_constancy than the option (the validation,
+    evaluation and inference would read images unlike the training crops); the matching value trains."""
+    import shutil
+
+    root = tmp_path / "cc"
+    shutil.copytree(data, root)
+    (root / "manifest.json").write_text(json.dumps({"options": {"color_constancy": 6.0}}))
+    common = dict(dataset_dir=str(root), output_dir=str(tmp_path / "e"), n_steps=1, epoch_length=1, **TINY)
+    wf = bundle_workflow(BUNDLE, ["train.json"], "train", ckpt_dir=str(tmp_path / "m"), **common)
+    with pytest.raises(Exception) as err:
+        wf.initialize()
+    cause = root_cause(err.value)
+    assert isinstance(cause, ConfigError) and "built with color_constancy 6" in str(cause)
+    assert "--color_constancy 6" in str(cause) and not (tmp_path / "m").exists()
+    ok = bundle_workflow(BUNDLE, ["train.json"], "train", ckpt_dir=str(tmp_path / "m2"), color_constancy=6, **common)
+    ok.initialize()
+    ok.run()
+    assert (tmp_path / "m2" / "cltnet_final.pt").is_file()
+
+
 def test_multi_gpu_config_runs_under_torchrun_on_cpu(data, tmp_path):
     """multi_gpu_train.json with gloo on CPU: 2 processes, gradients averaged, rank-0 checkpoint."""
     cfg = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"

@@ -7,6 +7,7 @@ evaluation (cltnet.md §6–7), the validation handler that selects the model on
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
@@ -41,6 +42,7 @@ __all__ = [
     "EVAL_SPLITS",
     "resolve_domains",
     "check_image_size",
+    "check_color_constancy",
     "training_dataset",
     "FLIP_DIMS",
     "flip_average",
@@ -91,6 +93,29 @@ def check_image_size(image_size: int, n_layers_global: int = 7, n_layers_local: 
             f"image_size {image_size} is too small for the discriminators (n_layers_global={n_layers_global}, "
             f"n_layers_local={n_layers_local} need image_size >= {need}); use a larger image_size or fewer layers"
         )
+
+
+def check_color_constancy(folders: WeakDomainFolders, color_constancy: float = 0.0) -> None:
+    """Fail before training when the domains' ``manifest.json`` (written by ``labelless weak_domains_images``) says
+    their training views were colour-corrected with another power than ``color_constancy``: the validation and every
+    later reading would then show the network images unlike its training crops. Folders without a manifest (a user's
+    own) are not checked.
+
+    Raises:
+        ConfigError: naming the manifest, the power it records and the option's value.
+    """
+    manifest = Path(folders.root) / "manifest.json"
+    if not manifest.is_file():
+        return
+    try:
+        built = float(json.loads(manifest.read_text()).get("options", {}).get("color_constancy", 0.0))
+    except (ValueError, TypeError, AttributeError):
+        return  # not a manifest of ours: nothing to compare
+    option = as_float(color_constancy, "color_constancy", 0.0)
+    if built != option:
+        raise ConfigError(f"{manifest}: the training views were built with color_constancy {built:g}, but the "
+                          f"option color_constancy is {option:g}; pass --color_constancy {built:g} so that the "
+                          "validation, evaluation and inference read images as the crops were made")  # fmt: skip
 
 
 def training_dataset(
