@@ -451,8 +451,9 @@ def test_shades_of_grey_maps_the_illuminant_to_grey():
     assert torch.equal(TranslationInput(16, color_constancy=6.0)(lit), TranslationInput(16)(out))
     d = TranslationInputd("image", image_size=16, color_constancy=6.0)({"image": lit})["image"]
     assert torch.equal(d, TranslationInput(16, color_constancy=6.0)(lit))
-    with pytest.raises(ConfigError, match="color_constancy"):
-        TranslationInput(16, color_constancy=-2)
+    for bad in (-2, "abc", float("inf")):
+        with pytest.raises(ConfigError, match="color_constancy"):
+            TranslationInput(16, color_constancy=bad)
 
 
 def test_color_constancy_in_evaluation_inference_and_validation(phantoms, tmp_path):

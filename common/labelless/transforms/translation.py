@@ -81,8 +81,11 @@ def shades_of_grey(img: Any, power: float = 6.0, channel_last: bool = False) -> 
         ConfigError: a negative or non-finite ``power``.
         DataError: not a 3-dimensional image, or non-finite values.
     """
-    p = float(power)
-    if p < 0 or not math.isfinite(p):
+    try:
+        p = float(power)
+    except (TypeError, ValueError):
+        p = math.nan
+    if not p >= 0 or not math.isfinite(p):
         raise ConfigError(f"color_constancy (the shades-of-grey power) must be >= 0 (0: off), got {power!r}")
     if p == 0:
         return img
@@ -117,8 +120,8 @@ class TranslationInput(Transform):
         if int(image_size) < 8:
             raise ConfigError(f"image_size must be >= 8, got {image_size!r}")
         self.image_size = int(image_size)
+        shades_of_grey(torch.ones(3, 1, 1), color_constancy)  # checks the value
         self.color_constancy = float(color_constancy)
-        shades_of_grey(torch.ones(3, 1, 1), self.color_constancy)  # checks the value
 
     def __call__(self, img: Any) -> torch.Tensor:
         return _normalise(_resize(shades_of_grey(_check(img), self.color_constancy), self.image_size))
