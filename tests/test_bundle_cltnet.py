@@ -139,6 +139,32 @@ def test_inference_png_and_nifti_at_input_size(trained, data, tmp_path):
     assert isinstance(root_cause(err.value), ConfigError) and "inside the input folder" in str(root_cause(err.value))
 
 
+def test_averaged_checkpoints_run_through_inference(trained, data, tmp_path):
+    """``labelless average_checkpoints ... --prefix gen_ab.``: the mean of the run's checkpoints is a generator file
+    that inference.json loads, and its masks differ from either checkpoint's."""
+    from labelless.cli import main
+
+    ckpts = [trained / "models" / f"checkpoint_iteration={i}.pt" for i in (2, 4)]
+    avg = tmp_path / "avg.pt"
+    main(["average_checkpoints", str(avg), *map(str, ckpts), "--prefix", "gen_ab."])
+    state = torch.load(avg, weights_only=True)
+    parts = [{k[7:]: v for k, v in torch.load(c, weights_only=True)["model"].items() if k.startswith("gen_ab.")}
+             for c in ckpts]  # fmt: skip
+    assert set(state) == set(parts[0])
+    floats = [k for k, v in state.items() if v.is_floating_point()]
+    assert floats and all(torch.allclose(state[k], (parts[0][k] + parts[1][k]) / 2, atol=1e-6) for k in floats)
+    probs = {}
+    for name, ckpt in (("avg", avg), ("last", export_generator(ckpts[1], tmp_path / "last.pt"))):
+        out = tmp_path / f"pred_{name}"
+        wf = bundle_workflow(BUNDLE, ["inference.json"], "infer", ckpt_path=str(ckpt),
+                             images=str(data / "testA" / "images"), output_dir=str(out), **TINY)  # fmt: skip
+        wf.initialize()
+        wf.run()
+        assert json.loads((out / "inference_summary.json").read_text())["checkpoint"] == str(ckpt)
+        probs[name] = np.stack([np.asarray(Image.open(p)) for p in sorted(out.glob("*_prob.png"))])
+    assert probs["avg"].shape == probs["last"].shape and not np.array_equal(probs["avg"], probs["last"])
+
+
 def test_empty_domain_folder_is_a_clear_error(tmp_path, data):
     empty = tmp_path / "d"
     (empty / "trainA").mkdir(parents=True)

@@ -281,3 +281,54 @@ def test_shared_2d_datasets():
     ddti = shared_data_dir("ddti")
     mask = read_image2d(next(iter(sorted((ddti / "masks").glob("*.gif")))), is_label=True)
     assert mask.ndim == 2 and set(np.unique(mask)) <= {0, 255}
+
+
+def test_average_checkpoints_means_floats_keeps_counters_and_names_bad_files(tmp_path):
+    import torch
+    from torch import nn
+
+    from labelless.errors import ConfigError, DataError
+    from labelless.io.checkpoint import average_checkpoints
+
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3)) for _ in range(3)]
+    files = []
+    for i, n in enumerate(nets):
+        n[1].num_batches_tracked.fill_(10 * (i + 1))
+        files.append(tmp_path / f"checkpoint_iteration={i}.pt")  # training checkpoints: weights under "model"
+        torch.save({"model": {f"gen_ab.{k}": v for k, v in n.state_dict().items()}, "trainer": {"iteration": i}},
+                   files[-1])  # fmt: skip
+    before = [f.read_bytes() for f in files]
+    out = average_checkpoints(files, tmp_path / "avg" / "model.pt", prefix="gen_ab.")
+    avg = torch.load(out, weights_only=True)
+    assert set(avg) == set(nets[0].state_dict())
+    for k in ("0.weight", "0.bias", "1.running_mean"):
+        assert torch.allclose(avg[k], sum(n.state_dict()[k] for n in nets) / 3)
+    assert avg["1.num_batches_tracked"].item() == 30  # an integer counter: the last file's
+    assert [f.read_bytes() for f in files] == before  # inputs untouched
+    merged = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+    merged.load_state_dict(avg)  # loads strictly into the same network
+    # one file: its own weights
+    one = torch.load(average_checkpoints(files[:1], tmp_path / "one.pt", prefix="gen_ab."), weights_only=True)
+    assert torch.equal(one["0.weight"], nets[0].state_dict()["0.weight"])
+    # errors name the file; nothing is written
+    other = tmp_path / "other.pt"
+    torch.save({**avg, "0.weight": torch.zeros(4, 2)}, other)
+    with pytest.raises(DataError, match="other.pt.*shape of 0.weight"):
+        average_checkpoints([tmp_path / "one.pt", other], tmp_path / "never.pt")
+    torch.save({"0.weight": torch.zeros(3, 2)}, other)
+    with pytest.raises(DataError, match="other.pt.*keys differ"):
+        average_checkpoints([tmp_path / "one.pt", other], tmp_path / "never.pt")
+    bad = {k: v.clone() for k, v in avg.items()}
+    bad["0.bias"][0] = float("nan")
+    torch.save(bad, other)
+    with pytest.raises(DataError, match="other.pt.*NaN"):
+        average_checkpoints([tmp_path / "one.pt", other], tmp_path / "never.pt")
+    with pytest.raises(DataError, match="no weights with the prefix"):
+        average_checkpoints([tmp_path / "one.pt"], tmp_path / "never.pt", prefix="gen_ba.")
+    assert not (tmp_path / "never.pt").exists()
+    with pytest.raises(ConfigError, match="one of the inputs"):
+        average_checkpoints(files, files[1])
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        average_checkpoints([], tmp_path / "never.pt")
+    assert [f.read_bytes() for f in files] == before

@@ -651,6 +651,22 @@ class LabellessCLI:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(m["counts"].items()))
         return f"{counts}; written to {out_dir}"
 
+    def average_checkpoints(self, out: str, *checkpoints: str, prefix: str | None = None) -> str:
+        """Average the weights of several checkpoints of one run into one file (uniform weight averaging;
+        labelless.io.average_checkpoints). E.g. the last checkpoints of a CLTNet run, as the generator file that
+        inference.json loads: ``labelless average_checkpoints model_avg.pt ckpts/checkpoint_iteration=5*.pt
+        --prefix gen_ab.``
+
+        Args:
+            out: the averaged state dict (new file, written atomically; not one of the inputs).
+            checkpoints: the checkpoint files (same network), one or more.
+            prefix: keep only the weights under this prefix, without it (e.g. ``gen_ab.``); default: all.
+        """
+        from labelless.io.checkpoint import average_checkpoints
+
+        path = average_checkpoints([str(c) for c in checkpoints], out, prefix=None if prefix is None else str(prefix))
+        return f"average of {len(checkpoints)} checkpoints written to {path}"
+
     def verify_metadata(self, meta_file: str) -> str:
         """Validate a bundle's configs/metadata.json against the vendored MONAI schema (works offline).
 

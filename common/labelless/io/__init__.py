@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from labelless.lazy import lazy_exports
 
 if TYPE_CHECKING:  # the names below, imported on first access (labelless.lazy)
-    from .checkpoint import WRAPPER_KEYS, load_network_weights, read_state_dict
+    from .checkpoint import WRAPPER_KEYS, average_checkpoints, load_network_weights, read_state_dict
     from .geometry import (
         LPS_TO_RAS,
         affine_2d_to_3d,
@@ -43,6 +43,7 @@ _EXPORTS = {
     "read_state_dict": "checkpoint",
     "load_network_weights": "checkpoint",
     "WRAPPER_KEYS": "checkpoint",
+    "average_checkpoints": "checkpoint",
     "LPS_TO_RAS": "geometry",
     "affine_from_sitk": "geometry",
     "sitk_geometry_from_affine": "geometry",
@@ -94,6 +95,7 @@ _SUBMODULES = (
 __all__ = [
     "read_state_dict",
     "load_network_weights",
+    "average_checkpoints",
     "WRAPPER_KEYS",
     "LPS_TO_RAS",
     "affine_from_sitk",

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from labelless.errors import DataError
+from labelless.errors import ConfigError, DataError
+from labelless.utils import atomic_path
 
-__all__ = ["read_state_dict", "load_network_weights", "WRAPPER_KEYS"]
+__all__ = ["read_state_dict", "load_network_weights", "average_checkpoints", "WRAPPER_KEYS"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,3 +117,71 @@ def load_network_weights(
         )
     network.load_state_dict(state)
     return network
+
+
+def average_checkpoints(
+    paths: Sequence[str | os.PathLike], out_path: str | os.PathLike, prefix: str | None = None
+) -> Path:
+    """Uniform average of the weights of several checkpoints of one run (post-hoc weight averaging, as in stochastic
+    weight averaging), written atomically as a plain state dict.
+
+    Checkpoints saved a few hundred iterations apart near the end of a run sit close together in weight space; their
+    average is one network whose output is steadier than any single checkpoint's (the choice among checkpoints with
+    near-equal validation scores is then less of a lottery). Floating-point tensors are averaged (in float64, cast
+    back); other tensors (integer counters such as batch norm's ``num_batches_tracked``) are taken from the last file.
+    Networks with batch norm keep averaged running statistics, which are only an approximation of the statistics of
+    the averaged weights; the labelless generators and encoders this is meant for use instance/layer norms or frozen
+    statistics.
+
+    Args:
+        paths: the checkpoint files (plain state dicts or training checkpoints with the key ``model``), at least one.
+        out_path: the averaged state dict (``.pt``); must not be one of ``paths`` (inputs are never modified).
+        prefix: keep only the keys starting with this prefix, without it (e.g. ``"gen_ab."``: the A→B generator of a
+            CLTNet training checkpoint, the form inference.json loads); ``None`` keeps every key.
+
+    Returns:
+        ``out_path``.
+
+    Raises:
+        ConfigError: no input file, or ``out_path`` is one of the inputs.
+        DataError: an unreadable file, a file without the prefix, keys or shapes that differ from the first file's,
+            or non-finite values (the message names the file).
+    """
+    files = [Path(p) for p in paths]
+    if not files:
+        raise ConfigError("average_checkpoints: no checkpoint files given")
+    out = Path(out_path)
+    if any(out.resolve() == f.resolve() for f in files):
+        raise ConfigError(f"average_checkpoints: the output {out} is one of the inputs (inputs are never modified)")
+    total: dict[str, torch.Tensor] = {}
+    first: Mapping[str, torch.Tensor] = {}
+    last: dict[str, torch.Tensor] = {}
+    for i, f in enumerate(files):
+        state = read_state_dict(f, "checkpoint")
+        if prefix:
+            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            if not state:
+                raise DataError(f, f"no weights with the prefix {prefix!r}")
+        if i == 0:
+            first = {k: v for k, v in state.items()}
+        elif set(state) != set(first):
+            extra, missing = sorted(set(state) - set(first)), sorted(set(first) - set(state))
+            raise DataError(
+                f,
+                f"keys differ from {files[0]} ({len(missing)} missing, e.g. {missing[:3]}; {len(extra)} extra, "
+                f"e.g. {extra[:3]}): not a checkpoint of the same network",
+            )
+        for k, v in state.items():
+            if tuple(v.shape) != tuple(first[k].shape):
+                raise DataError(f, f"shape of {k} is {tuple(v.shape)}, {tuple(first[k].shape)} in {files[0]}")
+            if v.is_floating_point():
+                if not torch.isfinite(v).all():
+                    raise DataError(f, f"{k} holds NaN or infinite values")
+                total[k] = total[k] + v.double() if k in total else v.double()
+            else:
+                last[k] = v
+    averaged = {k: (total[k] / len(files)).to(first[k].dtype) if k in total else last[k] for k in first}
+    with atomic_path(out) as tmp:
+        torch.save(averaged, tmp)
+    logger.info("averaged %d checkpoints into %s", len(files), out)
+    return out
