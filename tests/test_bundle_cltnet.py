@@ -141,7 +141,7 @@ def test_inference_png_and_nifti_at_input_size(trained, data, tmp_path):
 
 def test_averaged_checkpoints_run_through_inference(trained, data, tmp_path):
     """``labelless average_checkpoints ... --prefix gen_ab.``: the mean of the run's checkpoints is a generator file
-    that inference.json loads, and its masks differ from either checkpoint's."""
+    that inference.json loads, and its masks differ from the last checkpoint's."""
     from labelless.cli import main
 
     ckpts = [trained / "models" / f"checkpoint_iteration={i}.pt" for i in (2, 4)]

@@ -163,7 +163,7 @@ def average_checkpoints(
             if not state:
                 raise DataError(f, f"no weights with the prefix {prefix!r}")
         if i == 0:
-            first = {k: v for k, v in state.items()}
+            first = dict(state)
         elif set(state) != set(first):
             extra, missing = sorted(set(state) - set(first)), sorted(set(first) - set(state))
             raise DataError(
