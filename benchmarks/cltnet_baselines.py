@@ -209,8 +209,10 @@ def cmd_crf(args: argparse.Namespace) -> None:
     from labelless.transforms.postprocess import crf_mask
 
     splits = _splits(args.dataset_dir, args.extra)
-    if args.select not in splits or args.select == "test":
-        raise SystemExit(f"--select must name an --extra validation folder, got {args.select!r}")
+    chosen = args.select.split(",")
+    if any(s not in splits or s == "test" for s in chosen):
+        raise SystemExit(f"--select must name --extra validation folders, got {args.select!r}")
+    select_pairs = [p for s in chosen for p in splits[s]]  # several folders: pooled, every image counts once
     method = "intensity_crf" if args.gate == "none" else f"intensity_{args.gate}_crf"
     if args.color_constancy:
         from labelless.transforms.translation import shades_of_grey
@@ -230,7 +232,7 @@ def cmd_crf(args: argparse.Namespace) -> None:
 
     grid = [(float(a), float(g)) for a in args.alphas.split(",")
             for g in (args.gate_scales.split(",") if args.gate != "none" else ["0"])]  # fmt: skip
-    scores = {k: _score(splits[args.select], predictor(*k)) for k in grid}
+    scores = {k: _score(select_pairs, predictor(*k)) for k in grid}
     for a, g in grid:
         print(f"{method}  α={a:g}{f' σ={g:g}' if args.gate != 'none' else ''}  {args.select:12s} "
               f"DI {100 * scores[a, g]['mean_dice']:.2f} JA {100 * scores[a, g]['mean_ja']:.2f}")  # fmt: skip
@@ -275,7 +277,11 @@ def main() -> None:
         p.add_argument("--zero_corners", action="store_true", help="drop the corner triangles too (dermoscopy)")
         if name == "crf":
             p.add_argument("--alphas", default="1,2,4,8", help="CRF α values to choose from")
-            p.add_argument("--select", required=True, help="the --extra split that chooses α (validation)")
+            p.add_argument(
+                "--select",
+                required=True,
+                help="the --extra split that chooses α (validation); comma-separated: those splits pooled",
+            )
             p.add_argument(
                 "--gate",
                 choices=("none", "centre", "blur"),

@@ -7,6 +7,9 @@ split only). The same scoring as the bundle's evaluation (``labelless.weak.workf
     python benchmarks/cltnet_val_select.py runs/cltnet/isic_mn1/models/checkpoint_iteration=*.pt \
         --val_dir ../shared/data/weak_samples/ISIC/isic_1/val --zero_corners [--postprocess otsu] [--out sel.json]
 
+``--ensemble`` scores all the checkpoints given as one model (the mean of their gates,
+``labelless.weak.workflow.load_weak_ensemble``; e.g. the averaged models of several seeds).
+
 ``--postprocess`` takes a comma-separated list, ``crf:<alpha>`` for the CRF with that α (e.g.
 ``otsu,watershed,crf:1,crf:2,crf:4,crf:8``: the spec's α chosen on validation). Prints one line per checkpoint,
 post-processing and reading, then the selection as JSON (also written to ``--out``).
@@ -24,7 +27,7 @@ from labelless.data.images import find_image_mask_pairs
 from labelless.transforms.postprocess import SoftMaskPostprocess
 from labelless.utils import write_json_atomic
 from labelless.weak.domains import WEAK_IMAGE_SUFFIXES
-from labelless.weak.workflow import evaluate_images
+from labelless.weak.workflow import evaluate_images, load_weak_ensemble
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cltnet_cli import add_model_args, iteration, load_model, sorted_checkpoints  # noqa: E402
@@ -41,14 +44,22 @@ def main() -> None:
         help="comma-separated SoftMaskPostprocess intensity_prior values to scan (none, dark, bright)",
     )
     add_model_args(ap)
+    ens = "score the checkpoints as one ensemble (the mean of their gates; e.g. the models of several seeds)"
+    ap.add_argument("--ensemble", action="store_true", help=ens)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     val = Path(args.val_dir)
     pairs = find_image_mask_pairs(val / "images", val / "labels", image_suffixes=WEAK_IMAGE_SUFFIXES).pairs
     rows = []
     posts = [(m.split(":")[0], float(m.split(":")[1]) if ":" in m else 1.0) for m in args.postprocess.split(",")]
-    for ckpt in sorted_checkpoints(args.ckpts):
-        net = load_model(args, ckpt)
+    if args.ensemble:  # one model: the mean gate of all the checkpoints given
+        net0 = load_model(args, args.ckpts[0])
+        models = [("+".join(args.ckpts), lambda: load_weak_ensemble(net0, args.ckpts))]
+    else:
+        models = [(ckpt, lambda c=ckpt: load_model(args, c)) for ckpt in sorted_checkpoints(args.ckpts)]
+    for ckpt, build in models:
+        net = build()
+        it = -1 if args.ensemble else iteration(Path(ckpt))
         caches: dict[bool, dict] = {False: {}, True: {}}  # the soft masks, computed once per checkpoint and flip_tta
         for (mode, alpha), prior, tta in itertools.product(posts, args.intensity_priors.split(","), (False, True)):
             post = SoftMaskPostprocess(mode, zero_corners=args.zero_corners, crf_alpha=alpha, intensity_prior=prior)
@@ -57,7 +68,7 @@ def main() -> None:
                                      color_constancy=args.color_constancy)  # fmt: skip
             for invert, di, ja in ((False, res["mean_dice"], res["mean_ja"]),
                                    (True, res["complement_mean_dice"], res["complement_mean_ja"])):  # fmt: skip
-                rows.append({"ckpt": str(ckpt), "iteration": iteration(ckpt), "postprocess": mode,
+                rows.append({"ckpt": str(ckpt), "iteration": it, "postprocess": mode,
                              "crf_alpha": alpha, "intensity_prior": prior, "invert_mask": invert, "flip_tta": tta,
                              "val_mean_dice": di, "val_mean_ja": ja})  # fmt: skip
                 print(

@@ -495,3 +495,46 @@ def test_color_constancy_in_evaluation_inference_and_validation(phantoms, tmp_pa
     ):
         with pytest.raises(ConfigError, match="color_constancy"):
             make()
+
+
+def test_ensemble_mask_is_the_mean_of_the_members_and_names_bad_members(tmp_path):
+    """CLTGeneratorEnsemble (not in the spec): every output is the members' mean, its gate reads like a generator's
+    (flip averaging, evaluation), load_weak_ensemble loads one member per file and refuses bad lists."""
+    from labelless.networks.cltnet import CLTGeneratorEnsemble
+    from labelless.weak.workflow import load_weak_ensemble, soft_mask
+
+    torch.manual_seed(0)
+    nets = [build_cltnet(ngf=8, ndf=8, n_layers_global=6) for _ in range(2)]
+    files = []
+    for i, n in enumerate(nets):
+        files.append(tmp_path / f"ckpt{i}.pt")
+        torch.save({"model": n.state_dict()}, files[-1])
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    ens = load_weak_ensemble(build_cltnet(ngf=8, ndf=8, n_layers_global=6), files).eval()
+    assert isinstance(ens, CLTGeneratorEnsemble) and len(ens) == 2
+    with torch.no_grad():
+        outs = [n.gen_ab.eval()(x) for n in nets]
+        got = ens(x)
+        for field in ("y", "mask", "cam_logit", "x_rec"):
+            want = (getattr(outs[0], field) + getattr(outs[1], field)) / 2
+            assert torch.allclose(getattr(got, field), want, atol=1e-6), field
+        assert not torch.allclose(outs[0].mask, outs[1].mask, atol=1e-3)  # the members differ: the mean is a mean
+        tta = gate_mask(ens, x, flip_tta=True)
+        assert torch.allclose(tta, (gate_mask(nets[0].gen_ab, x, True) + gate_mask(nets[1].gen_ab, x, True)) / 2,
+                              atol=1e-6)  # fmt: skip
+        image = torch.rand(3, 40, 48)
+        one = soft_mask(ens, image, 32, torch.device("cpu"))
+        assert one.shape == (40, 48)
+    single = CLTGeneratorEnsemble([nets[0].gen_ab])
+    with torch.no_grad():
+        assert torch.equal(single(x).mask, nets[0].gen_ab(x).mask)
+    with pytest.raises(ConfigError, match="at least one"):
+        load_weak_ensemble(nets[0], [])
+    with pytest.raises(ConfigError, match="twice"):
+        load_weak_ensemble(nets[0], [files[0], files[0]])
+    with pytest.raises(DataError, match="missing.pt"):
+        load_weak_ensemble(nets[0], [files[0], tmp_path / "missing.pt"])
+    with pytest.raises(ConfigError, match="CLTGenerator"):
+        CLTGeneratorEnsemble([nets[0].gen_ab, torch.nn.Linear(2, 2)])
+    with pytest.raises(ConfigError, match="differ"):
+        CLTGeneratorEnsemble([nets[0].gen_ab, build_cltnet(in_channels=1, ngf=8, ndf=8, n_layers_global=6).gen_ab])

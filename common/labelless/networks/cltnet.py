@@ -28,7 +28,7 @@ Shapes (2D, defaults ``ngf = ndf = 54``, 256×256 input in [−1, 1]):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -46,6 +46,7 @@ __all__ = [
     "CLTGeneratorOutput",
     "CLTGenerator",
     "CLTMaskHead",
+    "CLTGeneratorEnsemble",
     "CAMDiscriminator",
     "CLTNet",
     "build_cltnet",
@@ -599,6 +600,52 @@ class CLTMaskHead(nn.Module):
         )
         m = torch.sigmoid(self.mask_head(fc))
         return F.interpolate(m, size=x.shape[2:], mode=self.mode, align_corners=True)
+
+
+class CLTGeneratorEnsemble(nn.Module):
+    """The mean of several A→B generators' outputs (not in the spec): an ensemble of independently trained models
+    (e.g. training seeds), whose ``.mask`` is the mean of their soft masks M.
+
+    Weights of different training runs cannot be averaged (their units are not aligned), their outputs can. Every
+    field of :class:`CLTGeneratorOutput` is the members' mean, so the ensemble is used wherever a generator is (the
+    weak workflow's :func:`~labelless.weak.workflow.soft_mask`). Not exportable to TorchScript (export a member).
+
+    Args:
+        generators: the members (at least one), each a :class:`CLTGenerator` with the same input channels.
+
+    Raises:
+        ConfigError: no member, a member that is not a :class:`CLTGenerator`, or members with different
+            ``spatial_dims`` / ``in_channels``.
+
+    Examples::
+
+        ens = CLTGeneratorEnsemble([gen_seed0, gen_seed1])
+        ens(torch.rand(1, 3, 64, 64) * 2 - 1).mask  # the mean of the two gates, [1, 1, 64, 64]
+    """
+
+    def __init__(self, generators: Sequence[nn.Module]) -> None:
+        super().__init__()
+        members = list(generators)
+        if not members:
+            raise ConfigError("CLTGeneratorEnsemble needs at least one generator")
+        bad = [type(g).__name__ for g in members if not isinstance(g, CLTGenerator)]
+        if bad:
+            raise ConfigError(f"CLTGeneratorEnsemble members must be CLTGenerator modules, got {bad}")
+        kinds = {(g.spatial_dims, g.in_channels) for g in members}
+        if len(kinds) > 1:
+            raise ConfigError(f"CLTGeneratorEnsemble members differ in (spatial_dims, in_channels): {sorted(kinds)}")
+        self.members = nn.ModuleList(members)
+        self.spatial_dims, self.in_channels = next(iter(kinds))
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def forward(self, x: torch.Tensor) -> CLTGeneratorOutput:
+        """The members' mean outputs for ``x`` ``[B, in_channels, *S]`` in [−1, 1] (``.mask``: the mean gate)."""
+        outs = [g(x) for g in self.members]
+        if len(outs) == 1:
+            return outs[0]
+        return CLTGeneratorOutput(*(torch.stack(field).mean(0) for field in zip(*outs)))
 
 
 # ---------------------------------------------------------------------------------------------------- §3 discriminator

@@ -29,7 +29,7 @@ from labelless.evaluation.metrics import segmentation_scores
 from labelless.evaluation.overlays import rgb_overlay
 from labelless.evaluation.reports import write_image_reports
 from labelless.io.checkpoint import load_network_weights
-from labelless.networks.cltnet import CAMDiscriminator, CLTGenerator
+from labelless.networks.cltnet import CAMDiscriminator, CLTGenerator, CLTGeneratorEnsemble
 from labelless.options import as_float, as_int
 from labelless.paths import locked_output
 from labelless.transforms.postprocess import SoftMaskPostprocess
@@ -53,6 +53,7 @@ __all__ = [
     "inference_images",
     "export_generator",
     "load_weak_weights",
+    "load_weak_ensemble",
     "evaluate_images",
     "WeakValidationHandler",
     "WeakSegmentationEvaluationRunner",
@@ -160,9 +161,11 @@ def _segmenter(network: torch.nn.Module) -> torch.nn.Module:
     net = _plain(network)
     if hasattr(net, "gen_ab"):
         return net.gen_ab
-    if isinstance(net, CLTGenerator):
+    if isinstance(net, (CLTGenerator, CLTGeneratorEnsemble)):
         return net
-    raise ConfigError(f"the network must be a CLTNet or a CLTGenerator, got {type(net).__name__}")
+    raise ConfigError(
+        f"the network must be a CLTNet, a CLTGenerator or a CLTGeneratorEnsemble, got {type(net).__name__}"
+    )
 
 
 #: The flips of :func:`gate_mask`'s test-time averaging: none, left-right, up-down, both.
@@ -329,6 +332,31 @@ def load_weak_weights(network: torch.nn.Module, path: str | os.PathLike, device:
     ``model.pt``) or from a full CLTNet checkpoint (its ``gen_ab.`` keys)."""
     net = _plain(network)
     load_network_weights(net, path, device, prefix=None if hasattr(net, "gen_ab") else "gen_ab.")
+
+
+def load_weak_ensemble(
+    network: torch.nn.Module, paths: Sequence[str | os.PathLike], device: str | torch.device = "cpu"
+) -> CLTGeneratorEnsemble:
+    """A :class:`~labelless.networks.cltnet.CLTGeneratorEnsemble` of copies of ``network``'s A→B generator, one per
+    weight file of ``paths`` (generator-only files or full CLTNet checkpoints, as :func:`load_weak_weights`); its
+    mask is the mean of the members' (not in the spec: e.g. the models of several training seeds).
+
+    Raises:
+        ConfigError: no path, or the same file twice.
+        DataError: a missing or unreadable file, or weights that do not fit the network (named).
+    """
+    files = [Path(p) for p in paths]
+    if not files:
+        raise ConfigError("an ensemble needs at least one weight file")
+    seen = [str(p.resolve()) for p in files]
+    if len(set(seen)) != len(seen):
+        raise ConfigError(f"an ensemble lists the same weight file twice: {[str(p) for p in files]}")
+    members = []
+    for f in files:
+        gen = copy.deepcopy(_segmenter(network))
+        load_weak_weights(gen, f, device)
+        members.append(gen)
+    return CLTGeneratorEnsemble(members).to(device)
 
 
 class WeakValidationHandler(BestSoFarState):
