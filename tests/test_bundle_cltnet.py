@@ -165,6 +165,49 @@ def test_averaged_checkpoints_run_through_inference(trained, data, tmp_path):
     assert probs["avg"].shape == probs["last"].shape and not np.array_equal(probs["avg"], probs["last"])
 
 
+def test_seed_ensemble_through_evaluate_and_inference(trained, data, tmp_path):
+    """A list of weight files as ``eval_ckpt_path`` / ``ckpt_path`` (not in the spec; e.g. several seeds): evaluate.json
+    scores their ensemble as ``evaluate_images`` does, inference.json's probability maps are the members' mean, the
+    summaries name every file, and a repeated or missing file is a clear error."""
+    from labelless.networks.cltnet import build_cltnet
+    from labelless.transforms.postprocess import SoftMaskPostprocess
+    from labelless.weak.workflow import evaluate_images, load_weak_ensemble, resolve_domains
+
+    gens = [
+        export_generator(trained / "models" / f"checkpoint_iteration={i}.pt", tmp_path / f"g{i}.pt") for i in (2, 4)
+    ]
+    out = tmp_path / "eval_ens"
+    wf = bundle_workflow(BUNDLE, ["train.json", "evaluate.json"], "train", dataset_dir=str(data), output_dir=str(out),
+                         eval_ckpt_path=[str(g) for g in gens], postprocess="otsu", **TINY)  # fmt: skip
+    wf.initialize()
+    wf.run()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["checkpoint"] == [str(g) for g in gens]
+    ens = load_weak_ensemble(build_cltnet(ngf=8, ndf=8), gens).eval()
+    want, _ = evaluate_images(ens, resolve_domains(str(data)).test, 96, SoftMaskPostprocess("otsu"), n_overlays=0,
+                              flip_tta=True)  # fmt: skip
+    assert [r["di"] for r in metrics["per_image"]] == pytest.approx([r["di"] for r in want["per_image"]])
+    probs = {}
+    for name, ckpt in (("a", str(gens[0])), ("b", str(gens[1])), ("ens", [str(g) for g in gens])):
+        pred = tmp_path / f"pred_{name}"
+        wf = bundle_workflow(BUNDLE, ["inference.json"], "infer", ckpt_path=ckpt, images=str(data / "testA" / "images"),
+                             output_dir=str(pred), **TINY)  # fmt: skip
+        wf.initialize()
+        wf.run()
+        assert json.loads((pred / "inference_summary.json").read_text())["checkpoint"] == ckpt
+        probs[name] = np.stack([np.asarray(Image.open(p), dtype=float) for p in sorted(pred.glob("*_prob.png"))])
+    assert not np.array_equal(probs["a"], probs["b"])
+    assert np.abs(probs["ens"] - (probs["a"] + probs["b"]) / 2).max() <= 1.0  # 8-bit probability maps
+    for bad, err, match in (([str(gens[0]), str(gens[0])], ConfigError, "twice"),
+                            ([str(gens[0]), str(tmp_path / "missing.pt")], DataError, "missing.pt")):  # fmt: skip
+        wf = bundle_workflow(BUNDLE, ["inference.json"], "infer", ckpt_path=bad, images=str(data / "testA" / "images"),
+                             output_dir=str(tmp_path / "pred_bad"), **TINY)  # fmt: skip
+        with pytest.raises(Exception) as exc:
+            wf.initialize()
+            wf.run()
+        assert isinstance(root_cause(exc.value), err) and match in str(root_cause(exc.value))
+
+
 def test_empty_domain_folder_is_a_clear_error(tmp_path, data):
     empty = tmp_path / "d"
     (empty / "trainA").mkdir(parents=True)

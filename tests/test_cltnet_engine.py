@@ -538,3 +538,14 @@ def test_ensemble_mask_is_the_mean_of_the_members_and_names_bad_members(tmp_path
         CLTGeneratorEnsemble([nets[0].gen_ab, torch.nn.Linear(2, 2)])
     with pytest.raises(ConfigError, match="differ"):
         CLTGeneratorEnsemble([nets[0].gen_ab, build_cltnet(in_channels=1, ngf=8, ndf=8, n_layers_global=6).gen_ab])
+    # a ckpt_path option: unset, one file, or a list of files (an ensemble); anything else is named
+    from labelless.weak.workflow import is_ensemble, load_weak_model, weight_files
+
+    assert weight_files(None) is None and weight_files(files[0]) == [files[0]] and weight_files(tuple(files)) == files
+    assert is_ensemble([str(f) for f in files]) and not is_ensemble([files[0]]) and not is_ensemble(str(files[0]))
+    base = build_cltnet(ngf=8, ndf=8, n_layers_global=6)
+    assert load_weak_model(base, None) is base and load_weak_model(base, [files[0]]) is base
+    assert isinstance(load_weak_model(base, files), CLTGeneratorEnsemble)
+    for bad in ([], [files[0], 3], 3, {"a": 1}):
+        with pytest.raises(ConfigError, match="ckpt_path"):
+            weight_files(bad)

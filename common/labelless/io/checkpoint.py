@@ -61,9 +61,16 @@ def read_state_dict(
 
 
 def load_network_weights(
-    network: nn.Module, path: str | os.PathLike, device: str | torch.device = "cpu", prefix: str | None = None
+    network: nn.Module,
+    path: str | os.PathLike | Sequence[str | os.PathLike],
+    device: str | torch.device = "cpu",
+    prefix: str | None = None,
 ) -> nn.Module:
     """Load a checkpoint into ``network`` with clear errors.
+
+    ``path`` may also be a list of checkpoints for a network made of as many members (a module with a ``members``
+    :class:`~torch.nn.ModuleList`, e.g. :class:`~labelless.networks.cltnet.CLTGeneratorEnsemble`): file ``i`` is
+    loaded into member ``i``.
 
     With ``prefix`` (e.g. ``"gen_ab."``), a checkpoint of a larger model that holds ``network`` as a sub-module is
     accepted: when keys start with ``prefix``, only those are used, with the prefix removed; a checkpoint of
@@ -76,9 +83,19 @@ def load_network_weights(
     ``bcma.cal``); those are dropped with a log message. Missing keys are always an error.
 
     Raises:
+        ConfigError: a list of files for a network without that many members.
         DataError: missing or unreadable file, or weights that do not fit the network (e.g. another bundle's or
             another encoder's checkpoint); the message names the file.
     """
+    if isinstance(path, (list, tuple)):
+        members = getattr(network, "members", None)
+        if not isinstance(members, nn.ModuleList) or len(members) != len(path):
+            have = f"{len(members)} members" if isinstance(members, nn.ModuleList) else "no members"
+            raise ConfigError(f"{len(path)} weight files need a network of {len(path)} members (an ensemble); "
+                              f"{type(network).__name__} has {have}")  # fmt: skip
+        for member, one in zip(members, path):
+            load_network_weights(member, one, device, prefix)
+        return network
     p = Path(path)
     if not p.is_file():
         raise DataError(

@@ -44,9 +44,16 @@ from labelless.transforms.postprocess import INTENSITY_PRIORS, POSTPROCESS_MODES
 from labelless.transforms.spatial import ResizeInPlaned
 from labelless.transforms.translation import TranslationInputd
 from labelless.transforms.utility import LogItemd, run_transform, runner_items
-from labelless.utils import as_bool, atomic_path, is_unset, path_suffix, write_json_atomic
+from labelless.utils import as_bool, atomic_path, path_suffix, write_json_atomic
 from labelless.weak.domains import WEAK_IMAGE_SUFFIXES
-from labelless.weak.workflow import _segmenter, gate_mask, load_weak_weights, patch_input_size
+from labelless.weak.workflow import (
+    _segmenter,
+    describe_weights,
+    gate_mask,
+    load_weak_model,
+    patch_input_size,
+    weight_files,
+)
 
 __all__ = ["OUTPUT_SUFFIXES", "list_weak_inputs", "WeakSegmentationInferenceRunner"]
 
@@ -88,10 +95,12 @@ class WeakSegmentationInferenceRunner:
         network: the CLTNet (moved to ``device``).
         images: a folder of images or a list of files.
         output_dir: destination (created; not inside an input folder).
-        ckpt_path: weights to load (``None``: the network as given).
-        loaded_from: the file the caller already loaded the network's weights from (``inference.json`` loads them in
-            ``initialize``), reported as ``checkpoint`` in the summary; ``ckpt_path``, when set, is reported instead.
-            ``None`` with no ``ckpt_path``: the summary says ``"checkpoint": null`` (the network as built).
+        ckpt_path: weights to load (``None``: the network as given), or a list of weight files: their ensemble, the
+            mean of the members' masks (:func:`~labelless.weak.workflow.load_weak_model`; e.g. several seeds).
+        loaded_from: the file (or, for an ensemble, the list of files) the caller already loaded the network's weights
+            from (``inference.json`` loads them in ``initialize``), reported as ``checkpoint`` in the summary;
+            ``ckpt_path``, when set, is reported instead. ``None`` with no ``ckpt_path``: the summary says
+            ``"checkpoint": null`` (the network as built).
         image_size: network input side.
         postprocess, zero_black_background, zero_corners, crf_alpha, invert_mask, intensity_prior: options of the
             default ``postprocessing`` (:class:`~labelless.transforms.postprocess.SoftMaskPostprocess`), reported in the
@@ -127,8 +136,8 @@ class WeakSegmentationInferenceRunner:
         network: torch.nn.Module,
         images: str | os.PathLike | Sequence[str | os.PathLike],
         output_dir: str | os.PathLike,
-        ckpt_path: str | os.PathLike | None = None,
-        loaded_from: str | os.PathLike | None = None,
+        ckpt_path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+        loaded_from: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
         image_size: int = 256,
         postprocess: str = "threshold",
         zero_black_background: bool | str = True,
@@ -148,8 +157,9 @@ class WeakSegmentationInferenceRunner:
         self.network = network
         self.files = list_weak_inputs(images)
         self.output_dir = check_output_outside_inputs(output_dir, self.files)
-        self.ckpt_path = None if is_unset(ckpt_path) else Path(ckpt_path)
-        self.loaded_from = None if is_unset(loaded_from) else Path(loaded_from)
+        self.ckpt_paths = weight_files(ckpt_path)
+        self.model = network  # the network, or the ensemble run() builds from several weight files
+        self.loaded_from = weight_files(loaded_from)
         self.image_size = int(image_size)
         if postprocess not in POSTPROCESS_MODES:
             raise ConfigError(f"postprocess must be one of {POSTPROCESS_MODES}, got {postprocess!r}")
@@ -213,7 +223,7 @@ class WeakSegmentationInferenceRunner:
         """The lesion probability map ``[1, S, S]`` (on ``device``) of one network input ``[3, S, S]`` in [−1, 1]:
         the A→B generator's mask (averaged over the four flips with ``flip_tta``)."""
         window = self.image_size if self.patch_zoom != 1.0 else None
-        return gate_mask(_segmenter(self.network), image[None].to(self.device), self.flip_tta, window)[0]
+        return gate_mask(_segmenter(self.model), image[None].to(self.device), self.flip_tta, window)[0]
 
     def _items(self) -> Iterator[dict[Hashable, Any]]:
         """The preprocessed items: from ``dataloader``, or ``preprocessing`` applied to each image."""
@@ -222,9 +232,7 @@ class WeakSegmentationInferenceRunner:
     @locked_output
     def run(self) -> dict[str, Any]:
         """Segment every image; returns the summary (also written as ``inference_summary.json``)."""
-        if self.ckpt_path is not None:
-            load_weak_weights(self.network, self.ckpt_path, self.device)
-        self.network.to(self.device).eval()
+        self.model = load_weak_model(self.network, self.ckpt_paths, self.device).to(self.device).eval()
         records = []
         for index, item in enumerate(self._items(), 1):
             meta = loaded_meta(item, "image")
@@ -258,8 +266,8 @@ class WeakSegmentationInferenceRunner:
             records.append(rec)
             for handler in self.handlers:
                 handler({**rec, "index": index, "total": len(self.files)})
-        weights = self.ckpt_path or self.loaded_from
-        summary = {"checkpoint": None if weights is None else str(weights), "image_size": self.image_size,
+        weights = self.ckpt_paths or self.loaded_from
+        summary = {"checkpoint": describe_weights(weights), "image_size": self.image_size,
                    "postprocess": self.postprocess, "zero_black_background": self.zero_black_background,
                    "zero_corners": self.zero_corners, "crf_alpha": self.crf_alpha,
                    "intensity_prior": self.intensity_prior, "invert_mask": self.invert_mask, "flip_tta": self.flip_tta,

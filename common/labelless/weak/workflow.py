@@ -334,6 +334,24 @@ def load_weak_weights(network: torch.nn.Module, path: str | os.PathLike, device:
     load_network_weights(net, path, device, prefix=None if hasattr(net, "gen_ab") else "gen_ab.")
 
 
+def weak_segmenter(network: torch.nn.Module, ckpt_path: Any = None) -> torch.nn.Module:
+    """The module to load ``ckpt_path`` into: ``network`` itself for one weight file (or none), or, for a list of
+    several files, a :class:`~labelless.networks.cltnet.CLTGeneratorEnsemble` of as many copies of ``network``'s A→B
+    generator, not yet loaded (``load_network_weights`` loads file ``i`` into member ``i``; the ``network`` of
+    inference.json).
+
+    Raises:
+        ConfigError: a malformed ``ckpt_path``, or the same file twice.
+    """
+    files = weight_files(ckpt_path)
+    if files is None or len(files) == 1:
+        return network
+    seen = [str(p.resolve()) for p in files]
+    if len(set(seen)) != len(seen):
+        raise ConfigError(f"an ensemble lists the same weight file twice: {[str(p) for p in files]}")
+    return CLTGeneratorEnsemble([copy.deepcopy(_segmenter(network)) for _ in files])
+
+
 def load_weak_ensemble(
     network: torch.nn.Module, paths: Sequence[str | os.PathLike], device: str | torch.device = "cpu"
 ) -> CLTGeneratorEnsemble:
@@ -348,15 +366,62 @@ def load_weak_ensemble(
     files = [Path(p) for p in paths]
     if not files:
         raise ConfigError("an ensemble needs at least one weight file")
-    seen = [str(p.resolve()) for p in files]
-    if len(set(seen)) != len(seen):
-        raise ConfigError(f"an ensemble lists the same weight file twice: {[str(p) for p in files]}")
-    members = []
-    for f in files:
-        gen = copy.deepcopy(_segmenter(network))
-        load_weak_weights(gen, f, device)
-        members.append(gen)
-    return CLTGeneratorEnsemble(members).to(device)
+    ens = weak_segmenter(network, files)
+    if not isinstance(ens, CLTGeneratorEnsemble):  # one file: an ensemble of one
+        ens = CLTGeneratorEnsemble([copy.deepcopy(_segmenter(network))])
+    for member, f in zip(ens.members, files):
+        load_weak_weights(member, f, device)
+    return ens.to(device)
+
+
+def weight_files(ckpt_path: Any) -> list[Path] | None:
+    """The weight files named by a ``ckpt_path`` option: ``None`` when unset, one file for a path, several for a
+    list or tuple of paths (a seed ensemble, :func:`load_weak_model`).
+
+    Raises:
+        ConfigError: an empty list, or an entry that is not a path.
+    """
+    if is_unset(ckpt_path):
+        return None
+    if isinstance(ckpt_path, (str, os.PathLike)):
+        return [Path(ckpt_path)]
+    if isinstance(ckpt_path, (list, tuple)):
+        if not ckpt_path or not all(isinstance(p, (str, os.PathLike)) for p in ckpt_path):
+            raise ConfigError(f"ckpt_path must be a weight file or a non-empty list of weight files, got {ckpt_path!r}")
+        return [Path(p) for p in ckpt_path]
+    raise ConfigError(f"ckpt_path must be a weight file or a list of weight files, got {type(ckpt_path).__name__}")
+
+
+def is_ensemble(ckpt_path: Any) -> bool:
+    """Whether a ``ckpt_path`` option names several weight files (a seed ensemble; see :func:`load_weak_model`)."""
+    files = weight_files(ckpt_path)
+    return files is not None and len(files) > 1
+
+
+def describe_weights(files: Sequence[Path] | None) -> str | list[str] | None:
+    """``files`` as reported in a summary: ``None``, one path, or the list of an ensemble's paths."""
+    if files is None:
+        return None
+    return str(files[0]) if len(files) == 1 else [str(f) for f in files]
+
+
+def load_weak_model(network: torch.nn.Module, ckpt_path: Any, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The model to segment with: ``network`` with the weights of one file loaded into it
+    (:func:`load_weak_weights`), or, for several files, the :class:`~labelless.networks.cltnet.CLTGeneratorEnsemble`
+    of their A→B generators (:func:`load_weak_ensemble`; the mean of the members' masks, not in the spec; e.g. the
+    models of several training seeds). Unset ``ckpt_path``: ``network`` as it is.
+
+    Raises:
+        ConfigError: a malformed ``ckpt_path`` or the same file twice in an ensemble.
+        DataError: a missing or unreadable file, or weights that do not fit the network (named).
+    """
+    files = weight_files(ckpt_path)
+    if files is None:
+        return network
+    if len(files) == 1:
+        load_weak_weights(network, files[0], device)
+        return network
+    return load_weak_ensemble(network, files, device)
 
 
 class WeakValidationHandler(BestSoFarState):
@@ -459,7 +524,8 @@ class WeakSegmentationEvaluationRunner:
         network: the CLTNet (placed on ``device``).
         folders: the dataset (:func:`resolve_domains`).
         output_dir: report folder (metrics.json/.csv/.md, overlays/); must not lie inside the dataset.
-        ckpt_path: the weights to evaluate (a plain state dict or a training checkpoint with ``model``).
+        ckpt_path: the weights to evaluate (a plain state dict or a training checkpoint with ``model``), or a list of
+            such files: their ensemble (:func:`load_weak_model`; e.g. the models of several seeds).
         eval_split: ``test`` (default), ``val`` (model selection) or ``all`` (test + val images: a separate test set).
         postprocess, zero_black_background, zero_corners, crf_alpha: :class:`SoftMaskPostprocess` options.
         invert_mask: read ``1 − M`` as the lesion (``SoftMaskPostprocess(invert=...)``).
@@ -484,7 +550,7 @@ class WeakSegmentationEvaluationRunner:
         network: torch.nn.Module,
         folders: WeakDomainFolders,
         output_dir: str | os.PathLike,
-        ckpt_path: str | os.PathLike | None = None,
+        ckpt_path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
         eval_split: str = "test",
         postprocess: str = "threshold",
         zero_black_background: bool | str = True,
@@ -506,7 +572,7 @@ class WeakSegmentationEvaluationRunner:
         root = Path(folders.root).resolve()
         if self.output_dir.resolve() == root or root in self.output_dir.resolve().parents:
             raise ConfigError(f"output_dir {self.output_dir} lies inside the dataset {root}; choose another folder")
-        self.ckpt_path = None if is_unset(ckpt_path) else Path(ckpt_path)
+        self.ckpt_paths = weight_files(ckpt_path)
         self.eval_split = eval_split
         self.post = SoftMaskPostprocess(postprocess, zero_black_background, zero_corners,
                                         as_float(crf_alpha, "crf_alpha", 0.0), invert_mask,
@@ -524,15 +590,13 @@ class WeakSegmentationEvaluationRunner:
     @locked_output
     def run(self) -> dict[str, Any]:
         """Evaluate, write the reports, return the summary (without ``per_image``)."""
-        if self.ckpt_path is not None:
-            load_weak_weights(self.network, self.ckpt_path, self.device)
-        else:
+        if self.ckpt_paths is None:
             logger.warning("no ckpt_path: evaluating the network's current (possibly random) weights")
-        self.network.to(self.device)
-        result, overlays = evaluate_images(self.network, self.pairs, self.image_size, self.post, self.device,
+        model = load_weak_model(self.network, self.ckpt_paths, self.device).to(self.device)
+        result, overlays = evaluate_images(model, self.pairs, self.image_size, self.post, self.device,
                                            self.n_overlays, flip_tta=self.flip_tta, patch_zoom=self.patch_zoom,
                                            color_constancy=self.color_constancy)  # fmt: skip
-        result = {"split": self.eval_split, "checkpoint": None if self.ckpt_path is None else str(self.ckpt_path),
+        result = {"split": self.eval_split, "checkpoint": describe_weights(self.ckpt_paths),
                   "dataset": str(self.folders.root), **result}  # fmt: skip
         paths = write_image_reports(result, self.output_dir, overlays, title=f"Weakly supervised segmentation, "
                                     f"{self.eval_split} split ({self.post.mode})")  # fmt: skip
