@@ -56,7 +56,6 @@ __all__ = [
     "load_weak_ensemble",
     "weak_segmenter",
     "weight_files",
-    "is_ensemble",
     "describe_weights",
     "load_weak_model",
     "evaluate_images",
@@ -395,12 +394,6 @@ def weight_files(ckpt_path: Any) -> list[Path] | None:
             raise ConfigError(f"ckpt_path must be a weight file or a non-empty list of weight files, got {ckpt_path!r}")
         return [Path(p) for p in ckpt_path]
     raise ConfigError(f"ckpt_path must be a weight file or a list of weight files, got {type(ckpt_path).__name__}")
-
-
-def is_ensemble(ckpt_path: Any) -> bool:
-    """Whether a ``ckpt_path`` option names several weight files (a seed ensemble; see :func:`load_weak_model`)."""
-    files = weight_files(ckpt_path)
-    return files is not None and len(files) > 1
 
 
 def describe_weights(files: Sequence[Path] | None) -> str | list[str] | None:
