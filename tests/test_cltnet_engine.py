@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 from unittest import mock
 
 import numpy as np
@@ -56,7 +57,7 @@ def _trainer(net, loader, n_steps=3, **kw):
                                    loss_function=CycleTranslationLoss("brats"), **kw)  # fmt: skip
 
 
-def test_smoke_run_trains_keeps_rho_and_selects_on_validation(phantoms, tmp_path):
+def test_smoke_run_trains_keeps_rho_and_selects_on_validation(phantoms, tmp_path, caplog):
     torch.manual_seed(0)
     folders = resolve_domains(phantoms)
     ds = UnpairedDomainDataset(folders.train_a, folders.train_b, image_size=96, seed=0)
@@ -66,7 +67,9 @@ def test_smoke_run_trains_keeps_rho_and_selects_on_validation(phantoms, tmp_path
     handler = WeakValidationHandler(folders.val, net, tmp_path / "ckpt", tmp_path / "out", interval=3, image_size=96,
                                     n_overlays=2)  # fmt: skip
     handler.attach(trainer)
-    trainer.run()
+    with caplog.at_level(logging.INFO, logger="labelless.weak"):
+        trainer.run()
+    assert not [r for r in caplog.records if r.getMessage().startswith("[")]  # no per-image lines in validation
     out = trainer.state.output
     assert trainer.state.iteration == 3
     assert {"loss", "d_loss", "adv", "adv_c", "cycle", "ident", "cam", "recon", "mask_mean"} <= set(out)
@@ -79,11 +82,17 @@ def test_smoke_run_trains_keeps_rho_and_selects_on_validation(phantoms, tmp_path
     assert 0.0 <= trainer.state.metrics["val_mean_ja"] <= 1.0
     assert (tmp_path / "ckpt" / "best_model.pt").is_file() and (tmp_path / "ckpt" / "best_model.json").is_file()
     assert len(list((tmp_path / "out" / "val_overlays" / "iter_000003").glob("*.png"))) == 2
-    # the evaluation runner loads the selected model and writes the reports
-    res = WeakSegmentationEvaluationRunner(build_cltnet(ngf=8, ndf=8), folders, tmp_path / "eval",
-                                           ckpt_path=tmp_path / "ckpt" / "best_model.pt", image_size=96,
-                                           postprocess="watershed").run()  # fmt: skip
+    # the evaluation runner loads the selected model and writes the reports, with a progress line per image
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="labelless.weak"):
+        res = WeakSegmentationEvaluationRunner(build_cltnet(ngf=8, ndf=8), folders, tmp_path / "eval",
+                                               ckpt_path=tmp_path / "ckpt" / "best_model.pt", image_size=96,
+                                               postprocess="watershed").run()  # fmt: skip
     assert res["n_images"] == 3 and 0.0 <= res["mean_dice"] <= 1.0 and res["postprocess"] == "watershed"
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[")]
+    per_image = json.loads((tmp_path / "eval" / "metrics.json").read_text())["per_image"]
+    assert [ln.split(":")[0] for ln in lines] == [f"[{i}/3] {r['name']}" for i, r in enumerate(per_image, 1)]
+    assert [f"DI {r['di']:.4f}" in ln for ln, r in zip(lines, per_image)] == [True] * 3 and "s left" in lines[-1]
     assert {"metrics.json", "metrics.csv", "metrics.md"} <= {p.name for p in (tmp_path / "eval").iterdir()}
     with pytest.raises(ConfigError, match="inside the dataset"):
         WeakSegmentationEvaluationRunner(net, folders, phantoms / "eval")
