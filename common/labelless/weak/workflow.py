@@ -357,8 +357,12 @@ def weak_segmenter(network: torch.nn.Module, ckpt_path: Any = None) -> torch.nn.
         ConfigError: a malformed ``ckpt_path``, or the same file twice.
     """
     files = weight_files(ckpt_path)
-    if files is None or len(files) == 1:
-        return network
+    return network if files is None or len(files) == 1 else _unloaded_ensemble(network, files)
+
+
+def _unloaded_ensemble(network: torch.nn.Module, files: Sequence[Path]) -> CLTGeneratorEnsemble:
+    """A :class:`~labelless.networks.cltnet.CLTGeneratorEnsemble` of one copy of ``network``'s A→B generator per file
+    of ``files`` (weights not loaded yet); the same file twice is a :class:`ConfigError`."""
     seen = [str(p.resolve()) for p in files]
     if len(set(seen)) != len(seen):
         raise ConfigError(f"an ensemble lists the same weight file twice: {[str(p) for p in files]}")
@@ -379,9 +383,7 @@ def load_weak_ensemble(
     files = [Path(p) for p in paths]
     if not files:
         raise ConfigError("an ensemble needs at least one weight file")
-    ens = weak_segmenter(network, files)
-    if not isinstance(ens, CLTGeneratorEnsemble):  # one file: an ensemble of one
-        ens = CLTGeneratorEnsemble([copy.deepcopy(_segmenter(network))])
+    ens = _unloaded_ensemble(network, files)
     for member, f in zip(ens.members, files):
         load_weak_weights(member, f, device)
     return ens.to(device)
